@@ -1,0 +1,41 @@
+"""``python -m portrait_core COMMAND ...``: one module per command, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command -> (module with ``main(argv) -> int``, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preview-body": ("portrait_core.cli.preview_body", "PNGs of the body and face models, landmarks and camera frusta"),
+    "sample": ("portrait_core.cli.sample", "a grid of avatars over seeds, truncation and camera yaw"),
+    "video": ("portrait_core.cli.video", "drive one avatar with keyframe files to MP4 and PNG frames"),
+    "bench": ("portrait_core.cli.bench", "identity bake and per-frame render timings, one table"),
+    "export": ("portrait_core.cli.export", "extract a rigged, coloured, expressive glTF avatar (.glb/.obj/.ply)"),
+    "serve": ("portrait_core.serve", "model worker for the Blender add-on (stdin/stdout protocol)"),
+    "demo": ("portrait_core.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: python -m portrait_core COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Data tools: python -m portrait_core.data --help; training: python -m train --help"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Rotations, cameras, rays and keyframe/label converters (pure functions on tensors)."""

@@ -1,0 +1,45 @@
+"""The import direction of ARCHITECTURE.md: portrait_core never imports train or bpy (except the data
+renderer, lazily); train never imports bpy or blender_addon."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module.split(".")[0], node.lineno))
+    return found
+
+
+def _violations(package: str, banned: set[str], allowed_files: set[str] = frozenset()) -> list[str]:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if any(rel.startswith(a) for a in allowed_files):
+            continue
+        bad += [f"{rel}:{line} imports {mod}" for mod, line in _imports(path) if mod in banned]
+    return bad
+
+
+def test_portrait_core_imports_neither_train_nor_blender():
+    assert _violations("portrait_core", {"train", "blender_addon", "bpy", "bmesh", "mathutils", "bpy_extras"},
+                       allowed_files={"portrait_core/data/synth/", "portrait_core/demo"}) == []
+
+
+def test_train_never_imports_blender():
+    assert _violations("train", {"bpy", "blender_addon", "bmesh", "mathutils"}) == []
+
+
+def test_import_checker_sees_imports(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("import bpy\nfrom train.loop import x\n")
+    assert [m for m, _ in _imports(p)] == ["bpy", "train"]
