@@ -79,8 +79,9 @@ def quaternion_to_axis_angle(q: Tensor) -> Tensor:
     xyz = q[..., 1:]
     s = xyz.norm(dim=-1, keepdim=True)
     angle = 2 * torch.atan2(s, q[..., :1])
-    # angle / sin(angle/2) -> 2 as angle -> 0
-    scale = torch.where(s < 1e-6, 2.0 / q[..., :1].clamp_min(_EPS) * (1 + s * s / 6), angle / s.clamp_min(_EPS))
+    # angle / sin(angle/2) = 2 atan2(s, w) / s -> (2 / w) (1 - s^2 / (3 w^2)) as s -> 0
+    w = q[..., :1].clamp_min(_EPS)
+    scale = torch.where(s < 1e-6, 2.0 / w * (1 - s * s / (3 * w * w)), angle / s.clamp_min(_EPS))
     return xyz * scale
 
 
@@ -127,9 +128,10 @@ def matrix_to_euler_zyx(R: Tensor) -> Tensor:
     """Inverse of :func:`euler_zyx_to_matrix`; e1 in [-pi/2, pi/2]. Gimbal lock at |e1| = pi/2 sets e2 = 0."""
     # R = Rz(a) Ry(b) Rx(c): R[2,0] = -sin b, R[2,1] = cos b sin c, R[2,2] = cos b cos c,
     # R[1,0] = sin a cos b, R[0,0] = cos a cos b
-    sb = (-R[..., 2, 0]).clamp(-1.0, 1.0)
-    b = torch.asin(sb)
-    cb = torch.sqrt((R[..., 0, 0] ** 2 + R[..., 1, 0] ** 2))
+    # b from atan2 (not asin): accurate near +-pi/2 and with a finite gradient there
+    sb = -R[..., 2, 0]
+    cb = torch.sqrt(R[..., 2, 1] ** 2 + R[..., 2, 2] ** 2)
+    b = torch.atan2(sb, cb)
     regular = cb > 1e-6
     a = torch.where(regular, torch.atan2(R[..., 1, 0], R[..., 0, 0]), torch.atan2(-R[..., 0, 1], R[..., 1, 1]))
     c = torch.where(regular, torch.atan2(R[..., 2, 1], R[..., 2, 2]), torch.zeros_like(b))
@@ -143,6 +145,11 @@ def rotation_6d_to_matrix(d6: Tensor) -> Tensor:
     b2 = torch.nn.functional.normalize(a2 - (b1 * a2).sum(-1, keepdim=True) * b1, dim=-1)
     b3 = torch.cross(b1, b2, dim=-1)
     return torch.stack([b1, b2, b3], dim=-1)
+
+
+def matrix_to_rotation_6d(R: Tensor) -> Tensor:
+    """Rotation matrix [..., 3, 3] -> 6D representation [..., 6]: the first two columns, concatenated."""
+    return torch.cat([R[..., :, 0], R[..., :, 1]], dim=-1)
 
 
 def rigid_transform(R: Tensor, t: Tensor) -> Tensor:
