@@ -1,0 +1,357 @@
+"""Field -> mesh: grid evaluation, marching cubes (PyMCubes), clean-up, decimation, vertex colours.
+
+Conventions (docs/CONVENTIONS.md): points are metres in the canonical frame (SMPL axes, +Y up, the subject faces
++Z, origin at the canonical neck joint J12). A *field* is a function ``f(points[N,3]) -> values[N]`` on torch
+tensors that is **larger inside** the surface (density, occupancy, alpha, or a negated SDF); the surface is
+``f == level``. Grid node ``(i, j, k)`` sits at ``lo + (i, j, k) * (hi - lo) / (R - 1)`` (node-centred, both box
+faces included). Mesh colours are sRGB-encoded floats in [0, 1] (what an image would show); the glTF writer
+converts them to linear for ``COLOR_0``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FieldFn = Callable[[Tensor], Tensor]
+#: ``color_fn(points[N,3], view_dirs[N,3]) -> rgb[N,3]`` sRGB in [0, 1]; view_dirs point from the eye to the point.
+ColorFn = Callable[[Tensor, Tensor], Tensor]
+Bounds = tuple[Sequence[float], Sequence[float]]
+
+
+class EmptyFieldError(ValueError):
+    """The field has no surface inside the box (all outside or all inside), so there is no mesh to write."""
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh in metres (canonical frame unless stated).
+
+    vertices [V,3] float32; faces [F,3] uint32 with counter-clockwise winding seen from outside (outward normals);
+    normals [V,3] float32 unit outward vertex normals; colors [V,3] float32 sRGB in [0,1] or None.
+    ``info`` holds timings (seconds) and counts from extraction.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray
+    colors: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.vertices.shape[0])
+
+    @property
+    def num_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+    def to_trimesh(self):
+        """A ``trimesh.Trimesh`` (no processing) with 8-bit vertex colours when present."""
+        import trimesh
+
+        colors = None
+        if self.colors is not None:
+            rgb = np.clip(np.round(self.colors[:, :3] * 255.0), 0, 255).astype(np.uint8)
+            colors = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+        return trimesh.Trimesh(
+            vertices=self.vertices.astype(np.float64), faces=self.faces.astype(np.int64),
+            vertex_normals=self.normals, vertex_colors=colors, process=False,
+        )
+
+    def volume(self) -> float:
+        """Signed enclosed volume in m³ (positive for outward winding); exact for closed meshes."""
+        v = self.vertices.astype(np.float64)
+        a, b, c = v[self.faces[:, 0]], v[self.faces[:, 1]], v[self.faces[:, 2]]
+        return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+    def with_vertices(self, vertices: np.ndarray) -> Mesh:
+        """Same topology and colours, new positions (normals recomputed)."""
+        vertices = np.ascontiguousarray(vertices, dtype=np.float32)
+        return replace(self, vertices=vertices, normals=vertex_normals(vertices, self.faces), info=dict(self.info))
+
+
+# --- grids ------------------------------------------------------------------------------------------------------
+
+def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:
+    r = (int(resolution),) * 3 if np.isscalar(resolution) else tuple(int(x) for x in resolution)
+    if len(r) != 3 or min(r) < 2:
+        raise ValueError(f"resolution must be an int or 3 ints >= 2, got {resolution!r}")
+    return r  # type: ignore[return-value]
+
+
+def _bounds_arrays(bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
+    if not np.all(hi > lo):
+        raise ValueError(f"bounds must be (min xyz, max xyz) with max > min, got {bounds!r}")
+    return lo, hi
+
+
+def _eval_points(field_fn: FieldFn, pts: Tensor) -> Tensor:
+    values = field_fn(pts)
+    values = values.reshape(-1)
+    if values.shape[0] != pts.shape[0]:
+        raise ValueError(f"field returned {values.shape[0]} values for {pts.shape[0]} points")
+    return values.to(torch.float32)
+
+
+@torch.no_grad()
+def evaluate_grid(
+    field_fn: FieldFn,
+    bounds: Bounds,
+    resolution: int | Sequence[int],
+    *,
+    chunk_size: int = 1 << 18,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Evaluate ``field_fn`` on every node of an R³ grid over ``bounds`` -> float32 [Rx, Ry, Rz].
+
+    Batched: the grid is fed as x-slabs of about ``chunk_size`` points (a [n, 3] float32 tensor per call).
+    """
+    rx, ry, rz = _resolution3(resolution)
+    lo, hi = _bounds_arrays(bounds)
+    axes = [torch.linspace(float(lo[a]), float(hi[a]), n, dtype=torch.float32, device=device)
+            for a, n in enumerate((rx, ry, rz))]
+    out = np.empty((rx, ry, rz), dtype=np.float32)
+    slab = max(1, chunk_size // (ry * rz))
+    yz = torch.stack(torch.meshgrid(axes[1], axes[2], indexing="ij"), -1).reshape(-1, 2)
+    for i0 in range(0, rx, slab):
+        xs = axes[0][i0:i0 + slab]
+        pts = torch.cat([xs.repeat_interleave(yz.shape[0])[:, None], yz.repeat(len(xs), 1)], dim=1)
+        out[i0:i0 + len(xs)] = _eval_points(field_fn, pts).reshape(len(xs), ry, rz).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def evaluate_grid_sparse(
+    field_fn: FieldFn,
+    bounds: Bounds,
+    resolution: int | Sequence[int],
+    level: float,
+    *,
+    stride: int = 4,
+    chunk_size: int = 1 << 18,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, float]:
+    """Coarse-to-fine grid: exact values only near the surface, a same-side fill elsewhere.
+
+    The field is evaluated on every ``stride``-th node; coarse cells whose corners straddle ``level`` (dilated by
+    one cell) are evaluated at full resolution, every other fine node gets the trilinear interpolation of the coarse
+    values (which cannot cross ``level`` inside a cell whose corners all lie on one side). Marching cubes on the
+    result equals the dense result wherever the surface does not hide entirely between coarse nodes (features
+    thinner than ``stride`` voxels can be lost). Returns (grid float32 [Rx,Ry,Rz], fraction of nodes evaluated).
+    """
+    import torch.nn.functional as F
+
+    res = _resolution3(resolution)
+    lo, hi = _bounds_arrays(bounds)
+    step = (hi - lo) / (np.asarray(res) - 1)
+    nc = [math.ceil((r - 1) / stride) + 1 for r in res]  # coarse nodes per axis (may overhang the box)
+    hi_c = lo + (np.asarray(nc) - 1) * stride * step
+    coarse = torch.from_numpy(evaluate_grid(field_fn, (lo, hi_c), nc, chunk_size=chunk_size, device=device))
+    inside = coarse >= level
+    c5 = inside[None, None].float()
+    any_in = F.max_pool3d(c5, 2, stride=1)
+    all_in = -F.max_pool3d(-c5, 2, stride=1)
+    active = (any_in != all_in).float()  # [1,1,nc-1...] cells with a sign change
+    active = F.max_pool3d(active, 3, stride=1, padding=1)[0, 0] > 0
+    nfine = [(n - 1) * stride + 1 for n in nc]
+    fine = F.interpolate(coarse[None, None], size=nfine, mode="trilinear", align_corners=True)[0, 0]
+    fine = fine[: res[0], : res[1], : res[2]].contiguous()
+    # fine nodes of active cells: cell c covers nodes [c*stride, (c+1)*stride] inclusive
+    mask = active.repeat_interleave(stride, 0).repeat_interleave(stride, 1).repeat_interleave(stride, 2)
+    mask = F.pad(mask[None, None].float(), (0, 1, 0, 1, 0, 1))[0, 0] > 0
+    shifted = mask.clone()
+    shifted[1:] |= mask[:-1]
+    shifted[:, 1:] |= shifted[:, :-1].clone()
+    shifted[:, :, 1:] |= shifted[:, :, :-1].clone()
+    mask = shifted[: res[0], : res[1], : res[2]]
+    idx = mask.nonzero()
+    lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
+    step_t = torch.as_tensor(step, dtype=torch.float32, device=device)
+    flat = fine.view(-1)
+    strides = torch.tensor([res[1] * res[2], res[2], 1])
+    for s in range(0, idx.shape[0], chunk_size):
+        ijk = idx[s:s + chunk_size]
+        pts = lo_t + ijk.to(device=device, dtype=torch.float32) * step_t
+        flat[(ijk * strides).sum(1)] = _eval_points(field_fn, pts).cpu()
+    return fine.numpy(), float(idx.shape[0] + coarse.numel()) / float(np.prod(res))
+
+
+# --- marching cubes and clean-up ---------------------------------------------------------------------------------
+
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals [V,3] float32 (outward for counter-clockwise-from-outside faces)."""
+    v = vertices.astype(np.float64)
+    f = faces.astype(np.int64)
+    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
+    n = np.zeros_like(v)
+    for c in range(3):
+        _scatter_add(n, f[:, c], fn)
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    n = np.where(norm > 0, n / np.maximum(norm, 1e-30), np.array([0.0, 1.0, 0.0]))
+    return n.astype(np.float32)
+
+
+def _scatter_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    for c in range(out.shape[1]):
+        out[:, c] += np.bincount(index, weights=values[:, c], minlength=out.shape[0])
+
+
+def marching_cubes(grid: np.ndarray, bounds: Bounds, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """PyMCubes on a larger-inside grid -> (vertices [V,3] float64 metres, faces [F,3] int64, outward winding)."""
+    import mcubes
+
+    lo, hi = _bounds_arrays(bounds)
+    verts, faces = mcubes.marching_cubes(np.ascontiguousarray(grid, dtype=np.float64), float(level))
+    if len(faces) == 0:
+        raise EmptyFieldError("marching cubes found no surface")
+    scale = (hi - lo) / (np.asarray(grid.shape) - 1)
+    return verts * scale + lo, faces.astype(np.int64)
+
+
+def clean_mesh(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    *,
+    min_component_fraction: float = 0.05,
+    max_components: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge duplicate vertices, drop degenerate/duplicate faces, keep the big components, fix normals.
+
+    A connected component is kept when it has at least ``min_component_fraction`` of the largest component's
+    faces (and, with ``max_components``, only the largest that many). Returns (vertices float64, faces int64).
+    """
+    import trimesh
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = trimesh.Trimesh(vertices=vertices, faces=faces, process=True, validate=False)  # merges vertices
+    m.update_faces(m.nondegenerate_faces(height=1e-12))
+    m.update_faces(m.unique_faces())
+    m.remove_unreferenced_vertices()
+    if len(m.faces) == 0:
+        raise EmptyFieldError("the mesh has no faces left after removing degenerate ones")
+    f = np.asarray(m.faces)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]]])
+    nv = len(m.vertices)
+    graph = coo_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(nv, nv))
+    n_comp, vlabel = connected_components(graph, directed=False)
+    if n_comp > 1:
+        flabel = vlabel[f[:, 0]]
+        sizes = np.bincount(flabel, minlength=n_comp)
+        order = np.argsort(-sizes)
+        keep = order[sizes[order] >= min_component_fraction * sizes[order[0]]]
+        if max_components is not None:
+            keep = keep[:max_components]
+        m.update_faces(np.isin(flabel, keep))
+        m.remove_unreferenced_vertices()
+    trimesh.repair.fix_normals(m, multibody=True)
+    return np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int64)
+
+
+def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, face_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quadric decimation to about ``face_count`` faces (trimesh + fast-simplification); no-op if already smaller."""
+    import trimesh
+
+    if face_count >= len(faces):
+        return vertices, faces
+    if face_count < 4:
+        raise ValueError(f"decimate target must be >= 4 faces, got {face_count}")
+    m = trimesh.Trimesh(vertices=vertices, faces=faces, process=False)
+    d = m.simplify_quadric_decimation(face_count=int(face_count))
+    d.remove_unreferenced_vertices()
+    return np.asarray(d.vertices, dtype=np.float64), np.asarray(d.faces, dtype=np.int64)
+
+
+@torch.no_grad()
+def vertex_colors(
+    color_fn: ColorFn, vertices: np.ndarray, normals: np.ndarray, *, chunk_size: int = 1 << 16,
+    offset: float = 0.0,
+) -> np.ndarray:
+    """Colours seen by an eye on the outward normal: ``color_fn(v + offset * n, -n)`` -> [V,3] float32 in [0,1]."""
+    v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
+    n = torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))
+    out = []
+    for s in range(0, len(v), chunk_size):
+        vs, ns = v[s:s + chunk_size], n[s:s + chunk_size]
+        rgb = color_fn(vs + offset * ns, -ns).reshape(-1, 3).to(torch.float32)
+        out.append(rgb.cpu())
+    rgb = torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)
+    if not np.all(np.isfinite(rgb)):
+        raise ValueError("the colour field returned non-finite values")
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def extract_mesh_from_field(
+    field_fn: FieldFn,
+    bounds: Bounds,
+    resolution: int | Sequence[int] = 128,
+    level: float = 0.0,
+    *,
+    color_fn: ColorFn | None = None,
+    decimate: int | None = None,
+    min_component_fraction: float = 0.05,
+    max_components: int | None = None,
+    close_boundary: bool = True,
+    sparse: bool | None = None,
+    chunk_size: int = 1 << 18,
+    device: str | torch.device = "cpu",
+) -> Mesh:
+    """Field -> cleaned, optionally decimated and coloured mesh (metres, outward normals, uint32 faces).
+
+    ``field_fn(points[N,3] float32 tensor) -> [N]`` is larger inside; the surface is ``field == level``.
+    ``close_boundary`` marks the outermost grid nodes as outside so a body cut by the box is capped (watertight).
+    ``sparse`` (default: resolution >= 128) evaluates densely only near the surface (see ``evaluate_grid_sparse``).
+    Raises :class:`EmptyFieldError` when there is no surface (field all outside, all inside, or only tiny bits).
+    """
+    t0 = time.perf_counter()
+    res = _resolution3(resolution)
+    if sparse is None:
+        sparse = min(res) >= 128
+    if sparse:
+        grid, evaluated = evaluate_grid_sparse(field_fn, bounds, res, level, chunk_size=chunk_size, device=device)
+    else:
+        grid, evaluated = evaluate_grid(field_fn, bounds, res, chunk_size=chunk_size, device=device), 1.0
+    t1 = time.perf_counter()
+    if not np.all(np.isfinite(grid)):
+        raise ValueError(f"the field returned non-finite values at {int((~np.isfinite(grid)).sum())} grid nodes")
+    interior = grid[1:-1, 1:-1, 1:-1] if close_boundary else grid
+    n_in = int((interior >= level).sum())
+    if n_in == 0:
+        raise EmptyFieldError(
+            f"the field is below level {level:g} everywhere in the box {np.asarray(bounds).tolist()}: no surface to "
+            f"extract (max value {float(grid.max()):.4g}); check the level, the bounds, or the avatar"
+        )
+    if n_in == interior.size and not close_boundary:
+        raise EmptyFieldError(f"the field is above level {level:g} everywhere in the box: no surface to extract")
+    if close_boundary:
+        outside = min(float(grid.min()), level) - 1.0
+        grid[[0, -1]] = outside
+        grid[:, [0, -1]] = outside
+        grid[:, :, [0, -1]] = outside
+    verts, faces = marching_cubes(grid, bounds, level)
+    t2 = time.perf_counter()
+    n_raw = len(faces)
+    verts, faces = clean_mesh(verts, faces, min_component_fraction=min_component_fraction,
+                              max_components=max_components)
+    if decimate is not None:
+        verts, faces = decimate_mesh(verts, faces, int(decimate))
+    t3 = time.perf_counter()
+    verts32 = verts.astype(np.float32)
+    faces32 = faces.astype(np.uint32)
+    normals = vertex_normals(verts32, faces32)
+    colors = vertex_colors(color_fn, verts32, normals) if color_fn is not None else None
+    t4 = time.perf_counter()
+    info = {
+        "resolution": list(res), "bounds": np.asarray(bounds, dtype=float).tolist(), "level": float(level),
+        "evaluated_fraction": evaluated, "raw_faces": n_raw, "faces": len(faces32), "vertices": len(verts32),
+        "t_field": t1 - t0, "t_mcubes": t2 - t1, "t_clean": t3 - t2, "t_color": t4 - t3, "t_total": t4 - t0,
+    }
+    return Mesh(verts32, faces32, normals, colors, info)

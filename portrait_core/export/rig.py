@@ -1,0 +1,264 @@
+"""Skeleton, skin weights and pose -> bone rotations for an extracted avatar mesh.
+
+Conventions (docs/CONVENTIONS.md): canonical frame, metres, SMPL axes (+Y up, the subject faces +Z), origin at the
+canonical neck joint J12. The skeleton is the SMPL upper-body chain (``UPPER_BODY_CHAIN``: pelvis, spine1-3, neck,
+collars, head, shoulders, elbows) with joint heads at the identity's **canonical** joint positions; its rest pose is
+the canonical pose, so every joint's rest rotation is the identity and a pose code (``[6,3]`` axis-angle relative to
+the canonical pose) maps to joint-local rotations ``Q_j = Rc_p(j) · R(pose_j) · Rc_p(j)ᵀ`` where ``Rc`` is the
+canonical pose's global joint rotation (identity for every parent of a pose joint with the default constants, so
+then ``Q_j = R(pose_j)``). The skinned result equals the body's canonical→posed bone transforms
+``G_j = A_j(R_local) · A_j(R_adjust)⁻¹``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from portrait_core.conventions import (
+    CANONICAL_ADJUST_EULER_ZYX,
+    NUM_JOINTS,
+    POSE_JOINTS,
+    SMPL_JOINT_NAMES,
+    SMPL_PARENTS,
+    UPPER_BODY_CHAIN,
+)
+from portrait_core.geometry.rotations import axis_angle_to_matrix, euler_zyx_to_matrix
+
+#: Influences per vertex in the exported skin (glTF JOINTS_0/WEIGHTS_0 hold 4).
+MAX_INFLUENCES = 4
+
+
+@dataclass
+class Rig:
+    """An SMPL upper-body skeleton fitted to a mesh.
+
+    joint_ids [J] SMPL joint ids (``UPPER_BODY_CHAIN`` order, parents before children); joint_names [J] SMPL names;
+    parents [J] index into this rig (-1 = root); joint_positions [J,3] canonical joint heads (metres, rest pose =
+    canonical pose); canonical_rotations [J,3,3] global rotation of each joint in the canonical pose relative to
+    SMPL rest; inverse_bind_matrices [J,4,4] (row-major here; the writer transposes for glTF); joints [V,4] uint16
+    indices into this rig; weights [V,4] float32 summing to 1.
+    """
+
+    joint_ids: tuple[int, ...]
+    joint_names: tuple[str, ...]
+    parents: np.ndarray
+    joint_positions: np.ndarray
+    canonical_rotations: np.ndarray
+    inverse_bind_matrices: np.ndarray
+    joints: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_ids)
+
+    def index(self, name_or_id: str | int) -> int:
+        """Rig index of an SMPL joint given by name or SMPL id."""
+        jid = SMPL_JOINT_NAMES.index(name_or_id) if isinstance(name_or_id, str) else int(name_or_id)
+        return self.joint_ids.index(jid)
+
+    def local_rotations(self, pose: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Pose code [..., 6, 3] (axis-angle, canonical-relative) -> joint-local rotations [..., J, 3, 3]."""
+        pose_t = torch.as_tensor(np.asarray(pose, dtype=np.float64))
+        if pose_t.shape[-2:] != (len(POSE_JOINTS), 3):
+            raise ValueError(f"pose must be [..., 6, 3], got {tuple(pose_t.shape)}")
+        R = axis_angle_to_matrix(pose_t).numpy()  # [..., 6, 3, 3]
+        out = np.broadcast_to(np.eye(3), (*R.shape[:-3], self.num_joints, 3, 3)).copy()
+        for k, jid in enumerate(POSE_JOINTS):
+            j = self.joint_ids.index(jid)
+            p = self.parents[j]
+            Rc = self.canonical_rotations[p] if p >= 0 else np.eye(3)
+            out[..., j, :, :] = Rc @ R[..., k, :, :] @ Rc.T
+        return out
+
+    def global_transforms(self, local_rotations: np.ndarray) -> np.ndarray:
+        """Forward kinematics of the rig: local rotations [..., J, 3, 3] -> joint world transforms [..., J, 4, 4]."""
+        lr = np.asarray(local_rotations, dtype=np.float64)
+        batch = lr.shape[:-3]
+        M = np.zeros((*batch, self.num_joints, 4, 4))
+        for j in range(self.num_joints):
+            p = self.parents[j]
+            local = np.zeros((*batch, 4, 4))
+            local[..., :3, :3] = lr[..., j, :, :]
+            local[..., :3, 3] = self.joint_positions[j] - (self.joint_positions[p] if p >= 0 else 0.0)
+            local[..., 3, 3] = 1.0
+            M[..., j, :, :] = M[..., p, :, :] @ local if p >= 0 else local
+        return M
+
+    def skin_matrices(self, local_rotations: np.ndarray) -> np.ndarray:
+        """Canonical -> posed transform of each joint [..., J, 4, 4] (= world transform x inverse bind)."""
+        return self.global_transforms(local_rotations) @ self.inverse_bind_matrices
+
+    def skin(self, vertices: np.ndarray, local_rotations: np.ndarray) -> np.ndarray:
+        """Linear blend skinning of canonical vertices [V,3] with the top-4 weights -> [..., V, 3] (metres)."""
+        S = self.skin_matrices(local_rotations)  # [..., J, 4, 4]
+        Sv = S[..., self.joints, :, :]  # [..., V, 4, 4, 4]
+        T = (self.weights[..., None, None] * Sv).sum(-3)  # [..., V, 4, 4]
+        v = np.asarray(vertices, dtype=np.float64)
+        return np.einsum("...vij,vj->...vi", T[..., :3, :3], v) + T[..., :3, 3]
+
+    def pose_mesh(self, vertices: np.ndarray, pose: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Posed positions [..., V, 3] of canonical vertices for a pose code [..., 6, 3] (LBS with this rig)."""
+        return self.skin(vertices, self.local_rotations(pose))
+
+
+def canonical_rotations_from_conventions(joint_ids: Sequence[int] = tuple(range(NUM_JOINTS))) -> np.ndarray:
+    """Global rotations [len(joint_ids),3,3] of the canonical pose (``CANONICAL_ADJUST_EULER_ZYX``) per joint."""
+    glob = [np.eye(3)] * NUM_JOINTS
+    for j in range(NUM_JOINTS):
+        e = CANONICAL_ADJUST_EULER_ZYX.get(j)
+        local = euler_zyx_to_matrix(torch.tensor(e, dtype=torch.float64)).numpy() if e is not None else np.eye(3)
+        p = SMPL_PARENTS[j]
+        glob[j] = (glob[p] @ local) if p >= 0 else local
+    return np.stack([glob[j] for j in joint_ids])
+
+
+def fold_weights(lbs_weights: np.ndarray, joint_ids: Sequence[int]) -> np.ndarray:
+    """[V,24] SMPL weights -> [V,len(joint_ids)]: each joint outside the chain adds to its nearest chain ancestor.
+
+    Exact for every pose that rotates only chain joints (joints outside the chain then move rigidly with it).
+    """
+    cols = {jid: i for i, jid in enumerate(joint_ids)}
+    out = np.zeros((lbs_weights.shape[0], len(joint_ids)), dtype=np.float64)
+    for j in range(lbs_weights.shape[1]):
+        a = j
+        while a not in cols:
+            a = SMPL_PARENTS[a]
+            if a < 0:
+                raise ValueError(f"joint {SMPL_JOINT_NAMES[j]} has no ancestor in the rig")
+        out[:, cols[a]] += lbs_weights[:, j]
+    return out
+
+
+def mesh_adjacency(faces: np.ndarray, num_vertices: int):
+    """Row-normalised vertex adjacency (scipy CSR) of a triangle mesh (uniform one-ring averaging)."""
+    from scipy.sparse import coo_matrix, diags
+
+    f = np.asarray(faces, dtype=np.int64)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    e = np.concatenate([e, e[:, ::-1]])
+    A = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(num_vertices, num_vertices)).tocsr()
+    A.data[:] = 1.0  # duplicates summed -> back to 1
+    deg = np.asarray(A.sum(1)).ravel()
+    return diags(1.0 / np.maximum(deg, 1.0)) @ A
+
+
+def transfer_weights(
+    mesh_vertices: np.ndarray,
+    mesh_faces: np.ndarray,
+    body_vertices: np.ndarray,
+    body_weights: np.ndarray,
+    *,
+    k_nearest: int = 1,
+    smooth_iterations: int = 3,
+    smooth_strength: float = 0.5,
+    max_influences: int = MAX_INFLUENCES,
+    min_weight: float = 1e-3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Skin weights for a mesh from a skinned body.
+
+    Each mesh vertex takes the inverse-distance-weighted mean of its ``k_nearest`` body vertices' weights
+    (body_weights [Nb, J]; k = 1 is the generator's nearest-vertex rule), the result is smoothed over the mesh (``smooth_iterations`` of
+    ``W <- (1-s) W + s · mean over one-ring``), then truncated to the top ``max_influences`` and renormalised.
+    Returns (joints [V,4] uint16, weights [V,4] float32, rows sum to 1, sorted by decreasing weight).
+    """
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.asarray(body_vertices, dtype=np.float64))
+    d, idx = tree.query(np.asarray(mesh_vertices, dtype=np.float64), k=k_nearest)
+    if k_nearest == 1:
+        d, idx = d[:, None], idx[:, None]
+    w_idw = 1.0 / np.maximum(d, 1e-6)
+    w_idw /= w_idw.sum(1, keepdims=True)
+    W = np.einsum("vk,vkj->vj", w_idw, body_weights[idx])
+    if smooth_iterations > 0:
+        A = mesh_adjacency(mesh_faces, len(mesh_vertices))
+        for _ in range(smooth_iterations):
+            W = (1.0 - smooth_strength) * W + smooth_strength * (A @ W)
+    nj = W.shape[1]
+    m = min(max_influences, nj)
+    top = np.argsort(-W, axis=1)[:, :m]
+    tw = np.take_along_axis(W, top, axis=1).clip(min=0.0)
+    tw = np.where(tw >= min_weight * tw[:, :1], tw, 0.0)
+    s = tw.sum(1, keepdims=True)
+    if np.any(s <= 0):
+        raise ValueError("some vertices received no skin weight")
+    tw /= s
+    joints = np.zeros((len(W), MAX_INFLUENCES), np.uint16)
+    weights = np.zeros((len(W), MAX_INFLUENCES), np.float32)
+    joints[:, :m] = top
+    weights[:, :m] = tw
+    return joints, weights
+
+
+def build_rig_from_arrays(
+    mesh_vertices: np.ndarray,
+    mesh_faces: np.ndarray,
+    joint_positions_smpl: np.ndarray,
+    body_vertices: np.ndarray,
+    body_lbs_weights: np.ndarray,
+    *,
+    joint_ids: Sequence[int] = UPPER_BODY_CHAIN,
+    canonical_rotations: np.ndarray | None = None,
+    **transfer_kw,
+) -> Rig:
+    """Rig from plain arrays: canonical SMPL joints [24,3], canonical body vertices [Nb,3] (already restricted to
+    the vertices that may donate weights) and their SMPL weights [Nb,24]. Metres, canonical frame."""
+    joint_ids = tuple(int(j) for j in joint_ids)
+    for j in joint_ids:
+        p = SMPL_PARENTS[j]
+        if p >= 0 and p not in joint_ids:
+            raise ValueError(f"rig joint {SMPL_JOINT_NAMES[j]} needs its parent {SMPL_JOINT_NAMES[p]}")
+        if p >= 0 and joint_ids.index(p) > joint_ids.index(j):
+            raise ValueError("rig joints must list parents before children")
+    parents = np.array([joint_ids.index(SMPL_PARENTS[j]) if SMPL_PARENTS[j] >= 0 else -1 for j in joint_ids])
+    pos = np.asarray(joint_positions_smpl, dtype=np.float64)[list(joint_ids)]
+    if canonical_rotations is None:
+        canonical_rotations = canonical_rotations_from_conventions(joint_ids)
+    ibm = np.tile(np.eye(4), (len(joint_ids), 1, 1))
+    ibm[:, :3, 3] = -pos
+    W = fold_weights(np.asarray(body_lbs_weights, dtype=np.float64), joint_ids)
+    joints, weights = transfer_weights(mesh_vertices, mesh_faces, body_vertices, W, **transfer_kw)
+    return Rig(
+        joint_ids=joint_ids, joint_names=tuple(SMPL_JOINT_NAMES[j] for j in joint_ids), parents=parents,
+        joint_positions=pos, canonical_rotations=np.asarray(canonical_rotations, dtype=np.float64),
+        inverse_bind_matrices=ibm, joints=joints, weights=weights,
+    )
+
+
+@torch.no_grad()
+def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, **transfer_kw) -> Rig:
+    """Rig for a canonical-space mesh from a ``BodyModel`` and body shape ``betas`` [10] or [1,10].
+
+    Skin weights come from the body's upper-body vertices (``body.upper_body_mask``, the vertices the generator's
+    inverse LBS uses) in the canonical pose of these betas. See :func:`transfer_weights` for the options.
+    """
+    if betas is None:
+        betas = torch.zeros(1, 10)
+    betas = torch.as_tensor(np.asarray(betas, dtype=np.float32)).reshape(1, -1)
+    state = body.canonical(betas)
+    verts = state.vertices[0].detach().cpu().double().numpy()
+    joints = state.joints[0].detach().cpu().double().numpy()
+    lbs = body.lbs_weights.detach().cpu().double().numpy()
+    mask = getattr(body, "upper_body_mask", None)
+    if mask is not None:
+        mask = mask.detach().cpu().numpy().astype(bool)
+        verts, lbs = verts[mask], lbs[mask]
+    return build_rig_from_arrays(mesh.vertices, mesh.faces, joints, verts, lbs, **transfer_kw)
+
+
+def body_local_rotations(rig: Rig, bone_transforms: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Joint-local rotations [..., J, 3, 3] that reproduce a body's canonical->posed bone transforms [..., 24, 4, 4].
+
+    ``Q_j = rot(G_parent)ᵀ · rot(G_j)``; useful to check :meth:`Rig.local_rotations` against the body model.
+    """
+    G = np.asarray(torch.as_tensor(bone_transforms).detach().cpu().double().numpy())[..., list(rig.joint_ids), :3, :3]
+    out = np.empty_like(G)
+    for j in range(rig.num_joints):
+        p = rig.parents[j]
+        out[..., j, :, :] = np.swapaxes(G[..., p, :, :], -1, -2) @ G[..., j, :, :] if p >= 0 else G[..., j, :, :]
+    return out
