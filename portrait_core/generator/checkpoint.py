@@ -1,0 +1,123 @@
+"""Generator checkpoints: ONE ``.safetensors`` file (tensors + string metadata), never pickled code.
+
+Metadata: ``format = "busto-generator"``, ``format_version = "1"``, ``config`` (JSON of the GeneratorConfig),
+``info`` (free-form JSON). Writes are atomic (temporary file in the same folder + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import config_from_json, config_to_json
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save_generator", "load_generator", "read_metadata"]
+
+FORMAT = "busto-generator"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A generator checkpoint is missing, unreadable, of another format/version, or does not match its config."""
+
+
+def save_generator(path: str | os.PathLike, generator, info: dict[str, Any] | None = None) -> Path:
+    """Write ``generator``'s state dict and config to ``path`` (a ``.safetensors`` file), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    try:
+        info_json = json.dumps(info or {})
+    except TypeError as e:
+        raise TypeError(f"save_generator: info must be JSON-serialisable: {e}") from e
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in generator.state_dict().items()}
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_json(generator.cfg),
+                "info": info_json}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a generator checkpoint (validated format tag and version)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from e
+    fmt = metadata.get("format")
+    if fmt != FORMAT:
+        raise CheckpointError(f"{path}: metadata 'format' is {fmt!r}, expected {FORMAT!r} (not a Busto generator "
+                              f"checkpoint)")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format_version {version!r}; this Busto reads version "
+                              f"{FORMAT_VERSION!r}")
+    for key in ("config", "info"):
+        if key not in metadata:
+            raise CheckpointError(f"{path}: metadata has no {key!r} entry")
+    return metadata
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", body=None, face=None):
+    """Rebuild the Generator from its config and load its tensors (strict: every key and shape must match).
+
+    ``body``/``face`` optionally replace the synthetic body/face models (they are not stored in the file).
+    The checkpoint's ``info`` dict is attached as ``generator.checkpoint_info``.
+    """
+    from safetensors.torch import load_file
+
+    from .generator import Generator
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
+        cfg = config_from_json(metadata["config"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid generator config in metadata: {e}") from e
+    try:
+        info = json.loads(metadata["info"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: metadata 'info' is not valid JSON: {e}") from e
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{path}: could not read tensors ({type(e).__name__}: {e})") from e
+    generator = Generator(cfg, body=body, face=face)
+    expected = generator.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        raise CheckpointError(f"{path}: tensors do not match the stored config: " + "; ".join(parts))
+    for key, value in expected.items():
+        if tuple(tensors[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: tensor {key!r} has shape {list(tensors[key].shape)}, the config "
+                                  f"expects {list(value.shape)}")
+        if not torch.isfinite(tensors[key]).all():
+            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or inf")
+    generator.load_state_dict(tensors, strict=True)
+    generator.checkpoint_info = info
+    return generator.to(device).eval()

@@ -1,0 +1,447 @@
+"""The generator: one pipeline that reads like the paper's figure.
+
+    rays -> pose deformation -> expression deformation -> manifold intersections -> radiance -> composite
+         -> (manifold super-resolution)
+
+``Generator.forward`` is the training path (every stage differentiable, radiance evaluated at the canonical
+intersections). ``Generator.make_avatar`` bakes the per-identity work once (see ``avatar.py``); the avatar renders
+frames through the same :meth:`Generator.render_scene` with baked grids and textures in place of the networks.
+
+Frames: observed space (posed, expressive) --inverse LBS + smoothing--> canonical pose (expressive)
+--+Delta--> canonical (neutral). All points are metres in the canonical frame (origin at the canonical neck
+joint J12, +Y up, subject faces +Z).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor, nn
+
+from portrait_core import conventions as C
+from portrait_core.geometry.camera import Camera
+
+from . import rendering as R
+from .config import GeneratorConfig
+from .networks import (
+    ExpressionDeformNet,
+    ManifoldField,
+    MappingNetwork,
+    PoseSmoother,
+    RadianceField,
+    StyleRRDBNet,
+)
+from .structures import Controls, Latents, RenderOutput
+
+if TYPE_CHECKING:
+    from portrait_core.body.model import BodyModel, BodyState
+
+    from .avatar import Avatar
+
+__all__ = ["Generator", "SceneFields"]
+
+#: Radiance fn: canonical hits [B, P, L, 3], valid [B, P, L] -> rgb [B, P, L, 3] in [0, 1], alpha [B, P, L],
+#: features [B, P, L, C] or None.
+RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, "Tensor | None"]]
+
+
+@dataclass
+class SceneFields:
+    """How a batch of frames evaluates each stage of the pipeline: networks (training) or bakes (avatars)."""
+
+    pose_volume: Tensor
+    """[B, 12, G, G, G] smoothed observed->canonical-pose affine maps on the posed-space grid."""
+    expression_offsets: Callable[[Tensor], Tensor]
+    """Canonical-pose points [B, P, 3] -> Delta [B, P, 3] (metres)."""
+    manifold: Callable[[Tensor], Tensor]
+    """Canonical points [B, P, 3] -> manifold field s [B, P]."""
+    radiance: RadianceFn
+    """At ray resolution."""
+    radiance_hr: RadianceFn | None = None
+    """Super-resolved textures (None: no super-resolution)."""
+
+
+class Generator(nn.Module):
+    """AniPortraitGAN-style generator. Public inputs/outputs: see docs/DESIGN.md and docs/generator.md.
+
+    ``body`` (a :class:`~portrait_core.body.model.BodyModel`, default the synthetic one) and ``face`` are helpers
+    held outside the state dict (they are not trained and a user may swap in the licensed SMPL/BFM files).
+    """
+
+    def __init__(self, cfg: GeneratorConfig, body: "BodyModel | None" = None, face=None):
+        super().__init__()
+        self.cfg = cfg
+        latent_dim = cfg.identity_dim + cfg.noise_dim
+        # per identity
+        self.radiance = RadianceField(cfg.radiance)
+        self.radiance_mapping = MappingNetwork(latent_dim, self.radiance.style_dim, cfg.radiance.mapping, last_gain=0.25)
+        self.manifold = ManifoldField(cfg.manifold)
+        # per frame
+        self.expression_deform = ExpressionDeformNet(cfg.expression)
+        self.expression_mapping = MappingNetwork(cfg.identity_dim + cfg.expression_dim, self.expression_deform.style_dim,
+                                                 cfg.expression.mapping, last_gain=0.25)
+        self.pose_smoother = PoseSmoother(cfg.pose)
+        # super-resolution
+        if cfg.superres.enabled:
+            self.superres = StyleRRDBNet(4 + cfg.radiance.feature_dim, cfg.superres)
+            self.superres_mapping = MappingNetwork(latent_dim, self.superres.style_dim, cfg.superres.mapping)
+        else:
+            self.superres = self.superres_mapping = None
+        # truncation averages (tracked, saved)
+        self.register_buffer("radiance_style_avg", torch.zeros(self.radiance.style_dim))
+        self.register_buffer("superres_style_avg", torch.zeros(self.superres.style_dim if self.superres else 0))
+        # fixed geometry (not saved: derived from the config)
+        self.register_buffer("shell_centre", torch.tensor(cfg.manifold.centre), persistent=False)
+        self.register_buffer("pose_box_centre", torch.tensor(cfg.pose.box_centre), persistent=False)
+        self.register_buffer("head_box_centre", torch.tensor(cfg.expression.head_box_centre), persistent=False)
+        self.register_buffer("head_box_half", torch.tensor(cfg.expression.head_box_half_extent), persistent=False)
+        if body is None:
+            from portrait_core.body.model import BodyModel
+
+            body = BodyModel.synthetic()
+        self._helpers = {"body": body, "face": face}
+        self._bake_cache: dict[str, tuple[tuple, object]] = {}
+        self.update_w_avg(n=1024)
+
+    # ------------------------------------------------------------------ helpers held outside the state dict
+    @property
+    def body(self) -> "BodyModel":
+        return self._helpers["body"]
+
+    @property
+    def face(self):
+        """The 3DMM face model (built on first use; the synthetic one unless given)."""
+        if self._helpers["face"] is None:
+            from portrait_core.face.model import FaceModel
+
+            self._helpers["face"] = FaceModel.synthetic().to(self.device)
+        return self._helpers["face"]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for helper in self._helpers.values():
+            if helper is not None:
+                helper._apply(fn)
+        self._bake_cache.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.radiance_style_avg.device
+
+    @property
+    def levels(self) -> Tensor:
+        """[L] manifold levels (decreasing: outermost shell first)."""
+        return self.manifold.levels
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by name: mapping (radiance + expression mappings), manifold, radiance, deform
+        (expression deformation), smoother (pose), superres (trunk + upsampler), superres_mapping."""
+        groups = {
+            "mapping": [*self.radiance_mapping.parameters(), *self.expression_mapping.parameters()],
+            "manifold": list(self.manifold.parameters()),
+            "radiance": list(self.radiance.parameters()),
+            "deform": list(self.expression_deform.parameters()),
+            "smoother": list(self.pose_smoother.parameters()),
+        }
+        if self.superres is not None:
+            groups["superres"] = list(self.superres.parameters())
+            groups["superres_mapping"] = list(self.superres_mapping.parameters())
+        return groups
+
+    # ------------------------------------------------------------------ mapping and truncation
+    def radiance_styles(self, latents: Latents, truncation: float = 1.0) -> Tensor:
+        """[B, radiance.style_dim] FiLM freq/phase (raw), truncated towards the tracked average."""
+        raw = self.radiance_mapping(torch.cat([latents.identity, latents.noise], -1))
+        return _truncate(raw, self.radiance_style_avg, truncation)
+
+    def superres_styles(self, latents: Latents, truncation: float = 1.0) -> Tensor:
+        raw = self.superres_mapping(torch.cat([latents.identity, latents.noise], -1))
+        return _truncate(raw, self.superres_style_avg, truncation)
+
+    def expression_styles(self, identity: Tensor, expression: Tensor) -> Tensor:
+        """[B, deform style_dim]; no truncation on the deformation mapping."""
+        return self.expression_mapping(torch.cat([identity, expression], -1))
+
+    @torch.no_grad()
+    def update_w_avg(self, n: int = 10000, identities: Tensor | None = None, seed: int = 0, batch: int = 4096) -> None:
+        """Recompute the truncation averages from ``n`` (identity, noise) pairs: ``identities`` [M, 80] rows drawn
+        with replacement (e.g. the dataset's table) or standard-normal identities; standard-normal noise."""
+        g = torch.Generator().manual_seed(seed)
+        rad_sum = torch.zeros_like(self.radiance_style_avg, dtype=torch.float64)
+        sr_sum = torch.zeros_like(self.superres_style_avg, dtype=torch.float64)
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            if identities is None:
+                identity = torch.randn(m, self.cfg.identity_dim, generator=g)
+            else:
+                identity = identities[torch.randint(0, identities.shape[0], (m,), generator=g)].cpu().float()
+            noise = torch.randn(m, self.cfg.noise_dim, generator=g)
+            z = torch.cat([identity, noise], -1).to(self.device, self.radiance_style_avg.dtype)
+            rad_sum += self.radiance_mapping(z).sum(0).double()
+            if self.superres_mapping is not None:
+                sr_sum += self.superres_mapping(z).sum(0).double()
+        self.radiance_style_avg.copy_(rad_sum / n)
+        self.superres_style_avg.copy_(sr_sum / n)
+
+    # ------------------------------------------------------------------ stages (each usable on its own)
+    def pose_volume(self, state: "BodyState") -> Tensor:
+        """Observed->canonical-pose affine maps on the posed-space grid, smoothed: [B, 12, G, G, G].
+
+        Inverse LBS (nearest valid posed vertex, ``BodyModel.inverse_lbs``) at the grid nodes, then the learnable
+        smoothing CNN. Differentiable in the smoother's kernels.
+        """
+        g = self.cfg.render.pose_grid
+        nodes = R.grid_points(self.pose_box_centre, self.cfg.pose.box_half_extent, g).reshape(1, -1, 3)
+        b = state.vertices.shape[0]
+        with torch.no_grad():
+            transforms = self.body.inverse_lbs(state, nodes.expand(b, -1, -1).contiguous())
+        entries = R.affine_entries(transforms.to(nodes.dtype)).reshape(b, g, g, g, 12).permute(0, 4, 1, 2, 3)
+        return self.pose_smoother(entries.contiguous())
+
+    def pose_deformation(self, pose_volume: Tensor, points: Tensor) -> Tensor:
+        """Observed points [B, P, 3] -> canonical-pose points [B, P, 3] through the smoothed affine-map grid."""
+        entries = R.sample_grid(pose_volume, points, self.pose_box_centre, self.cfg.pose.box_half_extent, "border")
+        return R.apply_affine(entries, points)
+
+    def expression_deformation(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
+        """Direct, differentiable expression offsets at arbitrary canonical-pose points.
+
+        points [B, P, 3] metres (canonical pose, expressive), identity [B, 80], expression [B, 64] ->
+        Delta [B, P, 3] metres: ``points + Delta`` is the neutral canonical point. Zero outside the head box.
+        """
+        return self.expression_deform(points, self.expression_styles(identity, expression))
+
+    def expression_volume(self, styles: Tensor) -> Tensor:
+        """The expression offsets baked on the head-box grid: [B, 3, G, G, G] (metres)."""
+        g = self.cfg.render.expression_grid
+        nodes = R.grid_points(self.head_box_centre, self.head_box_half, g).reshape(1, -1, 3)
+        delta = self.expression_deform(nodes.expand(styles.shape[0], -1, -1), styles)
+        return delta.reshape(-1, g, g, g, 3).permute(0, 4, 1, 2, 3).contiguous()
+
+    def expression_offsets_fn(self, styles: Tensor) -> Callable[[Tensor], Tensor]:
+        """Delta(points) for a batch of frames: trilinear in the head-box grid, or direct when the grid is 0."""
+        if self.cfg.render.expression_grid == 0:
+            return lambda points: self.expression_deform(points, styles)
+        volume = self.expression_volume(styles)
+        return lambda points: R.sample_grid(volume, points, self.head_box_centre, self.head_box_half, "zeros")
+
+    def manifold_volume(self) -> Tensor:
+        """The learned part of the manifold field on its grid, [1, 1, G, G, G] (cached while the manifold
+        parameters are unchanged and no gradient is recorded)."""
+        key = self._manifold_key()
+        cached = self._bake_cache.get("manifold")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        g = self.cfg.render.manifold_grid
+        nodes = R.grid_points(self.shell_centre, self.cfg.render.manifold_grid_half_extent, g).reshape(-1, 3)
+        residual = torch.cat([self.manifold.residual(chunk) for chunk in nodes.split(self.cfg.render.chunk_size)])
+        volume = residual.reshape(1, 1, g, g, g)
+        if not torch.is_grad_enabled():
+            self._bake_cache["manifold"] = (key, volume)
+        return volume
+
+    def baked_manifold_fn(self) -> Callable[[Tensor], Tensor]:
+        """s(points) with the learned part trilinear in the baked grid (the analytic shell part stays exact)."""
+        if self.cfg.render.manifold_grid == 0:
+            return self.manifold
+        volume = self.manifold_volume()
+        half = self.cfg.render.manifold_grid_half_extent
+
+        def field(points: Tensor) -> Tensor:
+            b = points.shape[0]
+            learned = R.sample_grid(volume.expand(b, -1, -1, -1, -1), points, self.shell_centre, half, "border")
+            return self.manifold.radial(points) + learned[..., 0]
+
+        return field
+
+    def bake_intersections(self) -> tuple[Tensor, Tensor]:
+        """Canonical intersections of the texture-parametrisation rays with every level (no deformation):
+        points [T*T, L, 3] and validity [T*T, L]. Latent-free, so cached on the generator (under no_grad)."""
+        key = self._manifold_key()
+        cached = self._bake_cache.get("bake_hits")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rc = self.cfg.render
+        points, depths = R.texture_rays(rc.texture_resolution, rc.mode, self.shell_centre, rc.texture_half_extent,
+                                        rc.bake_radius, rc.bake_samples)
+        rays_per_chunk = max(1, rc.chunk_size // rc.bake_samples)
+        s = torch.cat([self.manifold(chunk) for chunk in points.split(rays_per_chunk)])
+        crossings = R.intersect_levels(s, depths, self.levels)
+        hits = R.interpolate_at_crossings(points, crossings)
+        result = (hits, crossings.valid)
+        if not torch.is_grad_enabled():
+            self._bake_cache["bake_hits"] = (key, result)
+        return result
+
+    def bake_textures(self, radiance_styles: Tensor) -> Tensor:
+        """Canonical radiance baked on the level textures: [G, L, 4 + C, T, T] = (rgb in [0, 1], alpha, features)
+        for G style vectors; alpha is 0 where a texel's ray misses the level."""
+        hits, valid = self.bake_intersections()
+        t, n_levels = self.cfg.render.texture_resolution, self.levels.shape[0]
+        g = radiance_styles.shape[0]
+        flat = hits.reshape(1, -1, 3).expand(g, -1, -1)
+        if torch.is_grad_enabled():
+            rgb, sigma, feats = self.radiance(flat, radiance_styles)
+        else:
+            parts = [self.radiance(chunk, radiance_styles) for chunk in flat.split(self.cfg.render.chunk_size, dim=1)]
+            rgb, sigma, feats = (torch.cat(p, dim=1) for p in zip(*parts))
+        alpha = R.alpha_from_sigma(sigma[..., 0], valid.reshape(1, -1), self.cfg.render.alpha_delta)
+        texels = torch.cat([rgb, alpha[..., None], feats], -1)  # [G, T*T*L, 4 + C]
+        return texels.reshape(g, t, t, n_levels, -1).permute(0, 3, 4, 1, 2).contiguous()
+
+    def super_resolve_textures(self, textures: Tensor, superres_styles: Tensor) -> Tensor:
+        """[G, L, 4 + C, T, T] -> [G, L, 4, sT, sT] RGBA in [0, 1]."""
+        if self.superres is None:
+            raise ValueError("super-resolution is disabled in this generator's config (superres.enabled=False)")
+        return self.superres(textures, superres_styles)
+
+    def texture_radiance_fn(self, textures: Tensor) -> RadianceFn:
+        """Radiance by texture lookup at the canonical hits' parametrisation coordinates."""
+        rc = self.cfg.render
+
+        def radiance(hits: Tensor, valid: Tensor):
+            uv = R.texture_coords(hits, rc.mode, self.shell_centre, rc.texture_half_extent)
+            texels = R.sample_textures(textures, uv, rc.mode)
+            alpha = texels[..., 3] * valid.to(texels.dtype)
+            feats = texels[..., 4:] if texels.shape[-1] > 4 else None
+            return texels[..., :3], alpha, feats
+
+        return radiance
+
+    def network_radiance_fn(self, radiance_styles: Tensor) -> RadianceFn:
+        """Radiance by evaluating the FiLM-SIREN at the canonical hits (differentiable)."""
+
+        def radiance(hits: Tensor, valid: Tensor):
+            b, p, n_levels, _ = hits.shape
+            rgb, sigma, feats = self.radiance(hits.reshape(b, -1, 3), radiance_styles)
+            alpha = R.alpha_from_sigma(sigma[..., 0].reshape(b, p, n_levels), valid, self.cfg.render.alpha_delta)
+            return rgb.reshape(b, p, n_levels, 3), alpha, feats.reshape(b, p, n_levels, -1)
+
+        return radiance
+
+    # ------------------------------------------------------------------ the pipeline
+    def render_scene(self, scene: SceneFields, camera: Camera, resolution: int | None = None,
+                     super_resolve: bool = False) -> RenderOutput:
+        """Render a batch of frames: the paper's figure, top to bottom."""
+        rc = self.cfg.render
+        h = w = resolution or rc.resolution
+        b = camera.batch_size
+        # 1. rays and samples in observed space
+        origins, directions = camera.rays(h, w)
+        depths = R.sample_depths(camera.near, camera.far, rc.samples_per_ray)  # [B, 1, N]
+        observed = R.ray_points(origins, directions, camera.forward, depths)  # [B, R, N, 3]
+        n = observed.shape[2]
+        # 2. pose deformation: observed -> canonical pose (smoothed inverse LBS)
+        canonical_pose = self.pose_deformation(scene.pose_volume, observed.reshape(b, -1, 3))
+        # 3. expression deformation: canonical pose (expressive) -> canonical (neutral)
+        delta = scene.expression_offsets(canonical_pose)
+        canonical = (canonical_pose + delta).reshape(b, h * w, n, 3)
+        # 4. manifold intersections: first crossing of every level along every ray
+        s = scene.manifold(canonical.reshape(b, -1, 3)).reshape(b, h * w, n)
+        crossings = R.intersect_levels(s, depths, self.levels)
+        hits = R.interpolate_at_crossings(canonical, crossings)  # [B, R, L, 3]
+        # 5. radiance at the canonical intersections
+        rgb, alpha, feats = scene.radiance(hits, crossings.valid)
+        # 6. sorted front-to-back compositing over white
+        lr = R.composite(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
+        image_lr, alpha_lr, depth_lr = _to_image(lr.rgb, h, w), _to_image(lr.opacity[..., None], h, w), \
+            _to_image(lr.depth[..., None], h, w)
+        features = _to_image(lr.features, h, w) if lr.features is not None else None
+        image, alpha_img, depth_img = image_lr, alpha_lr, depth_lr
+        # 7. manifold super-resolution: the same intersections, upsampled, read from super-resolved textures
+        if super_resolve:
+            if scene.radiance_hr is None:
+                raise ValueError("super_resolve=True needs super-resolved textures (superres.enabled in the config)")
+            scale = self.cfg.superres.scale
+            hits_hr = R.upsample_rays(hits, (h, w), scale)
+            valid_hr = R.upsample_rays(crossings.valid.to(hits.dtype), (h, w), scale) > 0.99
+            depth_hr = R.upsample_rays(crossings.depth, (h, w), scale)
+            rgb_hr, alpha_hr, _ = scene.radiance_hr(hits_hr, valid_hr)
+            hr = R.composite(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
+            hh, ww = h * scale, w * scale
+            image, alpha_img, depth_img = _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), \
+                _to_image(hr.depth[..., None], hh, ww)
+        aux = {
+            "valid": crossings.valid.permute(0, 2, 1).reshape(b, -1, h, w),
+            "weights": lr.weights.permute(0, 2, 1).reshape(b, -1, h, w),
+            "expression_offsets": delta.reshape(b, h * w, n, 3),
+            "canonical_pose_points": canonical_pose.reshape(b, h * w, n, 3),
+        }
+        return RenderOutput(image * 2 - 1, alpha_img, depth_img, image_lr * 2 - 1, alpha_lr, depth_lr, features, aux)
+
+    def forward(self, latents: Latents, controls: Controls, camera: Camera, *, truncation: float = 1.0,
+                super_resolve: bool = False, resolution: int | None = None) -> RenderOutput:
+        """Training path: render a batch (B identities x their controls x their cameras), differentiable.
+
+        Radiance is evaluated directly at the canonical intersections for the low-resolution image. With
+        ``super_resolve`` the level textures are baked (differentiably) for each sample, super-resolved, and read
+        at the bilinearly upsampled intersections, exactly as an avatar does. The manifold field is evaluated
+        directly; pose and expression deformations use their per-frame grids (as avatars do).
+        """
+        latents = latents.validate("Generator.forward: latents")
+        controls = controls.validate("Generator.forward: controls")
+        b = latents.batch_size
+        if controls.batch_size != b:
+            raise ValueError(f"Generator.forward: latents batch {b} != controls batch {controls.batch_size}")
+        camera = _camera_for_batch("Generator.forward", camera, b)
+        radiance_styles = self.radiance_styles(latents, truncation)
+        state = self.body.posed(controls.body_shape, controls.pose)
+        expression_styles = self.expression_styles(latents.identity, controls.expression)
+        radiance_hr = None
+        if super_resolve:
+            textures = self.bake_textures(radiance_styles)
+            hr_textures = self.super_resolve_textures(textures, self.superres_styles(latents, truncation))
+            radiance_hr = self.texture_radiance_fn(hr_textures)
+        scene = SceneFields(
+            pose_volume=self.pose_volume(state),
+            expression_offsets=self.expression_offsets_fn(expression_styles),
+            manifold=self.manifold,
+            radiance=self.network_radiance_fn(radiance_styles),
+            radiance_hr=radiance_hr,
+        )
+        return self.render_scene(scene, camera, resolution, super_resolve)
+
+    # ------------------------------------------------------------------ avatars and cameras
+    def make_avatar(self, latents: Latents, body_shape: Tensor | None = None, *, truncation: float = 0.7,
+                    super_resolve: bool = True) -> "Avatar":
+        """Bake one identity (mapping, textures, super-resolved textures, manifold grid, canonical body)."""
+        from .avatar import Avatar
+
+        return Avatar(self, latents, body_shape, truncation=truncation, super_resolve=super_resolve)
+
+    def face_camera(self, controls: Controls, yaw: Tensor | float = C.FRONTAL_YAW,
+                    pitch: Tensor | float = C.FRONTAL_PITCH) -> Camera:
+        """The face camera for these controls: orbits the canonical face centre, carried by the head's
+        canonical->posed transform (follows the head)."""
+        state = self.body.posed(controls.body_shape, controls.pose)
+        face_centre = self.body.face_transform(controls.body_shape)[:, :3, 3]
+        return Camera.face(state.bone_transforms[:, C.HEAD], face_centre, yaw, pitch)
+
+    # ------------------------------------------------------------------ internals
+    def _manifold_key(self) -> tuple:
+        params = list(self.manifold.parameters())
+        return (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), self.device,
+                self.radiance_style_avg.dtype)
+
+
+def _truncate(raw: Tensor, average: Tensor, psi: float) -> Tensor:
+    if psi == 1.0:
+        return raw
+    return average + psi * (raw - average)
+
+
+def _to_image(values: Tensor, h: int, w: int) -> Tensor:
+    """Per-ray values [B, H*W, C] -> image [B, C, H, W]."""
+    return values.reshape(values.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+
+def _camera_for_batch(where: str, camera: Camera, batch: int) -> Camera:
+    if not isinstance(camera, Camera):
+        raise TypeError(f"{where}: camera must be a portrait_core.geometry.camera.Camera, got {type(camera).__name__}")
+    if camera.batch_size not in (1, batch):
+        raise ValueError(f"{where}: camera batch {camera.batch_size} must be 1 or {batch}")
+    camera.validate(f"{where}: camera")
+    return camera.expand(batch)

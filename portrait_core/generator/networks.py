@@ -1,0 +1,365 @@
+"""The generator's networks: mappings, manifold field, FiLM-SIREN radiance, expression deformation, pose
+smoother and manifold super-resolution.
+
+Every field takes points in **metres in the canonical frame** (origin at the canonical neck joint, +Y up, subject
+faces +Z) and converts them once, internally, to network units (:func:`to_network_units`: origin at the face
+centre, 1 unit = 1.1775 m, the official AniPortraitGAN normalisation). Offsets come back in metres.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from portrait_core import conventions as C
+
+from .config import (
+    ExpressionDeformConfig,
+    ManifoldConfig,
+    MappingConfig,
+    PoseDeformConfig,
+    RadianceConfig,
+    SuperResConfig,
+)
+
+__all__ = [
+    "to_network_units", "MappingNetwork", "FiLMSiren", "RadianceField", "ManifoldField", "ExpressionDeformNet",
+    "PoseSmoother", "StyleRRDBNet", "box_window",
+]
+
+
+def to_network_units(points: Tensor) -> Tensor:
+    """Canonical-frame metres [..., 3] -> network units: ``(p - FACE_CENTRE) / UNIT_METRES``."""
+    centre = points.new_tensor(C.FACE_CENTRE)
+    return (points - centre) / C.UNIT_METRES
+
+
+def box_window(points: Tensor, centre: Tensor, half_extent: Tensor, fade: float) -> Tensor:
+    """Smooth box window [..., 1]: 1 inside the box shrunk by ``fade * half_extent``, 0 outside the box,
+    a C1 smoothstep in between (product over the three axes). Points and box in the same units."""
+    d = (points - centre).abs() / half_extent  # 0 at the centre, 1 on the faces
+    ramp = ((1.0 - d) / fade).clamp(0.0, 1.0)
+    w = ramp * ramp * (3.0 - 2.0 * ramp)
+    return w.prod(dim=-1, keepdim=True)
+
+
+# --- mapping --------------------------------------------------------------------------------------------------
+
+class MappingNetwork(nn.Module):
+    """Latent -> style vector: ``layers`` x (Linear, LeakyReLU 0.2), then Linear.
+
+    Kaiming-normal init (a = 0.2, fan-in), zero biases, the last weight scaled by ``last_gain``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, cfg: MappingConfig, last_gain: float = 1.0):
+        super().__init__()
+        dims = [in_dim] + [cfg.hidden] * cfg.layers
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.LeakyReLU(0.2)]
+        layers.append(nn.Linear(dims[-1], out_dim))
+        self.net = nn.Sequential(*layers)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.net[-1].weight.mul_(last_gain)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+# --- FiLM-SIREN ----------------------------------------------------------------------------------------------
+
+def _siren_init(linear: nn.Linear, first: bool) -> None:
+    fan_in = linear.in_features
+    bound = 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / 25.0
+    with torch.no_grad():
+        linear.weight.uniform_(-bound, bound)
+        linear.bias.uniform_(-bound, bound)
+
+
+class FiLMSiren(nn.Module):
+    """``h = sin(freq * (W x + b) + phase)`` with ``freq = 15 f + 30`` from the raw style ``f``."""
+
+    def __init__(self, in_dim: int, out_dim: int, first: bool = False):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        _siren_init(self.linear, first)
+
+    def forward(self, x: Tensor, freq: Tensor, phase: Tensor) -> Tensor:
+        return torch.sin((15.0 * freq + 30.0) * self.linear(x) + phase)
+
+
+def _split_film(styles: Tensor, n_layers: int, width: int) -> tuple[Tensor, Tensor]:
+    """Raw styles [B, 2 * n_layers * width] -> freq, phase [B, n_layers, width]."""
+    freq, phase = styles.reshape(styles.shape[0], 2, n_layers, width).unbind(1)
+    return freq, phase
+
+
+class RadianceField(nn.Module):
+    """FiLM-SIREN radiance field with rgb / sigma / feature heads summed over trunk layers 1..depth-1.
+
+    The last rgb contribution reads a colour FiLM layer applied to the last trunk output (its own freq/phase
+    slot). There is no view-direction input: the baked textures cannot depend on the view, so training does
+    not either (a deliberate deviation; the official code fixes the view to (0, 0, -1) at bake time).
+    """
+
+    def __init__(self, cfg: RadianceConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.trunk = nn.ModuleList([FiLMSiren(3, w, first=True)] + [FiLMSiren(w, w) for _ in range(cfg.depth - 1)])
+        self.colour_layer = FiLMSiren(w, w)
+        n_heads = cfg.depth - 1
+        self.sigma_heads = nn.ModuleList([nn.Linear(w, 1) for _ in range(n_heads)])
+        self.feature_heads = nn.ModuleList([nn.Linear(w, cfg.feature_dim) for _ in range(n_heads)])
+        self.rgb_heads = nn.ModuleList([nn.Linear(w, 3) for _ in range(n_heads)])
+        for head in [*self.sigma_heads, *self.feature_heads, *self.rgb_heads]:
+            _siren_init(head, first=False)
+
+    @property
+    def style_dim(self) -> int:
+        """Raw style size: (depth trunk layers + 1 colour layer) x width x {freq, phase}."""
+        return 2 * (self.cfg.depth + 1) * self.cfg.width
+
+    def forward(self, points: Tensor, styles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """points [B, P, 3] metres (canonical), styles [B, style_dim] ->
+        rgb [B, P, 3] in [0, 1], sigma [B, P, 1] (raw), features [B, P, feature_dim]."""
+        freq, phase = _split_film(styles, self.cfg.depth + 1, self.cfg.width)
+        freq, phase = freq[:, :, None, :], phase[:, :, None, :]  # [B, L, 1, W]: broadcast over points
+        h = to_network_units(points) * self.cfg.input_scale
+        sigma = rgb = features = 0.0
+        last = self.cfg.depth - 1
+        for i, layer in enumerate(self.trunk):
+            h = layer(h, freq[:, i], phase[:, i])
+            if i == 0:
+                continue
+            sigma = sigma + self.sigma_heads[i - 1](h)
+            features = features + self.feature_heads[i - 1](h)
+            colour_input = self.colour_layer(h, freq[:, -1], phase[:, -1]) if i == last else h
+            rgb = rgb + self.rgb_heads[i - 1](colour_input)
+        return torch.sigmoid(rgb), sigma, features
+
+
+# --- manifold field ------------------------------------------------------------------------------------------
+
+class ManifoldField(nn.Module):
+    """Latent-free scalar field ``s(x) = |x_n - c_n| + MLP(x_n)`` (network units); level l is ``{s = l}``.
+
+    The ReLU MLP's last layer is zero-initialised, so the levels ``linspace(r_max, r_min, K)`` (network units)
+    start as nested spheres around ``centre``; s grows outwards, so along a ray from outside the first
+    (decreasing) crossing of each level is the front of its shell, from any direction.
+    """
+
+    def __init__(self, cfg: ManifoldConfig):
+        super().__init__()
+        self.cfg = cfg
+        dims = [3] + [cfg.width] * cfg.hidden_layers
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            lin = nn.Linear(a, b)
+            nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0 / b))
+            nn.init.zeros_(lin.bias)
+            layers += [lin, nn.ReLU()]
+        last = nn.Linear(dims[-1], 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.mlp = nn.Sequential(*layers)
+        centre_units = to_network_units(torch.tensor(cfg.centre, dtype=torch.float32))
+        self.register_buffer("centre_units", centre_units, persistent=False)
+        levels = torch.linspace(cfg.radius_max, cfg.radius_min, cfg.levels) / C.UNIT_METRES
+        self.register_buffer("levels", levels, persistent=False)
+
+    def radial(self, points: Tensor) -> Tensor:
+        """The analytic shell part ``|x_n - c_n|`` [...] (network units)."""
+        return (to_network_units(points) - self.centre_units.to(points.dtype)).norm(dim=-1)
+
+    def residual(self, points: Tensor) -> Tensor:
+        """The learned part ``MLP(x_n)`` [...] (network units)."""
+        x = (to_network_units(points) - self.centre_units.to(points.dtype)) * self.cfg.input_scale
+        return self.mlp(x).squeeze(-1)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """points [..., 3] metres -> s [...]."""
+        return self.radial(points) + self.residual(points)
+
+
+# --- expression deformation ----------------------------------------------------------------------------------
+
+class ExpressionDeformNet(nn.Module):
+    """FiLM-SIREN expression deformation in canonical-pose space: offsets Delta(x) in metres.
+
+    3-d input (no always-zero channels), zero-initialised output layer (training starts at the identity
+    deformation), Delta in the units of the point (pitfall #1 fixed), confined to the head box by
+    :func:`box_window`.
+    """
+
+    def __init__(self, cfg: ExpressionDeformConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList([FiLMSiren(3, cfg.width, first=True)] +
+                                    [FiLMSiren(cfg.width, cfg.width) for _ in range(cfg.depth - 1)])
+        self.head = nn.Linear(cfg.width, 3)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.register_buffer("box_centre", torch.tensor(cfg.head_box_centre, dtype=torch.float32), persistent=False)
+        self.register_buffer("box_half", torch.tensor(cfg.head_box_half_extent, dtype=torch.float32),
+                             persistent=False)
+
+    @property
+    def style_dim(self) -> int:
+        return 2 * self.cfg.depth * self.cfg.width
+
+    def window(self, points: Tensor) -> Tensor:
+        return box_window(points, self.box_centre.to(points.dtype), self.box_half.to(points.dtype), self.cfg.fade)
+
+    def forward(self, points: Tensor, styles: Tensor) -> Tensor:
+        """points [B, P, 3] metres (canonical pose, expressive), styles [B, style_dim] -> Delta [B, P, 3] metres,
+        so that ``points + Delta`` is the neutral canonical point."""
+        freq, phase = _split_film(styles, self.cfg.depth, self.cfg.width)
+        freq, phase = freq[:, :, None, :], phase[:, :, None, :]
+        h = to_network_units(points) * self.cfg.input_scale
+        for i, layer in enumerate(self.layers):
+            h = layer(h, freq[:, i], phase[:, i])
+        return self.head(h) * C.UNIT_METRES * self.window(points)
+
+
+# --- pose smoother -------------------------------------------------------------------------------------------
+
+class PoseSmoother(nn.Module):
+    """Learnable low-pass filter over a volume of per-point transform entries (the paper's "pose deformation
+    processing network").
+
+    Depthwise conv3d, one k^3 kernel per channel and pass, re-normalised to sum 1 at every forward (so constant
+    fields, e.g. the identity transform of the canonical pose, pass unchanged); replicate padding; no bias or
+    activation. Initialised uniform in [0.5, 1) (a near-box filter).
+    """
+
+    def __init__(self, cfg: PoseDeformConfig, channels: int = 12):
+        super().__init__()
+        k = cfg.kernel_size
+        self.channels, self.passes, self.pad = channels, cfg.passes, k // 2
+        self.kernels = nn.Parameter(torch.empty(cfg.passes, channels, 1, k, k, k).uniform_(0.5, 1.0))
+
+    def normalised_kernels(self) -> Tensor:
+        k = self.kernels
+        return k / k.sum(dim=(-3, -2, -1), keepdim=True)
+
+    def forward(self, volume: Tensor) -> Tensor:
+        """volume [B, channels, D, H, W] -> smoothed volume, same shape."""
+        kernels = self.normalised_kernels().to(volume.dtype)
+        p = self.pad
+        for i in range(self.passes):
+            volume = F.conv3d(F.pad(volume, (p,) * 6, mode="replicate"), kernels[i], groups=self.channels)
+        return volume
+
+
+# --- super-resolution ----------------------------------------------------------------------------------------
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated + demodulated convolution. The style [G, in] (one per group of samples) comes from
+    the SR mapping network directly (offset by +1, so a zero style is the plain conv)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, demodulate: bool = True):
+        super().__init__()
+        self.in_ch, self.out_ch, self.k = in_ch, out_ch, kernel_size
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.demodulate = demodulate
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        """x [G, N, in, H, W] (N samples share group g's style), style [G, in] -> [G, N, out, H, W]."""
+        g, n, _, h, w = x.shape
+        weight = self.weight[None] * (style + 1.0)[:, None, :, None, None] / math.sqrt(self.in_ch * self.k ** 2)
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        x = x.transpose(0, 1).reshape(n, g * self.in_ch, h, w)
+        y = F.conv2d(x, weight.reshape(g * self.out_ch, self.in_ch, self.k, self.k), padding=self.k // 2, groups=g)
+        y = y.reshape(n, g, self.out_ch, h, w).transpose(0, 1)
+        return y + self.bias[:, None, None]
+
+
+class ResidualDenseBlock(nn.Module):
+    def __init__(self, nf: int, gc: int):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(nf + i * gc, gc, 3, padding=1) for i in range(4)])
+        self.conv_out = nn.Conv2d(nf + 4 * gc, nf, 3, padding=1)
+        for conv in [*self.convs, self.conv_out]:
+            nn.init.kaiming_normal_(conv.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [x]
+        for conv in self.convs:
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
+        return x + 0.2 * self.conv_out(torch.cat(feats, 1))
+
+
+class RRDB(nn.Module):
+    def __init__(self, nf: int, gc: int):
+        super().__init__()
+        self.blocks = nn.Sequential(*[ResidualDenseBlock(nf, gc) for _ in range(3)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.2 * self.blocks(x)
+
+
+class StyleRRDBNet(nn.Module):
+    """Manifold super-resolution: baked textures [G, K, 4 + C, T, T] -> RGBA [G, K, 4, sT, sT] in [0, 1].
+
+    RRDB trunk, then ``log2(scale)`` x (ModConv, PixelShuffle(2), LeakyReLU), HR ModConv, 1x1 ModConv. A
+    deviation from GRAM-HD: the output is ``sigmoid(logit(bilinear_up(RGBA_LR)) + gain * conv_last)`` with
+    ``gain`` starting at 0.01, so an untrained SR is nearly the bilinear upsampler and the LR/HR consistency loss
+    starts at ~0. Sigmoid on all four channels (LR and HR share the [0, 1] colour range).
+    """
+
+    def __init__(self, in_channels: int, cfg: SuperResConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.conv_first = nn.Conv2d(in_channels, cfg.nf, 3, padding=1)
+        self.trunk = nn.Sequential(*[RRDB(cfg.nf, cfg.gc) for _ in range(cfg.nb)])
+        self.trunk_conv = nn.Conv2d(cfg.nf, cfg.nf, 3, padding=1)
+        ups, prev = [], cfg.nf
+        for ch in cfg.up_channels:
+            ups.append(ModulatedConv2d(prev, ch * 4, 3))
+            prev = ch
+        self.up_convs = nn.ModuleList(ups)
+        self.hr_conv = ModulatedConv2d(prev, prev, 3)
+        self.conv_last = ModulatedConv2d(prev, 4, 1)
+        self.residual_gain = nn.Parameter(torch.full((), 0.01))
+
+    @property
+    def style_dims(self) -> list[int]:
+        return [m.in_ch for m in (*self.up_convs, self.hr_conv, self.conv_last)]
+
+    @property
+    def style_dim(self) -> int:
+        return sum(self.style_dims)
+
+    def forward(self, textures: Tensor, styles: Tensor) -> Tensor:
+        """textures [G, K, 4 + C, T, T] (rgb, alpha in [0, 1], features), styles [G, style_dim]."""
+        g, k, c, t, _ = textures.shape
+        x = textures.reshape(g * k, c, t, t)
+        feat = self.conv_first(x)
+        feat = feat + self.trunk_conv(self.trunk(feat))
+        feat = feat.reshape(g, k, *feat.shape[1:])
+        style_parts = list(torch.split(styles, self.style_dims, dim=-1))
+        for conv in self.up_convs:
+            feat = conv(feat, style_parts.pop(0))
+            gg, kk, ch, h, w = feat.shape
+            feat = F.leaky_relu(F.pixel_shuffle(feat.reshape(gg * kk, ch, h, w), 2), 0.2)
+            feat = feat.reshape(gg, kk, *feat.shape[1:])
+        feat = F.leaky_relu(self.hr_conv(feat, style_parts.pop(0)), 0.2)
+        out = self.conv_last(feat, style_parts.pop(0))
+        size = t * self.cfg.scale
+        base = F.interpolate(x[:, :4], size=(size, size), mode="bilinear", align_corners=False)
+        base = torch.logit(base.clamp(1e-4, 1 - 1e-4)).reshape(g, k, 4, size, size)
+        return torch.sigmoid(base + self.residual_gain * out)

@@ -1,0 +1,262 @@
+"""Pure rendering functions: ray samples, grids, ray/level intersections, texture parametrisations and
+front-to-back compositing. No parameters live here.
+
+Conventions: points in metres in the canonical/observed frame; ``depth`` is the camera-z distance (metres along
+the optical axis, like ``Camera.near``/``far``), which orders samples along a ray exactly like the ray parameter.
+Grids are node-centred (``align_corners=True``: the first and last nodes sit on the box faces); textures are
+texel-centred (``align_corners=False``: texel j covers [j, j+1] / T of the domain, its centre at (j + 0.5) / T),
+with the same convention when baking and when looking up (pitfall #3 fixed).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "sample_depths", "ray_points", "grid_points", "sample_grid", "affine_entries", "apply_affine",
+    "LevelCrossings", "intersect_levels", "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
+    "texture_coords", "texture_rays", "sample_textures", "upsample_rays",
+]
+
+
+# --- rays --------------------------------------------------------------------------------------------------------
+
+def sample_depths(near: Tensor, far: Tensor, n: int) -> Tensor:
+    """Uniform camera-z depths [B, 1, n] between near [B] and far [B] (both included)."""
+    steps = torch.linspace(0.0, 1.0, n, dtype=near.dtype, device=near.device)
+    return (near[:, None] + (far - near)[:, None] * steps)[:, None, :]
+
+
+def ray_points(origins: Tensor, directions: Tensor, forward: Tensor, depths: Tensor) -> Tensor:
+    """Points at camera-z ``depths`` [B, 1 or R, N] along rays (origins, unit directions [B, R, 3]); ``forward``
+    [B, 3] is the optical axis. Returns [B, R, N, 3]."""
+    cos = (directions * forward[:, None, :]).sum(-1, keepdim=True).clamp_min(1e-6)  # [B, R, 1]
+    t = depths / cos  # ray parameter, [B, R, N]
+    return origins[:, :, None, :] + t[..., None] * directions[:, :, None, :]
+
+
+# --- grids -------------------------------------------------------------------------------------------------------
+
+def grid_points(centre: Tensor, half_extent: Tensor | float, resolution: int) -> Tensor:
+    """Nodes of a cubic (or box) grid [R, R, R, 3] (index order z, y, x; coordinates x, y, z), node-centred:
+    the first and last nodes lie on the faces of ``centre +/- half_extent``."""
+    half = torch.as_tensor(half_extent, dtype=centre.dtype, device=centre.device).expand(3)
+    axes = [torch.linspace(-1.0, 1.0, resolution, dtype=centre.dtype, device=centre.device) * half[i] + centre[i]
+            for i in range(3)]
+    z, y, x = torch.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    return torch.stack([x, y, z], dim=-1)
+
+
+def sample_grid(volume: Tensor, points: Tensor, centre: Tensor, half_extent: Tensor | float,
+                padding_mode: str = "border") -> Tensor:
+    """Trilinear lookup of a node-centred grid volume [G, C, D, H, W] (over ``centre +/- half_extent``) at
+    points [G, ..., 3] -> [G, ..., C]. ``padding_mode``: 'border' (clamp) or 'zeros'."""
+    g = volume.shape[0]
+    lead = points.shape[1:-1]
+    coords = (points - centre) / torch.as_tensor(half_extent, dtype=points.dtype, device=points.device)
+    coords = coords.reshape(g, -1, 1, 1, 3).to(volume.dtype)
+    out = F.grid_sample(volume, coords, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return out.reshape(g, volume.shape[1], -1).transpose(1, 2).reshape(g, *lead, volume.shape[1])
+
+
+def affine_entries(transforms: Tensor) -> Tensor:
+    """Homogeneous transforms [..., 4, 4] -> their top 3x4 block flattened row-major [..., 12]."""
+    return transforms[..., :3, :].reshape(*transforms.shape[:-2], 12)
+
+
+def apply_affine(entries: Tensor, points: Tensor) -> Tensor:
+    """Apply affine maps given as 12 row-major entries [..., 12] to points [..., 3]."""
+    m = entries.reshape(*entries.shape[:-1], 3, 4)
+    return (m[..., :3] @ points[..., None]).squeeze(-1) + m[..., 3]
+
+
+# --- ray / level intersections -------------------------------------------------------------------------------------
+
+class LevelCrossings(NamedTuple):
+    """The first crossing of each level along each ray. Shapes [..., L]."""
+
+    depth: Tensor
+    """Camera-z depth of the crossing (linear interpolation between the bracketing samples)."""
+    valid: Tensor
+    """True where the ray crosses the level; invalid entries point at the last interval."""
+    index: Tensor
+    """Index i of the bracketing interval [i, i + 1] (long)."""
+    frac: Tensor
+    """Position in the interval, in [0, 1]: value = (1 - frac) * v_i + frac * v_{i+1}."""
+
+
+def intersect_levels(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
+    """First crossing of each level ``l`` by the field samples ``s`` [..., N] along a ray.
+
+    A crossing is an interval with ``s_i >= l > s_{i+1}`` (s falls through the level while moving away from the
+    camera, i.e. the ray enters level l's shell). This one rule serves the per-frame render and the texture bake
+    (pitfall #5). ``depth`` [..., N] (broadcastable) are the samples' depths; ``levels`` [L]. Vectorised over rays
+    and levels; differentiable in ``s`` and ``depth`` through the interpolation weight.
+    """
+    n = s.shape[-1]
+    if n < 2:
+        raise ValueError(f"intersect_levels: need at least 2 samples per ray, got {n}")
+    depth = depth.expand_as(s)
+    lv = levels.to(s.dtype)
+    above = s[..., :, None] >= lv  # [..., N, L]
+    crossing = above[..., :-1, :] & ~above[..., 1:, :]  # [..., N-1, L]
+    valid = crossing.any(dim=-2)
+    index = crossing.to(torch.uint8).argmax(dim=-2)  # first True (argmax returns the first maximum)
+    index = torch.where(valid, index, torch.full_like(index, n - 2))
+    s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
+    frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
+    frac = torch.where(valid, frac, torch.ones_like(frac))
+    d_a, d_b = depth.gather(-1, index), depth.gather(-1, index + 1)
+    return LevelCrossings(d_a + frac * (d_b - d_a), valid, index, frac)
+
+
+def interpolate_at_crossings(values: Tensor, crossings: LevelCrossings) -> Tensor:
+    """Per-sample values [..., N, C] -> values at the crossings [..., L, C] (linear in the interval)."""
+    idx = crossings.index[..., None].expand(*crossings.index.shape, values.shape[-1])
+    v_a, v_b = values.gather(-2, idx), values.gather(-2, idx + 1)
+    f = crossings.frac[..., None].to(values.dtype)
+    return v_a + f * (v_b - v_a)
+
+
+# --- compositing -------------------------------------------------------------------------------------------------------
+
+def alpha_from_sigma(sigma: Tensor, valid: Tensor, delta: float) -> Tensor:
+    """``alpha = (1 - exp(-delta * softplus(sigma))) * valid`` (same shape as sigma)."""
+    return -torch.expm1(-delta * F.softplus(sigma)) * valid.to(sigma.dtype)
+
+
+class Composite(NamedTuple):
+    rgb: Tensor
+    """[..., 3] composited colour over the background (same range as the input colours)."""
+    weights: Tensor
+    """[..., L] compositing weight of each level (in the input level order), in [0, 1], sum <= 1."""
+    depth: Tensor
+    """[...] expected depth of the visible surface (weights-normalised); ``background_depth`` where empty."""
+    opacity: Tensor
+    """[...] sum of the weights."""
+    features: Tensor | None
+    """[..., C] composited features (no background) or None."""
+
+
+def composite(rgb: Tensor, alpha: Tensor, depth: Tensor, valid: Tensor, background: float = 1.0,
+              features: Tensor | None = None, background_depth: Tensor | float | None = None) -> Composite:
+    """Sorted front-to-back alpha compositing of L layers per ray.
+
+    rgb [..., L, 3], alpha [..., L] in [0, 1], depth [..., L] (camera z), valid [..., L]. Layers are sorted by
+    depth (invalid layers last, with alpha forced to 0); ``T_k = prod_{j<k} (1 - alpha_j)``, ``w_k = alpha_k T_k``;
+    colour = sum w c + (1 - sum w) * background.
+    """
+    alpha = alpha * valid.to(alpha.dtype)
+    key = torch.where(valid, depth, torch.full_like(depth, float("inf")))
+    order = key.argsort(dim=-1)
+    a_sorted = alpha.gather(-1, order)
+    transmittance = torch.cumprod(torch.cat([torch.ones_like(a_sorted[..., :1]), 1.0 - a_sorted[..., :-1]], -1), -1)
+    w_sorted = a_sorted * transmittance
+    weights = torch.zeros_like(w_sorted).scatter(-1, order, w_sorted)
+    opacity = weights.sum(-1)
+    colour = (weights[..., None] * rgb).sum(-2) + (1.0 - opacity[..., None]) * background
+    d_valid = torch.where(valid, depth, torch.zeros_like(depth))
+    mean_depth = (weights * d_valid).sum(-1) / opacity.clamp_min(1e-6)
+    if background_depth is None:
+        background_depth = torch.where(valid, depth, torch.zeros_like(depth)).amax(-1)
+    empty_depth = torch.as_tensor(background_depth, dtype=depth.dtype, device=depth.device).expand_as(mean_depth)
+    mean_depth = torch.where(opacity > 1e-6, mean_depth, empty_depth)
+    feats = None if features is None else (weights[..., None] * features).sum(-2)
+    return Composite(colour, weights, mean_depth, opacity, feats)
+
+
+# --- texture parametrisations -----------------------------------------------------------------------------------------
+
+def texture_coords(points: Tensor, mode: str, centre: Tensor, half_extent: float) -> Tensor:
+    """Canonical points [..., 3] (metres) -> texture coordinates [..., 2] in [-1, 1] (grid_sample order: u along
+    the texture width, v along its height, v = -1 at the top row).
+
+    'frontal': orthographic, u = (x - cx) / E, v = -(y - cy) / E. '360': spherical about ``centre``,
+    u = azimuth / pi with azimuth = atan2(dx, dz) (0 facing +Z, the seam at the back), v = -elevation / (pi / 2).
+    The spherical map never folds the back of a closed shell onto its front.
+    """
+    d = points - centre.to(points.dtype)
+    if mode == "frontal":
+        return torch.stack([d[..., 0] / half_extent, -d[..., 1] / half_extent], dim=-1)
+    if mode == "360":
+        azimuth = torch.atan2(d[..., 0], d[..., 2])
+        elevation = torch.atan2(d[..., 1], d[..., [0, 2]].norm(dim=-1))
+        return torch.stack([azimuth / math.pi, -elevation / (math.pi / 2)], dim=-1)
+    raise ValueError(f"unknown texture mode {mode!r}; use 'frontal' or '360'")
+
+
+def texture_rays(resolution: int, mode: str, centre: Tensor, half_extent: float, bake_radius: float,
+                 samples: int) -> tuple[Tensor, Tensor]:
+    """Bake rays through the texel centres of the parametrisation, marching towards the level surfaces.
+
+    Returns sample points [T*T, samples, 3] (row-major texels: texel (i, j) is entry i*T + j) and their depths
+    along the bake ray [1, samples] (metres, increasing). 'frontal': parallel rays along -Z from
+    ``z = cz + bake_radius`` to ``cz - bake_radius``. '360': radial rays from ``bake_radius`` in to the centre.
+    A crossing found on a bake ray has exactly this texel's coordinates under :func:`texture_coords`.
+    """
+    dev, dt = centre.device, centre.dtype
+    c = (torch.arange(resolution, dtype=dt, device=dev) + 0.5) / resolution * 2.0 - 1.0  # texel centres in [-1, 1]
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    u, v = u.reshape(-1), v.reshape(-1)
+    if mode == "frontal":
+        origins = torch.stack([u * half_extent, -v * half_extent, torch.full_like(u, bake_radius)], -1) + centre
+        directions = torch.tensor([0.0, 0.0, -1.0], dtype=dt, device=dev).expand_as(origins)
+        length = 2.0 * bake_radius
+    elif mode == "360":
+        azimuth, elevation = u * math.pi, -v * (math.pi / 2)
+        outward = torch.stack([torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation),
+                               torch.cos(elevation) * torch.cos(azimuth)], -1)
+        origins = centre + bake_radius * outward
+        directions = -outward
+        length = bake_radius
+    else:
+        raise ValueError(f"unknown texture mode {mode!r}; use 'frontal' or '360'")
+    t = torch.linspace(0.0, length, samples, dtype=dt, device=dev)
+    points = origins[:, None, :] + t[None, :, None] * directions[:, None, :]
+    return points, t[None, :]
+
+
+def sample_textures(textures: Tensor, uv: Tensor, mode: str) -> Tensor:
+    """Bilinear lookup of per-level textures [G, L, C, T, T] at uv [B, P, L, 2] -> [B, P, L, C].
+
+    G is 1 (one avatar, shared by the batch) or B. 'frontal': zero outside the texture (alpha 0); '360': the
+    azimuth wraps around (circular padding) and the poles clamp.
+    """
+    g, n_levels, ch, th, tw = textures.shape
+    b, p = uv.shape[:2]
+    if g not in (1, b):
+        raise ValueError(f"sample_textures: texture batch {g} must be 1 or the point batch {b}")
+    tex = textures.reshape(g * n_levels, ch, th, tw)
+    uv = uv.to(tex.dtype)
+    if mode == "360":
+        tex = torch.cat([tex[..., -1:], tex, tex[..., :1]], dim=-1)
+        uv = torch.stack([uv[..., 0] * tw / (tw + 2), uv[..., 1]], dim=-1)
+        padding = "border"
+    else:
+        padding = "zeros"
+    if g == 1:
+        grid = uv.permute(2, 0, 1, 3).reshape(n_levels, b * p, 1, 2)
+    else:
+        grid = uv.permute(0, 2, 1, 3).reshape(b * n_levels, p, 1, 2)
+    out = F.grid_sample(tex, grid, mode="bilinear", padding_mode=padding, align_corners=False)  # [GL, C, *, 1]
+    if g == 1:
+        return out.reshape(n_levels, ch, b, p).permute(2, 3, 0, 1)
+    return out.reshape(b, n_levels, ch, p).permute(0, 3, 1, 2)
+
+
+def upsample_rays(values: Tensor, size: tuple[int, int], scale: int) -> Tensor:
+    """Per-ray values [B, h*w, ...] on an h x w image -> bilinearly upsampled [B, H*W, ...] (H, W = h, w * scale).
+
+    Used to carry low-resolution intersections to the super-resolved image (pixel centres, align_corners=False).
+    """
+    b, _ = values.shape[:2]
+    h, w = size
+    rest = values.shape[2:]
+    x = values.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(b, h * w * scale * scale, *rest)
