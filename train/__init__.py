@@ -1,0 +1,1 @@
+"""Busto training: ``python -m train PRESET [key=value ...]`` (see docs/training.md)."""
