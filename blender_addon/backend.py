@@ -1,0 +1,314 @@
+"""Model backends (no bpy): in-process (torch + portrait_core imported inside Blender) or a worker subprocess
+(``python -m portrait_core serve`` run by another Python). Both expose the same calls and return numpy arrays:
+
+``load() -> info``; ``sample(spec, preview_yaws) -> {joint_positions[24,3], preview[n,H,W,4]}``;
+``render_frames(spec, pose[N,6,3], expression[N,64], cam2world[N,4,4], intrinsics[N,3,3], super_resolve)
+-> rgba[N,H,W,4]`` (sRGB-encoded colour on white, straight alpha, top-down rows);
+``extract(spec, resolution, decimate, colors) -> mesh + rig arrays``.
+
+A backend is created once per settings and cached for the whole process, so a model loads once per Blender
+session and once per command-line render, and avatars stay baked across frames.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import protocol
+
+
+class BackendError(RuntimeError):
+    """A user-facing failure (missing torch, bad checkpoint, worker died...). The message says what to do."""
+
+
+class Cancelled(RuntimeError):
+    """The user cancelled the job."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: str = ""
+    device: str = "cpu"
+    backend: str = "AUTO"
+    python: str = ""
+    site_packages: str = ""
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class AvatarSpec:
+    """Everything that identifies a baked avatar; re-sampling the same spec gives the same avatar."""
+
+    seed: int = 0
+    truncation: float = 0.7
+    body_shape: tuple[float, ...] = (0.0,) * 10
+    super_resolve: bool = True
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["body_shape"] = [float(x) for x in self.body_shape]
+        return d
+
+
+Progress = Callable[[float, str], None]
+
+
+def _noop(_x: float, _label: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------------------------- environment
+def _add_site_packages(path: str) -> None:
+    if path and os.path.isdir(path) and path not in sys.path:
+        sys.path.append(path)  # user-chosen in the preferences; appended so Blender's own modules win
+
+
+def inprocess_available(settings: Settings) -> tuple[bool, str]:
+    """Whether torch and portrait_core can be imported here (without importing them)."""
+    _add_site_packages(settings.site_packages)
+    missing = [m for m in ("torch", "portrait_core") if importlib.util.find_spec(m) is None]
+    if missing:
+        return False, f"not importable in this Blender: {', '.join(missing)}"
+    return True, "torch and portrait_core importable"
+
+
+def environment_report(settings: Settings) -> str:
+    """Human-readable lines for the preferences and the Model panel."""
+    ok, why = inprocess_available(settings)
+    lines = [f"In-process: {'available' if ok else why}"]
+    if settings.python:
+        exists = os.path.isfile(settings.python)
+        lines.append(f"Worker Python: {settings.python}" + ("" if exists else " (file not found)"))
+    else:
+        lines.append("Worker Python: not set")
+    if not ok and not settings.python:
+        lines.append("To use Busto, either set 'Worker Python' to the python of an environment")
+        lines.append("with Busto installed (pip install -e .), or 'Site-packages' to its")
+        lines.append("site-packages folder (Python 3.11) for the in-process backend.")
+    return "\n".join(lines)
+
+
+def choose_kind(settings: Settings) -> str:
+    kind = settings.backend.upper()
+    if kind in ("INPROCESS", "SUBPROCESS"):
+        return kind
+    ok, _ = inprocess_available(settings)
+    if ok:
+        return "INPROCESS"
+    if settings.python:
+        return "SUBPROCESS"
+    raise BackendError("Busto needs torch and portrait_core. " + environment_report(settings).replace("\n", " "))
+
+
+# --------------------------------------------------------------------------------------------- backends
+class InProcessBackend:
+    """Calls ``portrait_core.serve.Session`` directly (one implementation, two transports)."""
+
+    kind = "INPROCESS"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.RLock()
+        ok, why = inprocess_available(settings)
+        if not ok:
+            raise BackendError(f"In-process backend: {why}. Set 'Site-packages' in the Busto preferences or use "
+                               f"the worker-process backend with a 'Worker Python'.")
+        try:
+            from portrait_core.serve import Session
+        except Exception as exc:  # a broken environment: report, do not crash Blender
+            raise BackendError(f"In-process backend: importing portrait_core failed: {exc}") from exc
+        self._session = Session()
+        self.info: dict | None = None
+
+    def load(self, progress: Progress = _noop) -> dict:
+        with self._lock:
+            if self.info is None:
+                self.info = self._call("load", None, progress, None,
+                                       checkpoint=self.settings.checkpoint, device=self.settings.device)
+            return self.info
+
+    def _call(self, op: str, arrays: dict | None, progress: Progress, should_stop, **kw) -> dict:
+        try:
+            reply, out = self._session.handle(op, kw, arrays or {}, progress=progress, should_stop=should_stop)
+        except Exception as exc:
+            if type(exc).__name__ == "Cancelled":
+                raise Cancelled(str(exc)) from exc
+            raise BackendError(f"{op}: {exc}") from exc
+        return {**reply, **out}
+
+    def request(self, op: str, arrays: dict | None = None, progress: Progress = _noop,
+                should_stop: Callable[[], bool] | None = None, **kw) -> dict:
+        with self._lock:
+            self.load()
+            return self._call(op, arrays, progress, should_stop, **kw)
+
+    def close(self) -> None:
+        self._session = None
+
+
+class SubprocessBackend:
+    """Talks to ``<python> -m portrait_core serve`` over its stdin/stdout (see :mod:`.protocol`)."""
+
+    kind = "SUBPROCESS"
+
+    def __init__(self, settings: Settings):
+        if not settings.python:
+            raise BackendError("Worker-process backend: set 'Worker Python' in the Busto preferences (the python "
+                               "of an environment where 'python -m portrait_core serve' works).")
+        if not os.path.isfile(settings.python):
+            raise BackendError(f"Worker Python not found: {settings.python}")
+        self.settings = settings
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._stderr: deque[str] = deque(maxlen=40)
+        self.info: dict | None = None
+
+    # -- process management
+    def _start(self) -> None:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._stderr.clear()
+        try:
+            self._proc = subprocess.Popen(
+                [self.settings.python, "-m", "portrait_core", "serve"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0,
+            )
+        except OSError as exc:
+            raise BackendError(f"could not start the worker {self.settings.python}: {exc}") from exc
+        threading.Thread(target=self._drain, args=(self._proc,), daemon=True).start()
+
+    def _drain(self, proc: subprocess.Popen) -> None:
+        for line in iter(proc.stderr.readline, b""):
+            self._stderr.append(line.decode("utf-8", "replace").rstrip())
+
+    def _died(self, what: str) -> BackendError:
+        code = self._proc.poll() if self._proc else None
+        tail = "\n".join(list(self._stderr)[-8:])
+        self._kill()
+        return BackendError(f"the worker process {what} (exit code {code}). Its last messages:\n{tail}")
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+            except Exception:
+                pass
+        self._proc = None
+        self.info = None
+
+    def _exchange(self, header: dict, arrays: dict | None, progress: Progress,
+                  should_stop: Callable[[], bool] | None = None):
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        try:
+            protocol.write_message(self._proc.stdin, header, arrays)
+            while True:
+                reply, out = protocol.read_message(self._proc.stdout)
+                if "progress" in reply:
+                    progress(float(reply["progress"]), str(reply.get("label", "")))
+                    if should_stop is not None and should_stop():
+                        # the worker cannot be interrupted mid-request: stop it; it restarts on the next call
+                        self._kill()
+                        raise Cancelled("cancelled")
+                    continue
+                break
+        except (EOFError, BrokenPipeError, OSError, protocol.ProtocolError) as exc:
+            raise self._died(f"stopped unexpectedly ({exc})") from exc
+        if not reply.get("ok", False):
+            if reply.get("error_type") == "Cancelled":
+                raise Cancelled(reply.get("error", "cancelled"))
+            raise BackendError(f"{header['op']}: {reply.get('error', 'unknown error')}")
+        reply.pop("ok", None)
+        return reply, out
+
+    def load(self, progress: Progress = _noop) -> dict:
+        with self._lock:
+            if self.info is None or self._proc is None or self._proc.poll() is not None:
+                reply, _ = self._exchange({"op": "load", "checkpoint": self.settings.checkpoint,
+                                           "device": self.settings.device}, None, progress)
+                self.info = reply
+            return self.info
+
+    def request(self, op: str, arrays: dict | None = None, progress: Progress = _noop,
+                should_stop: Callable[[], bool] | None = None, **kw):
+        with self._lock:
+            self.load()
+            reply, out = self._exchange({"op": op, **kw}, arrays, progress, should_stop)
+            return {**reply, **out}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                try:
+                    protocol.write_message(self._proc.stdin, {"op": "shutdown"})
+                    self._proc.wait(timeout=10)
+                except Exception:
+                    pass
+            self._kill()
+
+
+# --------------------------------------------------------------------------------------------- cache + calls
+_BACKENDS: dict[tuple, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_backend(settings: Settings):
+    """The process-wide backend for these settings (created on first use; the model loads lazily)."""
+    kind = choose_kind(settings)
+    key = (kind, settings.checkpoint, settings.device, settings.python, settings.site_packages)
+    with _CACHE_LOCK:
+        b = _BACKENDS.get(key)
+        if b is None:
+            b = InProcessBackend(settings) if kind == "INPROCESS" else SubprocessBackend(settings)
+            _BACKENDS[key] = b
+        return b
+
+
+def loaded_backends() -> list:
+    return [b for b in _BACKENDS.values() if getattr(b, "info", None)]
+
+
+def shutdown_all() -> None:
+    with _CACHE_LOCK:
+        for b in _BACKENDS.values():
+            try:
+                b.close()
+            except Exception:
+                pass
+        _BACKENDS.clear()
+
+
+def load(settings: Settings, progress: Progress = _noop) -> dict:
+    return get_backend(settings).load(progress)
+
+
+def sample(settings: Settings, spec: AvatarSpec, preview_yaws=(np.pi / 2,), preview_size: int = 128,
+           progress: Progress = _noop, should_stop=None) -> dict:
+    return get_backend(settings).request("sample", {"preview_yaws": np.asarray(preview_yaws, np.float64)}, progress,
+                                         should_stop, avatar=spec.to_json(), preview_size=int(preview_size))
+
+
+def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2world, intrinsics) -> np.ndarray:
+    arrays = {
+        "pose": np.asarray(pose, np.float32).reshape(-1, 6, 3),
+        "expression": np.asarray(expression, np.float32).reshape(-1, 64),
+        "cam2world": np.asarray(cam2world, np.float32).reshape(-1, 4, 4),
+        "intrinsics": np.asarray(intrinsics, np.float32).reshape(-1, 3, 3),
+    }
+    return get_backend(settings).request("render", arrays, avatar=spec.to_json())["rgba"]
+
+
+def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool,
+            progress: Progress = _noop, should_stop=None) -> dict:
+    return get_backend(settings).request("extract", None, progress, should_stop, avatar=spec.to_json(),
+                                         resolution=int(resolution), decimate=int(decimate), colors=bool(colors))

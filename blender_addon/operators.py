@@ -1,0 +1,445 @@
+"""Operators, one per step of the panel: model, avatar, geometry, rig, animation, render."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from . import backend, convert, presets, prefs, scene
+from . import constants as K
+from .jobs import BackgroundJobOperator, error_message
+
+
+def _settings(context, rig=None) -> backend.Settings:
+    return prefs.resolve(context, context.scene, rig)
+
+
+def _need_rig(op, context):
+    rig = scene.active_rig(context)
+    if rig is None:
+        op.report({"ERROR"}, "No Busto avatar in the scene: sample one first (Avatar > Sample)")
+    return rig
+
+
+def _store_info(context, info: dict) -> None:
+    rt = context.window_manager.busto
+    rt.model_status = (f"{info.get('preset', '?')} model, {info.get('output_resolution', '?')} px, "
+                       f"{info.get('mode', '?')} mode")
+    rt.model_device = str(info.get("device", ""))
+
+
+# ------------------------------------------------------------------------------------------------ model
+class BUSTO_OT_load_model(BackgroundJobOperator, bpy.types.Operator):
+    """Load the generator checkpoint (once per Blender session; rendering and sampling reuse it)"""
+
+    bl_idname = "busto.load_model"
+    bl_label = "Load Model"
+    job_label = "Loading model"
+
+    def prepare(self, context):
+        return {"settings": _settings(context)}
+
+    def work(self, job, state):
+        return backend.load(state["settings"], job.report_progress)
+
+    def finish(self, context, state, info):
+        _store_info(context, info)
+        self.report({"INFO"}, f"Busto: loaded {info.get('checkpoint')} ({context.window_manager.busto.model_status}, "
+                              f"{info.get('device')})")
+
+
+# ------------------------------------------------------------------------------------------------ avatar
+class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
+    """Sample an avatar from the seed and truncation: creates a rig (one rig per avatar) with a preview"""
+
+    bl_idname = "busto.sample_avatar"
+    bl_label = "Sample Avatar"
+    bl_options = {"REGISTER", "UNDO"}
+    job_label = "Sampling avatar"
+
+    new_avatar: BoolProperty(name="New avatar", default=True,
+                             description="Create a new rig; off: re-sample the active avatar with its parameters")
+
+    def prepare(self, context):
+        sp = context.scene.busto
+        rig = scene.active_rig(context) if not self.new_avatar else None
+        if not self.new_avatar and rig is None:
+            self.report({"ERROR"}, "No active Busto avatar to re-sample")
+            return None
+        if rig is not None:
+            spec = scene.avatar_spec(rig, sp.super_resolve)
+            full_360 = rig.busto.full_360
+        else:
+            spec = backend.AvatarSpec(seed=sp.new_seed, truncation=round(sp.new_truncation, 6),
+                                      super_resolve=sp.super_resolve)
+            full_360 = sp.new_full_360
+        yaws = [math.pi / 2 + k * math.pi / 2 for k in range(4)] if full_360 else [math.pi / 2]
+        return {"settings": _settings(context, rig), "spec": spec, "yaws": yaws, "rig": rig.name if rig else None,
+                "full_360": full_360}
+
+    def work(self, job, state):
+        info = backend.load(state["settings"], job.report_progress)
+        out = backend.sample(state["settings"], state["spec"], state["yaws"], 128, job.report_progress,
+                             job.should_stop)
+        return info, out
+
+    def finish(self, context, state, result):
+        info, out = result
+        _store_info(context, info)
+        spec = state["spec"]
+        if state["rig"] is None:
+            rig = scene.create_rig(context, f"Busto avatar {spec.seed}", out["joint_positions"])
+            p = rig.busto
+            p.seed, p.truncation, p.full_360 = spec.seed, spec.truncation, state["full_360"]
+            p.checkpoint = state["settings"].checkpoint
+            for o in context.view_layer.objects:
+                o.select_set(False)
+            rig.select_set(True)
+            context.view_layer.objects.active = rig
+        else:
+            rig = bpy.data.objects[state["rig"]]
+        rig.busto.preview = _preview_image(f"{rig.name} preview", out["preview"])
+        mode_note = ""
+        if state["full_360"] and info.get("mode") != "360":
+            mode_note = " (note: this checkpoint was trained in frontal mode; back views are not meaningful)"
+        self.report({"INFO"}, f"Busto: avatar seed {spec.seed}, truncation {spec.truncation:g} -> {rig.name}"
+                              + mode_note)
+
+
+def _preview_image(name: str, previews: np.ndarray):
+    """Side-by-side previews [n, S, S, 4] (sRGB, top-down) -> a packed Blender image (saved in the .blend)."""
+    tiles = np.asarray(previews, dtype=np.float32)
+    strip = np.concatenate(list(tiles), axis=1)  # [S, n*S, 4]
+    h, w = strip.shape[:2]
+    img = bpy.data.images.get(name)
+    if img is not None and (img.size[0], img.size[1]) != (w, h):
+        bpy.data.images.remove(img)
+        img = None
+    if img is None:
+        img = bpy.data.images.new(name, w, h, alpha=True)
+    img.colorspace_settings.name = "sRGB"
+    rgba = strip.copy()
+    rgba[..., 3] = 1.0
+    img.pixels.foreach_set(np.flipud(rgba).ravel())
+    img.update()
+    img.pack()
+    img.preview_ensure()
+    return img
+
+
+class BUSTO_OT_remove_avatar(bpy.types.Operator):
+    """Delete the active avatar's rig and its mesh"""
+
+    bl_idname = "busto.remove_avatar"
+    bl_label = "Remove Avatar"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        name = rig.name
+        for child in list(rig.children):
+            bpy.data.objects.remove(child, do_unlink=True)
+        arm = rig.data
+        bpy.data.objects.remove(rig, do_unlink=True)
+        if arm.users == 0:
+            bpy.data.armatures.remove(arm)
+        self.report({"INFO"}, f"Busto: removed {name}")
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
+    """Extract the active avatar's mesh (marching cubes of its density), colour it and bind it to the rig"""
+
+    bl_idname = "busto.extract_mesh"
+    bl_label = "Extract Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+    job_label = "Extracting mesh"
+
+    def prepare(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return None
+        sp = context.scene.busto
+        return {"settings": _settings(context, rig), "spec": scene.avatar_spec(rig, sp.super_resolve),
+                "rig": rig.name, "resolution": sp.mesh_resolution, "decimate": sp.mesh_decimate,
+                "colors": sp.mesh_colors}
+
+    def work(self, job, state):
+        backend.load(state["settings"], job.report_progress)
+        return backend.extract(state["settings"], state["spec"], state["resolution"], state["decimate"],
+                               state["colors"], job.report_progress, job.should_stop)
+
+    def finish(self, context, state, data):
+        rig = bpy.data.objects.get(state["rig"])
+        if rig is None:
+            raise ValueError(f"the rig {state['rig']!r} was deleted while the mesh was extracted")
+        old = rig.busto.mesh
+        ob = scene.create_mesh(context, rig, f"{rig.name} mesh", data, state["colors"])
+        if old is not None and old.name in bpy.data.objects:
+            old_me = old.data
+            bpy.data.objects.remove(old, do_unlink=True)
+            if old_me is not None and old_me.users == 0:
+                bpy.data.meshes.remove(old_me)
+        rig.busto.mesh = ob
+        self.report({"INFO"}, f"Busto: {ob.name}: {len(ob.data.vertices)} vertices, {len(ob.data.polygons)} faces, "
+                              f"bound to {rig.name}")
+
+
+# ------------------------------------------------------------------------------------------------ rig
+class BUSTO_OT_reset_pose(bpy.types.Operator):
+    """Put the avatar back in the canonical pose with a neutral expression (keyframes are kept)"""
+
+    bl_idname = "busto.reset_pose"
+    bl_label = "Reset Pose"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        for pb in rig.pose.bones:
+            pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+        rig.busto.expression.foreach_set(np.zeros(K.EXPRESSION_DIM, np.float32))
+        for name in K.EXPRESSION_SLIDERS:
+            setattr(rig.busto, f"exp_{name}", 0.0)
+        self.report({"INFO"}, f"Busto: {rig.name} reset to the canonical pose")
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------ animation
+def load_official_keyframes(path: str) -> dict:
+    """An official AniPortraitGAN keyframe folder or file -> {'pose': [N,6,3] Eulers, 'expression': [N,64],
+    'camera': [N,2]} (keys present when found)."""
+    path = bpy.path.abspath(path)
+    out: dict[str, np.ndarray] = {}
+    if os.path.isdir(path):
+        for key, names in (("pose", ("joint_eulers.npy", "pose.npy")), ("expression", ("expression.npy",)),
+                           ("camera", ("camera_pose.npy",))):
+            for n in names:
+                f = os.path.join(path, n)
+                if os.path.isfile(f):
+                    out[key] = np.load(f, allow_pickle=False)
+                    break
+    elif os.path.isfile(path):
+        a = np.load(path, allow_pickle=False)
+        base = os.path.basename(path).lower()
+        key = "expression" if "expression" in base else "camera" if "camera" in base else "pose"
+        out[key] = a
+    else:
+        raise FileNotFoundError(f"no such keyframe file or folder: {path}")
+    if not out:
+        raise ValueError(f"{path}: no official keyframe files (joint_eulers.npy / pose.npy, expression.npy, "
+                         f"camera_pose.npy)")
+    checks = {"pose": (6, 3), "expression": (K.EXPRESSION_DIM,), "camera": (2,)}
+    for key, a in out.items():
+        if a.ndim != len(checks[key]) + 1 or tuple(a.shape[1:]) != checks[key]:
+            raise ValueError(f"{path}: {key} keyframes must be [N, {', '.join(map(str, checks[key]))}], got "
+                             f"{list(a.shape)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{path}: {key} keyframes contain NaN or inf")
+    return out
+
+
+class BUSTO_OT_import_keyframes(bpy.types.Operator):
+    """Import official AniPortraitGAN keyframes (a folder with joint_eulers.npy/pose.npy, expression.npy,
+    camera_pose.npy, or one of those files) onto the active avatar"""
+
+    bl_idname = "busto.import_keyframes"
+    bl_label = "Import Keyframes"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="File or folder", subtype="FILE_PATH")
+    directory: StringProperty(subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filter_glob: StringProperty(default="*.npy", options={"HIDDEN"})
+    use_camera: BoolProperty(name="Camera", default=True,
+                             description="Key the scene camera on the portrait orbit from camera_pose.npy")
+    bake: BoolProperty(name="Bake every frame", default=False,
+                       description="Key every frame with the official linear interpolation of Euler angles "
+                                   "(off: key only the keyframes, linear F-curves)")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        path = self.filepath or self.directory
+        try:
+            data = load_official_keyframes(path)
+            n_keys = self.apply(context, rig, data)
+        except Exception as exc:
+            self.report({"ERROR"}, f"Import keyframes: {error_message(exc)}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Busto: imported {', '.join(f'{k} ({len(v)})' for k, v in data.items())} keys onto "
+                              f"{rig.name} ({n_keys} frames)")
+        return {"FINISHED"}
+
+    def apply(self, context, rig, data: dict) -> int:
+        sp = context.scene.busto
+        start, step = sp.anim_start, sp.anim_interval
+        interp = "LINEAR"
+        last = start
+        for key, values in data.items():
+            if self.bake and len(values) > 1:
+                values = convert.interpolate_keyframes(values, step)
+                frames = [start + i for i in range(len(values))]
+            else:
+                frames = [start + i * step for i in range(len(values))]
+            last = max(last, frames[-1])
+            if key == "pose":
+                scene.key_pose(rig, convert.official_keyframes_to_pose_code(values), frames, interp)
+            elif key == "expression":
+                scene.key_expression(rig, values, frames, interp)
+            elif key == "camera" and self.use_camera:
+                cam = context.scene.camera
+                if cam is None:
+                    cam = scene.add_portrait_camera(context, rig)
+                    context.scene.camera = cam
+                scene.key_orbit_camera(cam, rig, values, frames)
+        context.scene.frame_start = start
+        context.scene.frame_end = max(context.scene.frame_end if context.scene.frame_end > start else start, last)
+        context.scene.frame_set(start)
+        return last - start + 1
+
+
+class BUSTO_OT_export_keyframes(bpy.types.Operator):
+    """Write the active avatar's animation over the scene's frame range in the official format
+    (joint_eulers.npy [N,6,3], expression.npy [N,64], camera_pose.npy [N,2])"""
+
+    bl_idname = "busto.export_keyframes"
+    bl_label = "Export Keyframes"
+
+    directory: StringProperty(name="Folder", subtype="DIR_PATH")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        if not self.directory:
+            self.report({"ERROR"}, "Export keyframes: choose a folder")
+            return {"CANCELLED"}
+        sc = context.scene
+        folder = bpy.path.abspath(self.directory)
+        frame0 = sc.frame_current
+        eulers, exprs, cams = [], [], []
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for f in range(sc.frame_start, sc.frame_end + 1):
+                sc.frame_set(f)
+                pose = scene.read_pose_code(rig)
+                eulers.append(convert.matrix_to_euler_zyx(convert.axis_angle_to_matrix(pose)))
+                exprs.append(scene.read_expression(rig))
+                if sc.camera is not None:
+                    c2w = convert.blender_camera_to_cv(np.array(sc.camera.matrix_world), np.array(rig.matrix_world))
+                    d = c2w[:3, 3] - np.asarray(K.PORTRAIT_LOOK_AT)
+                    r = np.linalg.norm(d)
+                    cams.append([math.acos(np.clip(d[1] / r, -1, 1)), math.atan2(d[2], d[0])])
+            np.save(os.path.join(folder, "joint_eulers.npy"), np.asarray(eulers, np.float64))
+            np.save(os.path.join(folder, "expression.npy"), np.asarray(exprs, np.float32))
+            if cams:
+                np.save(os.path.join(folder, "camera_pose.npy"), np.asarray(cams, np.float32))
+        except OSError as exc:
+            self.report({"ERROR"}, f"Export keyframes: {exc}")
+            return {"CANCELLED"}
+        finally:
+            sc.frame_set(frame0)
+        self.report({"INFO"}, f"Busto: wrote {len(eulers)} frames to {folder}")
+        return {"FINISHED"}
+
+
+_PRESET_ITEMS = [(n, presets.build_preset(n).label, presets.build_preset(n).description) for n in presets.PRESET_NAMES]
+
+
+class BUSTO_OT_animation_preset(bpy.types.Operator):
+    """Key a short animation on the active avatar"""
+
+    bl_idname = "busto.animation_preset"
+    bl_label = "Animation Preset"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(name="Preset", items=_PRESET_ITEMS)
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        sp = context.scene.busto
+        p = presets.build_preset(self.preset, sp.anim_amplitude)
+        frames = [sp.anim_start + k * sp.anim_interval for k in p.frames]
+        if p.pose is not None:
+            scene.key_pose(rig, p.pose, frames)
+        if p.sliders:
+            scene.key_sliders(rig, p.sliders, frames)
+        sc = context.scene
+        sc.frame_end = max(sc.frame_end, frames[-1])
+        self.report({"INFO"}, f"Busto: keyed '{p.label}' on {rig.name}, frames {frames[0]}-{frames[-1]}")
+        return {"FINISHED"}
+
+
+# ------------------------------------------------------------------------------------------------ render
+class BUSTO_OT_add_camera(bpy.types.Operator):
+    """Add a camera matching the generator's portrait camera, or a face camera that follows the head"""
+
+    bl_idname = "busto.add_camera"
+    bl_label = "Add Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    kind: EnumProperty(name="Camera", items=[
+        ("PORTRAIT", "Portrait", "The generator's portrait camera (head and shoulders, 12° field of view)"),
+        ("FACE", "Face", "The face camera: close-up that follows the head bone"),
+    ])
+    make_active: BoolProperty(name="Make active", default=True)
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        if self.kind == "PORTRAIT":
+            cam = scene.add_portrait_camera(context, rig)
+        else:
+            cam = scene.add_face_camera(context, rig)
+        if self.make_active:
+            context.scene.camera = cam
+        self.report({"INFO"}, f"Busto: added {cam.name}")
+        return {"FINISHED"}
+
+
+class BUSTO_OT_setup_render(bpy.types.Operator):
+    """Use the Busto Neural engine with the 'Standard' view transform (shows the generator's pixels unchanged)"""
+
+    bl_idname = "busto.setup_render"
+    bl_label = "Use Busto Neural"
+    bl_options = {"REGISTER", "UNDO"}
+
+    resolution: IntProperty(name="Resolution", default=0, min=0, max=4096,
+                            description="Square output size (0: keep the scene's resolution)")
+
+    def execute(self, context):
+        sc = context.scene
+        scene.setup_render(sc)
+        if self.resolution:
+            sc.render.resolution_x = sc.render.resolution_y = self.resolution
+            sc.render.resolution_percentage = 100
+        self.report({"INFO"}, f"Busto: render engine {K.ENGINE_LABEL}, view transform Standard, "
+                              f"{sc.render.resolution_x}x{sc.render.resolution_y}")
+        return {"FINISHED"}
+
+
+CLASSES = (
+    BUSTO_OT_load_model, BUSTO_OT_sample_avatar, BUSTO_OT_remove_avatar, BUSTO_OT_extract_mesh, BUSTO_OT_reset_pose,
+    BUSTO_OT_import_keyframes, BUSTO_OT_export_keyframes, BUSTO_OT_animation_preset, BUSTO_OT_add_camera,
+    BUSTO_OT_setup_render,
+)

@@ -1,0 +1,324 @@
+"""Blender-side building blocks (bpy): the avatar rig, the skinned mesh, pose/expression keyframes and their
+readback, cameras. The math is in :mod:`.convert`; this module only moves arrays in and out of Blender data."""
+
+from __future__ import annotations
+
+import math
+
+import bpy
+import numpy as np
+from bpy_extras import anim_utils
+from mathutils import Matrix
+
+from . import constants as K
+from . import convert
+from .props import effective_expression, set_expression
+
+#: Bone tails: child joint to point at (SMPL id), or None for a fixed offset.
+_TAIL_TARGET = {0: 3, 3: 6, 6: 9, 9: 12, 12: 15, 13: 16, 14: 17, 16: 18, 17: 19}
+
+
+# --------------------------------------------------------------------------------------------- lookup
+def is_rig(ob) -> bool:
+    return ob is not None and ob.type == "ARMATURE" and ob.busto.is_avatar
+
+
+def active_rig(context):
+    """The avatar the panel acts on: the active object if it is a Busto rig, the rig of an active Busto mesh, or
+    the first Busto rig in the scene."""
+    ob = context.active_object
+    if is_rig(ob):
+        return ob
+    if ob is not None and is_rig(ob.parent):
+        return ob.parent
+    for o in context.scene.objects:
+        if is_rig(o):
+            return o
+    return None
+
+
+def scene_rigs(scene, for_render: bool = False) -> list:
+    return [o for o in scene.objects if is_rig(o) and not (for_render and o.hide_render)]
+
+
+# --------------------------------------------------------------------------------------------- rig
+def create_rig(context, name: str, joint_positions: np.ndarray):
+    """A new armature whose rest pose is the canonical pose.
+
+    ``joint_positions`` [24, 3]: canonical SMPL joints (metres, canonical frame, origin at the neck joint), so the
+    armature's origin is the canonical neck joint and armature space is canonical space in Blender axes. Bones:
+    pelvis, spine1-3, neck, collars, head, shoulders, elbows. Only the six pose bones may rotate (the generator
+    is driven by the pose code); move the whole avatar with the object transform.
+    """
+    jp = convert.smpl_to_blender_points(np.asarray(joint_positions, dtype=np.float64).reshape(24, 3))
+    arm = bpy.data.armatures.new(name)
+    ob = bpy.data.objects.new(name, arm)
+    context.scene.collection.objects.link(ob)
+    ob.show_in_front = True
+    view_layer = context.view_layer
+    previous = view_layer.objects.active
+    previous_mode = previous.mode if previous is not None else "OBJECT"
+    if previous is not None and previous_mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    view_layer.objects.active = ob
+    try:
+        bpy.ops.object.mode_set(mode="EDIT")
+        bones = {}
+        for j in K.RIG_JOINTS:
+            name_j = K.SMPL_JOINT_NAMES[j]
+            eb = arm.edit_bones.new(name_j)
+            head = jp[j]
+            if j in _TAIL_TARGET:
+                tail = jp[_TAIL_TARGET[j]]
+            elif j == 15:  # head: straight up
+                tail = head + np.array([0.0, 0.0, 0.18])
+            else:  # elbows: continue the upper arm
+                d = jp[j] - jp[K.SMPL_PARENTS[j]]
+                tail = head + 0.8 * d
+            if np.linalg.norm(tail - head) < 1e-3:
+                tail = head + np.array([0.0, 0.0, 0.05])
+            eb.head, eb.tail, eb.roll = head.tolist(), tail.tolist(), 0.0
+            p = K.SMPL_PARENTS[j]
+            if p >= 0:
+                eb.parent = bones[K.SMPL_JOINT_NAMES[p]]
+            eb.use_connect = False
+            bones[name_j] = eb
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        view_layer.objects.active = previous if previous is not None else ob
+    for pb in ob.pose.bones:
+        pb.rotation_mode = "QUATERNION"
+        posable = pb.name in K.POSE_BONES
+        pb.lock_location = (True, True, True)
+        pb.lock_scale = (True, True, True)
+        pb.lock_rotation = (not posable,) * 3
+        pb.lock_rotation_w = not posable
+    ob.busto.is_avatar = True
+    return ob
+
+
+def rest_rotations(ob, bones=K.POSE_BONES) -> np.ndarray:
+    """Rest orientations [J, 3, 3] (bone -> armature) of the named bones."""
+    return np.array([np.array(ob.data.bones[n].matrix_local.to_3x3()) for n in bones])
+
+
+def read_pose_code(ob) -> np.ndarray:
+    """Pose code [6, 3] from the (evaluated) rig's pose bones."""
+    basis = np.array([np.array(ob.pose.bones[n].matrix_basis) for n in K.POSE_BONES])
+    return convert.bone_matrices_to_pose_code(basis, rest_rotations(ob))
+
+
+def set_pose_code(ob, pose: np.ndarray) -> None:
+    q = convert.pose_code_to_bone_quaternions(np.asarray(pose).reshape(6, 3), rest_rotations(ob))
+    for n, qi in zip(K.POSE_BONES, q):
+        ob.pose.bones[n].rotation_quaternion = qi.tolist()
+
+
+def read_expression(ob) -> np.ndarray:
+    return np.asarray(effective_expression(ob.busto), dtype=np.float64)
+
+
+def avatar_spec(ob, super_resolve: bool):
+    from .backend import AvatarSpec
+
+    p = ob.busto
+    return AvatarSpec(seed=int(p.seed), truncation=round(float(p.truncation), 6),
+                      body_shape=tuple(round(float(x), 6) for x in p.body_shape), super_resolve=bool(super_resolve))
+
+
+# --------------------------------------------------------------------------------------------- mesh
+def create_mesh(context, rig, name: str, data: dict, colors: bool = True):
+    """Mesh object from the worker's arrays (canonical metres), parented to ``rig`` and skinned with the exported
+    weights (vertex groups named after the rig's bones + an Armature modifier)."""
+    v = convert.smpl_to_blender_points(data["vertices"]).astype(np.float32)
+    f = np.asarray(data["faces"], dtype=np.int32)
+    me = bpy.data.meshes.new(name)
+    me.vertices.add(len(v))
+    me.vertices.foreach_set("co", v.ravel())
+    me.loops.add(f.size)
+    me.loops.foreach_set("vertex_index", f.ravel())
+    me.polygons.add(len(f))
+    me.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
+    me.update(calc_edges=True)
+    me.validate(verbose=False)
+    if colors and data.get("colors") is not None and len(data["colors"]) == len(v):
+        rgb = convert.srgb_to_linear(np.asarray(data["colors"])[:, :3])
+        rgba = np.concatenate([rgb, np.ones((len(rgb), 1), np.float32)], axis=1)
+        attr = me.color_attributes.new("Col", "FLOAT_COLOR", "POINT")
+        attr.data.foreach_set("color", rgba.ravel())
+        me.color_attributes.active_color = attr
+        me.materials.append(_vertex_color_material())
+    for poly in me.polygons:
+        poly.use_smooth = True
+    ob = bpy.data.objects.new(name, me)
+    context.scene.collection.objects.link(ob)
+    ob.parent = rig
+    ob.matrix_parent_inverse = Matrix.Identity(4)
+    _skin(ob, rig, data)
+    return ob
+
+
+def _vertex_color_material():
+    mat = bpy.data.materials.get("Busto vertex colour")
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new("Busto vertex colour")
+    mat.use_nodes = True
+    nt = mat.node_tree
+    bsdf = next(n for n in nt.nodes if n.type == "BSDF_PRINCIPLED")
+    col = nt.nodes.new("ShaderNodeVertexColor")
+    col.layer_name = "Col"
+    nt.links.new(col.outputs["Color"], bsdf.inputs["Base Color"])
+    bsdf.inputs["Roughness"].default_value = 0.7
+    return mat
+
+
+def _skin(ob, rig, data: dict) -> None:
+    names = [str(n) for n in data["joint_names"]]
+    joints = np.asarray(data["joints"], dtype=np.int64)
+    weights = np.asarray(data["weights"], dtype=np.float32)
+    bone_names = set(rig.data.bones.keys())
+    for j, name in enumerate(names):
+        if name not in bone_names:
+            continue
+        vg = ob.vertex_groups.new(name=name)
+        rows, cols = np.nonzero((joints == j) & (weights > 0))
+        if len(rows) == 0:
+            continue
+        w = weights[rows, cols]
+        # batch by quantised weight: one vg.add per distinct value (vg.add takes one weight per call)
+        q = np.round(w * 1000).astype(np.int64)
+        for value in np.unique(q):
+            sel = rows[q == value]
+            vg.add(sel.tolist(), float(value) / 1000.0, "REPLACE")
+    mod = ob.modifiers.new("Armature", "ARMATURE")
+    mod.object = rig
+    mod.use_vertex_groups = True
+
+
+# --------------------------------------------------------------------------------------------- keyframes
+def channelbag(ob):
+    """The F-curves of ``ob``'s action for its slot (Blender 5.0 layered actions)."""
+    ad = ob.animation_data
+    if ad is None or ad.action is None:
+        return None
+    return anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
+
+
+def key_pose(ob, pose: np.ndarray, frames, interpolation: str = "BEZIER") -> None:
+    """Key the six pose bones at ``frames`` from pose codes [K, 6, 3] (sign-continuous quaternions)."""
+    q = convert.continuous_quaternions(convert.pose_code_to_bone_quaternions(pose, rest_rotations(ob)), axis=0)
+    for k, frame in enumerate(frames):
+        for n, qi in zip(K.POSE_BONES, q[k]):
+            pb = ob.pose.bones[n]
+            pb.rotation_quaternion = qi.tolist()
+            pb.keyframe_insert("rotation_quaternion", frame=frame, group=n)
+    _set_interpolation(ob, interpolation, prefix="pose.bones")
+
+
+def key_expression(ob, expression: np.ndarray, frames, interpolation: str = "BEZIER") -> None:
+    """Key the full 64-vector at ``frames`` from [K, 64]."""
+    e = np.asarray(expression, dtype=np.float64).reshape(len(frames), K.EXPRESSION_DIM)
+    for k, frame in enumerate(frames):
+        set_expression(ob.busto, e[k])
+        ob.keyframe_insert("busto.expression", frame=frame, group="Expression")
+    _set_interpolation(ob, interpolation, prefix="busto.expression")
+
+
+def key_sliders(ob, sliders: dict[str, list[float]], frames, interpolation: str = "BEZIER") -> None:
+    for name, values in sliders.items():
+        path = f"busto.exp_{name}"
+        for frame, value in zip(frames, values):
+            setattr(ob.busto, f"exp_{name}", float(value))
+            ob.keyframe_insert(path, frame=frame, group="Expression")
+    _set_interpolation(ob, interpolation, prefix="busto.exp_")
+
+
+def _set_interpolation(ob, interpolation: str, prefix: str) -> None:
+    bag = channelbag(ob)
+    if bag is None:
+        return
+    for fc in bag.fcurves:
+        if fc.data_path.startswith(prefix):
+            for kp in fc.keyframe_points:
+                kp.interpolation = interpolation
+
+
+def key_orbit_camera(cam_ob, rig, pitch_yaw: np.ndarray, frames, radius=K.PORTRAIT_RADIUS,
+                     look_at=K.PORTRAIT_LOOK_AT) -> None:
+    """Key ``cam_ob`` on an orbit around the rig (official camera_pose: column 0 pitch, column 1 yaw)."""
+    cam_ob.rotation_mode = "QUATERNION"
+    rig_world = np.array(rig.matrix_world)
+    prev = None
+    for (pitch, yaw), frame in zip(np.asarray(pitch_yaw, dtype=np.float64), frames):
+        M = convert.cv_to_blender_camera(convert.orbit_camera_cv(yaw, pitch, radius, look_at), rig_world)
+        cam_ob.matrix_world = Matrix(M.tolist())
+        q = np.array(cam_ob.rotation_quaternion)
+        if prev is not None and float(np.dot(q, prev)) < 0:
+            cam_ob.rotation_quaternion = (-q).tolist()
+        prev = np.array(cam_ob.rotation_quaternion)
+        cam_ob.keyframe_insert("location", frame=frame)
+        cam_ob.keyframe_insert("rotation_quaternion", frame=frame)
+
+
+# --------------------------------------------------------------------------------------------- cameras
+def camera_to_generator(cam_ob, rig, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blender camera (evaluated) -> (OpenCV cam2world [4,4] in the rig's canonical frame, normalised K [3,3])."""
+    cam = cam_ob.data
+    if cam.type != "PERSP":
+        raise ValueError(f"camera {cam_ob.name!r} is {cam.type.lower()}; the neural renderer needs a perspective "
+                         "camera")
+    c2w = convert.blender_camera_to_cv(np.array(cam_ob.matrix_world), np.array(rig.matrix_world))
+    Kn = convert.blender_intrinsics(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit, width, height,
+                                    cam.shift_x, cam.shift_y)
+    return c2w, Kn
+
+
+def add_portrait_camera(context, rig, name: str = "Busto portrait camera", yaw: float = math.pi / 2,
+                        pitch: float = math.pi / 2):
+    """A Blender camera equal to the generator's portrait camera around ``rig`` (12° fov on a 36 mm sensor)."""
+    cam = bpy.data.cameras.new(name)
+    cam.sensor_fit = "AUTO"
+    cam.sensor_width = 36.0
+    cam.lens = convert.lens_for_fov(K.PORTRAIT_FOV_DEG, cam.sensor_width)
+    cam.clip_start, cam.clip_end = 0.05, 100.0
+    ob = bpy.data.objects.new(name, cam)
+    context.scene.collection.objects.link(ob)
+    M = convert.cv_to_blender_camera(convert.orbit_camera_cv(yaw, pitch, K.PORTRAIT_RADIUS, K.PORTRAIT_LOOK_AT),
+                                     np.array(rig.matrix_world))
+    ob.matrix_world = Matrix(M.tolist())
+    return ob
+
+
+def add_face_camera(context, rig, name: str = "Busto face camera"):
+    """A camera that follows the head: the generator's face camera (orbit of the canonical face centre), parented
+    to the head bone so it moves with the head's rotation."""
+    cam = bpy.data.cameras.new(name)
+    cam.sensor_fit = "AUTO"
+    cam.sensor_width = 36.0
+    cam.lens = convert.lens_for_fov(K.FACE_FOV_DEG, cam.sensor_width)
+    cam.clip_start, cam.clip_end = 0.05, 100.0
+    ob = bpy.data.objects.new(name, cam)
+    context.scene.collection.objects.link(ob)
+    # armature-space (rest) camera matrix
+    M_arm = convert.cv_to_blender_camera(
+        convert.orbit_camera_cv(math.pi / 2, math.pi / 2, K.FACE_RADIUS, K.FACE_CENTRE))
+    ob.parent = rig
+    ob.parent_type = "BONE"
+    ob.parent_bone = "head"
+    # a bone parent puts the child at the bone's tail in bone space: undo it with the parent inverse
+    bone = rig.data.bones["head"]
+    tail_m = bone.matrix_local.copy()
+    tail_m.translation = bone.tail_local
+    ob.matrix_parent_inverse = tail_m.inverted()
+    ob.matrix_basis = Matrix(M_arm.tolist())
+    return ob
+
+
+def setup_render(scene) -> None:
+    """Engine = Busto Neural; the view transform that shows the GAN's pixels unchanged."""
+    scene.render.engine = K.ENGINE_ID
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"
+    scene.view_settings.exposure = 0.0
+    scene.view_settings.gamma = 1.0
