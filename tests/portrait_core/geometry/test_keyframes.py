@@ -356,3 +356,13 @@ def test_mirror_pose_mirrors_the_local_rotations():
     # consistent with the 6-float flip rule on neck and head
     p6 = K.pose_to_3dportraitgan(pose)
     np.testing.assert_allclose(K.pose_to_3dportraitgan(mp), K.flip_pose6(p6), atol=1e-12)
+
+
+def test_keyframes_module_imports_without_torch():
+    """The Blender add-on runs without torch: keyframes and rotations_np must not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, portrait_core.geometry.keyframes, portrait_core.geometry.rotations_np; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[3]).returncode == 0
