@@ -21,8 +21,8 @@ Conventions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -166,7 +166,7 @@ class Camera:
         fov_deg: Tensor | Number,
         near: Tensor | Number | None = None,
         far: Tensor | Number | None = None,
-    ) -> "Camera":
+    ) -> Camera:
         """Orbit camera(s) looking at ``look_at`` with up = +Y.
 
         ``yaw``/``pitch`` (radians), ``radius`` (metres), ``fov_deg`` (full field of view, degrees), ``near``/``far``
@@ -201,7 +201,7 @@ class Camera:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> "Camera":
+    ) -> Camera:
         """The generator's portrait camera: orbit around ``PORTRAIT_LOOK_AT`` at ``PORTRAIT_RADIUS``, fov
         ``PORTRAIT_FOV_DEG``, near/far = radius -/+ ``PORTRAIT_DEPTH_HALF_RANGE``. ``batch`` repeats a scalar pose."""
         dtype = dtype or _dtype_of(yaw, pitch)
@@ -222,7 +222,7 @@ class Camera:
         face_centre: Tensor | Sequence[float] = C.FACE_CENTRE,
         yaw: Tensor | Number = C.FRONTAL_YAW,
         pitch: Tensor | Number = C.FRONTAL_PITCH,
-    ) -> "Camera":
+    ) -> Camera:
         """Face camera that follows the head.
 
         An orbit camera around the **canonical** face centre ``face_centre`` ([3] or [B, 3], metres) at
@@ -264,7 +264,7 @@ class Camera:
         near: Tensor | Number | None = None,
         far: Tensor | Number | None = None,
         look_at: Tensor | Sequence[float] | None = None,
-    ) -> "Camera":
+    ) -> Camera:
         """EG3D/360°PHQ label [B, 25] (or [25]) -> Camera. Without near/far the range is :func:`default_near_far`
         of the distance from the camera to ``look_at`` (default: the canonical origin)."""
         lab = torch.as_tensor(label)
@@ -300,7 +300,7 @@ class Camera:
         return cls(c2w.clone(), K.clone(), near, far)
 
     @classmethod
-    def cat(cls, cameras: Sequence["Camera"]) -> "Camera":
+    def cat(cls, cameras: Sequence[Camera]) -> Camera:
         """Concatenate batches of cameras."""
         if not cameras:
             raise ValueError("Camera.cat: no cameras given")
@@ -353,7 +353,7 @@ class Camera:
         """Vertical field of view [B] in degrees (from fy)."""
         return focal_to_fov(self.intrinsics[:, 1, 1])
 
-    def index(self, idx) -> "Camera":
+    def index(self, idx) -> Camera:
         """Select cameras by int, slice, list or bool/long tensor (keeps the batch dim)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
@@ -361,7 +361,7 @@ class Camera:
 
     __getitem__ = index
 
-    def expand(self, batch: int) -> "Camera":
+    def expand(self, batch: int) -> Camera:
         """Repeat a single camera to ``batch`` (no-op if already that size)."""
         if self.batch_size == batch:
             return self
@@ -370,21 +370,21 @@ class Camera:
         return Camera(self.cam2world.expand(batch, 4, 4), self.intrinsics.expand(batch, 3, 3),
                       self.near.expand(batch), self.far.expand(batch))
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "Camera":
+    def to(self, device=None, dtype: torch.dtype | None = None) -> Camera:
         """Move/cast all tensors (like ``Tensor.to``)."""
         kw = {"device": device, "dtype": dtype}
         return Camera(self.cam2world.to(**kw), self.intrinsics.to(**kw), self.near.to(**kw), self.far.to(**kw))
 
-    def detach(self) -> "Camera":
+    def detach(self) -> Camera:
         return Camera(self.cam2world.detach(), self.intrinsics.detach(), self.near.detach(), self.far.detach())
 
-    def with_near_far(self, near: Tensor | Number, far: Tensor | Number) -> "Camera":
+    def with_near_far(self, near: Tensor | Number, far: Tensor | Number) -> Camera:
         """Same cameras with another depth range (scalars or [B], metres)."""
         b, dt, dev = self.batch_size, self.dtype, self.device
         return Camera(self.cam2world, self.intrinsics, _as_batch("near", near, dt, dev).expand(b),
                       _as_batch("far", far, dt, dev).expand(b))
 
-    def validate(self, name: str = "camera") -> "Camera":
+    def validate(self, name: str = "camera") -> Camera:
         """Check values (finite, rigid cam2world, positive focal, 0 < near < far); raise ValueError naming ``name``."""
         for field in ("cam2world", "intrinsics", "near", "far"):
             if not torch.isfinite(getattr(self, field)).all():
@@ -424,7 +424,7 @@ class Camera:
         """:meth:`orbit_params` stacked as [B, 3] = (pitch, yaw, radius)."""
         return torch.stack(self.orbit_params(look_at), dim=-1)
 
-    def mirror(self) -> "Camera":
+    def mirror(self) -> Camera:
         """Mirror across the YZ plane (x -> -x): the camera that sees the left-right mirrored scene as the
         horizontally flipped image.
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class KeyframeTrack:
         return self.pose.shape[0]
 
     @classmethod
-    def neutral(cls, n: int = 1, fps: float = 30.0) -> "KeyframeTrack":
+    def neutral(cls, n: int = 1, fps: float = 30.0) -> KeyframeTrack:
         """``n`` keyframes of the canonical pose with a neutral expression."""
         return cls(np.zeros((n, 6, 3)), np.zeros((n, C.EXPRESSION_DIM)), fps=fps)
 

@@ -11,7 +11,6 @@ from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera, focal_to_fov, fov_to_focal
 from portrait_core.geometry.rotations import axis_angle_to_matrix, rigid_transform, transform_points
 
-
 YAWS = [math.pi / 2, 0.0, math.pi, -math.pi / 2, 3 * math.pi / 2, 0.3, 2.5, -2.9]
 PITCHES = [math.pi / 2, 1.2, 1.9, 0.4, 2.8]
 
