@@ -66,6 +66,9 @@ _NUMPY_ALLOWED = {
     ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes this way (pure function)
     ("numpy._core.numeric", "_frombuffer"),
 }
+#: Inert builtin containers/values that Python 2 and protocol-2 pickles reference (no callables with effects).
+_SAFE_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "bytes": bytes, "bytearray": bytearray,
+                  "complex": complex, "slice": slice}
 _SPARSE_NAMES = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
 _SPARSE_MODULES = {"scipy.sparse", "scipy.sparse.csc", "scipy.sparse.csr", "scipy.sparse.coo",
                    "scipy.sparse._csc", "scipy.sparse._csr", "scipy.sparse._coo"}
@@ -88,8 +91,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module in ("copy_reg", "copyreg") and name == "_reconstructor":
             # Python 2 pickles rebuild new-style objects through copy_reg._reconstructor(cls, base, state)
             return _safe_reconstructor
-        if module in ("__builtin__", "builtins") and name == "object":
-            return object
+        if module in ("__builtin__", "builtins") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
         raise SMPLFileError(f"{self.source}: refused to load global '{module}.{name}' (not an array, sparse matrix or chumpy object)")
 
 

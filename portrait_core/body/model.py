@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from smplx.lbs import blend_shapes, vertices2joints
+from smplx.lbs import blend_shapes
 from torch import Tensor
 
 from portrait_core.conventions import (
@@ -81,22 +81,36 @@ def skinning_transforms(rot: Tensor, joints: Tensor, parents: tuple[int, ...]) -
 
 def blend_transforms(weights: Tensor, T: Tensor) -> Tensor:
     """Linear blend ``sum_j W_vj T_j``: weights [V,J] (or [B,V,J]), T [B,J,4,4] -> [B,V,4,4]."""
-    if weights.dim() == 2:
-        return torch.einsum("vj,bjxy->bvxy", weights, T)
-    return torch.einsum("bvj,bjxy->bvxy", weights, T)
+    B, J = T.shape[:2]
+    out = torch.matmul(weights, T.reshape(B, J, 16))  # [B, V, 16]
+    return out.reshape(B, -1, 4, 4)
 
 
 @torch.no_grad()
-def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24) -> Tensor:
+def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, method: str = "auto") -> Tensor:
     """Index of the nearest target for each point: points [B,N,3], targets [B,M,3] -> LongTensor [B,N].
 
-    Chunked over N with ``torch.cdist`` so that at most ~chunk_elems distances are held at once.
+    ``method``: 'cdist' (chunked over N with exact ``torch.cdist``, at most ~chunk_elems distances at once; any
+    device), 'kdtree' (scipy cKDTree per batch element; CPU tensors) or 'auto' (kdtree on CPU, else cdist).
+    Both are exact nearest-neighbour searches (they can differ only on exact ties).
     """
     B, N, _ = points.shape
     M = targets.shape[1]
+    if method == "auto":
+        method = "kdtree" if points.device.type == "cpu" else "cdist"
+    if method == "kdtree":
+        from scipy.spatial import cKDTree
+
+        out = [
+            torch.from_numpy(cKDTree(t.double().numpy()).query(p.double().numpy())[1].astype(np.int64))
+            for p, t in zip(points.detach().cpu(), targets.detach().cpu())
+        ]
+        return torch.stack(out).to(points.device)
+    if method != "cdist":
+        raise ValueError(f"nearest_index: unknown method {method!r}")
     step = max(1, chunk_elems // max(1, B * M))
     out = torch.empty(B, N, dtype=torch.long, device=points.device)
-    for s in range(0, N, step):
+    for s in range(0, N, step):  # chunks of points (not single points)
         d = torch.cdist(points[:, s : s + step], targets, compute_mode="donot_use_mm_for_euclid_dist")
         out[:, s : s + step] = d.argmin(dim=-1)
     return out
@@ -196,7 +210,7 @@ class BodyModel(torch.nn.Module):
         """Shaped rest-pose (T-pose) vertices [B,V,3] and joints [B,24,3], origin at J12 of these betas."""
         betas = self._betas(betas)
         v = self.v_template[None] + blend_shapes(betas, self.shapedirs[:, :, : betas.shape[1]])
-        J = vertices2joints(self.J_regressor, v)
+        J = torch.matmul(self.J_regressor, v)  # [B, 24, 3]
         origin = J[:, 12:13]
         return v - origin, J - origin
 

@@ -130,6 +130,7 @@ def _head_sdf(p: np.ndarray, J: np.ndarray) -> np.ndarray:
     hx = np.abs(h[..., :1])
     hs = np.concatenate([hx, h[..., 1:]], -1)
     d = _sd_ellipsoid(hs, (0, 0.145, 0.025), (0.078, 0.117, 0.100))  # cranium; front z = 0.125 at y = 0.145
+    d = _smin(d, _sd_ellipsoid(hs, (0, 0.135, 0.075), (0.070, 0.070, 0.052)), 0.015)  # flatter face front
     d = _smin(d, _sd_ellipsoid(hs, (0, 0.080, 0.058), (0.056, 0.052, 0.062)), 0.02)  # jaw and chin
     d = _smin(d, _sd_ellipsoid(hs, (0, 0.128, 0.126), (0.013, 0.026, 0.020)), 0.008)  # nose
     d = _smin(d, _sd_ellipsoid(hs, (0.079, 0.135, 0.020), (0.014, 0.030, 0.020)), 0.006)  # ears
