@@ -86,6 +86,18 @@ def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:
     return r  # type: ignore[return-value]
 
 
+def grid_shape(bounds: Bounds, resolution: int | Sequence[int]) -> tuple[int, int, int]:
+    """Nodes per axis: an int is the count along the box's longest axis, the others are scaled for cubic voxels."""
+    if not np.isscalar(resolution):
+        return _resolution3(resolution)
+    lo, hi = _bounds_arrays(bounds)
+    ext = hi - lo
+    r = int(resolution)
+    if r < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution!r}")
+    return tuple(max(2, int(round((r - 1) * e / ext.max())) + 1) for e in ext)  # type: ignore[return-value]
+
+
 def _bounds_arrays(bounds: Bounds) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = (np.asarray(b, dtype=np.float64).reshape(3) for b in bounds)
     if not np.all(hi > lo):
@@ -308,13 +320,14 @@ def extract_mesh_from_field(
 
     ``field_fn(points[N,3] float32 tensor) -> [N]`` is larger inside; the surface is ``field == level``.
     ``close_boundary`` marks the outermost grid nodes as outside so a body cut by the box is capped (watertight).
-    ``sparse`` (default: resolution >= 128) evaluates densely only near the surface (see ``evaluate_grid_sparse``).
+    An int ``resolution`` is the node count along the longest side of the box (cubic voxels); 3 ints are per axis.
+    ``sparse`` (default: longest side >= 128 nodes) evaluates densely only near the surface (see ``evaluate_grid_sparse``).
     Raises :class:`EmptyFieldError` when there is no surface (field all outside, all inside, or only tiny bits).
     """
     t0 = time.perf_counter()
-    res = _resolution3(resolution)
+    res = grid_shape(bounds, resolution)
     if sparse is None:
-        sparse = min(res) >= 128
+        sparse = max(res) >= 128
     if sparse:
         grid, evaluated = evaluate_grid_sparse(field_fn, bounds, res, level, chunk_size=chunk_size, device=device)
     else:
@@ -329,8 +342,11 @@ def extract_mesh_from_field(
             f"the field is below level {level:g} everywhere in the box {np.asarray(bounds).tolist()}: no surface to "
             f"extract (max value {float(grid.max()):.4g}); check the level, the bounds, or the avatar"
         )
-    if n_in == interior.size and not close_boundary:
-        raise EmptyFieldError(f"the field is above level {level:g} everywhere in the box: no surface to extract")
+    if n_in == interior.size:
+        raise EmptyFieldError(
+            f"the field is at or above level {level:g} everywhere in the box {np.asarray(bounds).tolist()}: no "
+            f"surface inside it (min value {float(interior.min()):.4g}); enlarge the bounds or check the level"
+        )
     if close_boundary:
         outside = min(float(grid.min()), level) - 1.0
         grid[[0, -1]] = outside
@@ -355,3 +371,105 @@ def extract_mesh_from_field(
         "t_field": t1 - t0, "t_mcubes": t2 - t1, "t_clean": t3 - t2, "t_color": t4 - t3, "t_total": t4 - t0,
     }
     return Mesh(verts32, faces32, normals, colors, info)
+
+
+# --- avatars -----------------------------------------------------------------------------------------------------
+
+#: Occupancy threshold of ``Avatar.density_field`` (accumulated opacity in [0, 1]).
+AVATAR_LEVEL = 0.5
+
+
+def avatar_bounds(avatar) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """The canonical box (metres) where ``avatar.density_field`` can be non-zero.
+
+    'frontal' textures cover ``shell_centre ± texture_half_extent`` in x and y; depth (and every axis in '360'
+    mode) is bounded by the baked manifold grid / bake radius around the shell centre.
+    """
+    g = avatar.generator
+    rc = g.cfg.render
+    c = np.asarray(g.shell_centre.detach().cpu().numpy(), dtype=np.float64)
+    depth = min(float(rc.bake_radius), float(rc.manifold_grid_half_extent))
+    half = np.full(3, depth)
+    if rc.mode == "frontal":
+        half[:2] = min(float(rc.texture_half_extent), depth)
+    return tuple((c - half).tolist()), tuple((c + half).tolist())  # type: ignore[return-value]
+
+
+def _as_tensor(x, shape: tuple[int, ...], name: str) -> Tensor:
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32)
+    if t.numel() != int(np.prod(shape)):
+        raise ValueError(f"{name} must have {int(np.prod(shape))} values (shape {shape}), got {tuple(t.shape)}")
+    return t.reshape(shape)
+
+
+@torch.no_grad()
+def extract_mesh(
+    avatar,
+    resolution: int = 256,
+    pose=None,
+    expression=None,
+    decimate: int | None = None,
+    *,
+    level: float = AVATAR_LEVEL,
+    bounds: Bounds | None = None,
+    colors: bool = True,
+    posed_from: str = "lbs",
+    color_samples: int | None = 8,
+    **kw,
+) -> Mesh:
+    """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.
+
+    Canonical pose and neutral expression by default: marching cubes of ``avatar.density_field`` (occupancy,
+    threshold ``level`` = 0.5) over :func:`avatar_bounds` (or ``bounds``); ``resolution`` nodes along the box's
+    longest side. Colours: ``avatar.color_field`` looking at each vertex against its outward normal.
+
+    With ``pose`` [6,3] (axis-angle, canonical-relative) and/or ``expression`` [64]:
+    - ``posed_from="lbs"`` (default): the canonical mesh is deformed, so topology and colours are shared with
+      the canonical export: expression by ``avatar.expression_displacement`` (forward solve of the generator's
+      backward expression offsets), then pose by the body's forward LBS (``BodyModel.forward_lbs``: the blended
+      transform of the nearest upper-body vertex, the forward counterpart of the generator's inverse LBS).
+    - ``posed_from="field"``: marching cubes of the observed-space field ``density_field(x, pose, expression)``
+      (the generator's own deformation including its smoothing); colours from the canonical correspondences.
+    ``color_samples``: samples per colour ray passed to ``color_field`` (None = its default).
+    Other keyword arguments go to :func:`extract_mesh_from_field`.
+    """
+    if posed_from not in ("lbs", "field"):
+        raise ValueError(f"posed_from must be 'lbs' or 'field', got {posed_from!r}")
+    pose_t = None if pose is None else _as_tensor(pose, (6, 3), "pose")
+    expr_t = None if expression is None else _as_tensor(expression, (64,), "expression")
+    if bounds is None:
+        bounds = avatar_bounds(avatar)
+    from_field = posed_from == "field" and (pose_t is not None or expr_t is not None)
+    fp, fe = (pose_t, expr_t) if from_field else (None, None)
+    color_kw = {} if color_samples is None else {"samples": int(color_samples)}
+
+    def density(p: Tensor) -> Tensor:
+        return avatar.density_field(p, fp, fe)
+
+    def color(p: Tensor, view_dirs: Tensor) -> Tensor:
+        n = -view_dirs
+        if from_field:  # observed -> canonical points and normals
+            eps = 2e-3
+            pc = avatar.to_canonical(p, fp, fe)
+            n = avatar.to_canonical(p + eps * n, fp, fe) - pc
+            p = pc
+        return avatar.color_field(p, n, **color_kw)
+
+    mesh = extract_mesh_from_field(density, bounds, resolution, level, color_fn=color if colors else None,
+                                   decimate=decimate, **kw)
+    mesh.info.update({"pose": None if pose_t is None else pose_t.tolist(),
+                      "expression": None if expr_t is None else expr_t.tolist(), "posed_from": posed_from})
+    if from_field or (pose_t is None and expr_t is None):
+        return mesh
+    t0 = time.perf_counter()
+    v = torch.from_numpy(mesh.vertices.copy())
+    if expr_t is not None:
+        v = v + avatar.expression_displacement(v, expr_t).to(v)
+    if pose_t is not None:
+        body = avatar.generator.body
+        state = body.posed(avatar.body_shape.detach().cpu().float(), pose_t[None])
+        T = body.forward_lbs(state, v[None])[0]
+        v = (T[:, :3, :3] @ v[:, :, None])[:, :, 0] + T[:, :3, 3]
+    out = mesh.with_vertices(v.cpu().numpy())
+    out.info["t_deform"] = time.perf_counter() - t0
+    return out

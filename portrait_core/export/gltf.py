@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,12 +106,13 @@ def build_gltf(
     mesh: Mesh,
     rig: Rig | None = None,
     morphs: dict[str, np.ndarray] | None = None,
-    animation: Animation | None = None,
+    animation: Animation | Sequence[Animation] | None = None,
     *,
     name: str = "busto_avatar",
     extras: dict | None = None,
 ):
-    """Assemble a ``pygltflib.GLTF2`` (with its binary blob set) for :func:`write_glb`."""
+    """Assemble a ``pygltflib.GLTF2`` (with its binary blob set) for :func:`write_glb`; one glTF animation per
+    :class:`Animation` given."""
     import pygltflib as g
 
     if mesh.num_faces == 0 or mesh.num_vertices == 0:
@@ -177,9 +179,10 @@ def build_gltf(
                             skeleton=roots[0], inverseBindMatrices=b.add(ibm.reshape(-1, 16), _FLOAT, "MAT4")))
         nodes[0].skin = 0
     animations = []
-    if animation is not None:
-        if rig is None:
-            raise ValueError("an animation needs a rig")
+    anims = [] if animation is None else [animation] if isinstance(animation, Animation) else list(animation)
+    if anims and rig is None:
+        raise ValueError("an animation needs a rig")
+    for animation in anims:
         tacc = b.add(animation.times.astype(np.float32), _FLOAT, "SCALAR", minmax=True)
         samplers, channels = [], []
         local = rig.local_rotations(animation.pose)  # [T,J,3,3]
@@ -234,7 +237,7 @@ def write_glb(
     mesh: Mesh,
     rig: Rig | None = None,
     morphs: dict[str, np.ndarray] | None = None,
-    animation: Animation | None = None,
+    animation: Animation | Sequence[Animation] | None = None,
     **kw,
 ) -> Path:
     """Write a binary glTF (.glb); returns the path. Never writes a file for an empty mesh."""
@@ -248,12 +251,12 @@ def write_glb(
 
 
 def write_mesh(path: str | Path, mesh: Mesh) -> Path:
-    """Static mesh as .obj or .ply (trimesh; 8-bit sRGB vertex colours). .glb/.gltf go through :func:`write_glb`."""
+    """Static mesh as .obj or .ply (trimesh; 8-bit sRGB vertex colours); .glb goes through :func:`write_glb`."""
     path = Path(path)
     suffix = path.suffix.lower()
     if mesh.num_faces == 0:
         raise EmptyFieldError("refusing to write an empty mesh")
-    if suffix in (".glb", ".gltf"):
+    if suffix == ".glb":
         return write_glb(path, mesh)
     if suffix not in (".obj", ".ply"):
         raise ValueError(f"unsupported mesh format {suffix!r}: use .glb, .obj or .ply")

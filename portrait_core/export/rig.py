@@ -262,3 +262,81 @@ def body_local_rotations(rig: Rig, bone_transforms: np.ndarray | torch.Tensor) -
         p = rig.parents[j]
         out[..., j, :, :] = np.swapaxes(G[..., p, :, :], -1, -2) @ G[..., j, :, :] if p >= 0 else G[..., j, :, :]
     return out
+
+
+# --- expression morph targets -------------------------------------------------------------------------------------
+
+#: Default expression amplitude of a morph target at weight 1 (coefficients are unit-variance, so 2 = two sigma).
+MORPH_SCALE = 2.0
+
+
+def morph_basis(components: int | Sequence[int | str] = 8, scale: float = MORPH_SCALE) -> tuple[list[str], np.ndarray]:
+    """Names and expression vectors [K,64] of K morph targets: target k is ``scale`` along one expression coefficient.
+
+    ``components`` is a count (the first K coefficients) or a list of coefficient indices / names from
+    ``portrait_core.face.EXPRESSION_NAMES`` (jaw_open, smile, brow_raise, blink, ...). Named coefficients keep their
+    names, others are called ``expr_NN``.
+    """
+    from portrait_core.conventions import EXPRESSION_DIM
+    from portrait_core.face import EXPRESSION_NAMES
+
+    if isinstance(components, int | np.integer):
+        if not 0 <= int(components) <= EXPRESSION_DIM:
+            raise ValueError(f"number of morphs must be in [0, {EXPRESSION_DIM}], got {components}")
+        components = list(range(int(components)))
+    by_index = {v: k for k, v in EXPRESSION_NAMES.items()}
+    names, idx = [], []
+    for c in components:
+        if isinstance(c, str):
+            if c not in EXPRESSION_NAMES:
+                raise ValueError(f"unknown expression name {c!r}; known: {', '.join(EXPRESSION_NAMES)}")
+            i = EXPRESSION_NAMES[c]
+        else:
+            i = int(c)
+            if not 0 <= i < EXPRESSION_DIM:
+                raise ValueError(f"expression component must be in [0, {EXPRESSION_DIM}), got {c}")
+        idx.append(i)
+        names.append(by_index.get(i, f"expr_{i:02d}"))
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"duplicate expression components in {list(components)}")
+    E = np.zeros((len(idx), EXPRESSION_DIM), np.float64)
+    E[np.arange(len(idx)), idx] = float(scale)
+    return names, E
+
+
+def morphs_from_displacement(
+    displace_fn, vertices: np.ndarray, names: Sequence[str], expressions: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Morph deltas ``{name: [V,3] float32}`` (metres, canonical frame): ``displace_fn(points[V,3], expression[64])
+    -> [V,3]`` forward displacement of neutral points for each expression row [K,64]."""
+    v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
+    out = {}
+    for name, e in zip(names, np.asarray(expressions)):
+        d = displace_fn(v, torch.as_tensor(e, dtype=torch.float32))
+        d = (d.detach().cpu().numpy() if torch.is_tensor(d) else np.asarray(d)).astype(np.float32)
+        if d.shape != v.shape or not np.all(np.isfinite(d)):
+            raise ValueError(f"morph {name!r}: displacement must be finite with shape {tuple(v.shape)}, got {d.shape}")
+        out[str(name)] = d
+    return out
+
+
+@torch.no_grad()
+def expression_morphs(avatar, mesh, components: int | Sequence[int | str] = 8, scale: float = MORPH_SCALE,
+                      iterations: int = 4) -> dict[str, np.ndarray]:
+    """Expression morph targets of an ``Avatar`` for a canonical mesh: delta_k = deformed - neutral vertex positions
+    for expression ``scale · e_k`` (``avatar.expression_displacement``: forward solve of the generator's backward
+    expression offsets). Returns ``{name: [V,3]}`` in :func:`morph_basis` order."""
+    names, E = morph_basis(components, scale)
+    fn = lambda p, e: avatar.expression_displacement(p, e, iterations=iterations)  # noqa: E731
+    return morphs_from_displacement(fn, mesh.vertices, names, E)
+
+
+def morph_weights(expressions: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Morph weights [T,K] that best reproduce expressions [T,64] with the morph basis [K,64] (least squares;
+    for single-coefficient targets this is ``e[c_k] / scale``). Components outside the basis are dropped."""
+    expressions = np.asarray(expressions, dtype=np.float64)
+    basis = np.asarray(basis, dtype=np.float64)
+    if basis.shape[0] == 0:
+        return np.zeros((expressions.shape[0], 0), np.float32)
+    w, *_ = np.linalg.lstsq(basis.T, expressions.T, rcond=None)
+    return w.T.astype(np.float32)
