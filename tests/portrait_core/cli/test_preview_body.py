@@ -64,3 +64,38 @@ def test_rasteriser_depth_and_coverage():
     (x0, y0), (x1, y1) = np.ceil(px[0, 0].numpy()).astype(int), np.floor(px[0, 1].numpy()).astype(int)
     inner = depth[y0 + 1:y1, x0 + 1:x1]
     assert inner.size > 100 and np.allclose(inner, 1.9)
+
+
+def test_cameras_frame_the_synthetic_body_and_face():
+    """Portrait camera: the whole head and both shoulder joints in frame; face camera: the posed face centre at the
+    image centre and all 68 landmarks in frame, also under a head turn and a nod."""
+    import torch
+
+    from portrait_core import conventions as C
+    from portrait_core.cli.preview_body import _load_models
+    from portrait_core.geometry.camera import Camera
+    from portrait_core.geometry.rotations import transform_points
+
+    body, face = _load_models(None, None)
+    betas = torch.zeros(1, C.BODY_SHAPE_DIM)
+    size = 256
+    for head in ((0.0, 0.0, 0.0), (0.0, 0.6, 0.0), (0.4, 0.0, 0.0)):
+        pose = torch.zeros(1, 6, 3)
+        pose[0, 3] = torch.tensor(head)
+        with torch.no_grad():
+            state = body.posed(betas, pose)
+            portrait = Camera.portrait()
+            px, depth = portrait.project(state.vertices[:, body.head_mask], size, size)
+            assert (px >= 0).all() and (px <= size - 1).all(), "head leaves the portrait frame"
+            assert ((depth > portrait.near[:, None]) & (depth < portrait.far[:, None])).all()
+            sp, _ = portrait.project(state.joints[:, [C.LEFT_SHOULDER, C.RIGHT_SHOULDER]], size, size)
+            assert (sp[..., 0] > 0).all() and (sp[..., 0] < size - 1).all() and (sp[..., 1] < size - 1).all()
+            G = state.bone_transforms[:, C.HEAD]
+            cam = Camera.face(G, body.face_centre(betas))
+            centre, _ = cam.project(body.face_centre(betas, pose)[:, None], size, size)
+            torch.testing.assert_close(centre[0, 0], torch.tensor([127.5, 127.5]), atol=1e-3, rtol=0)
+            T = body.face_transform(betas, pose)
+            lm = transform_points(T[:, None], face.landmarks(torch.zeros(1, 80), torch.zeros(1, 64)))
+            lp, ld = cam.project(lm, size, size)
+            assert (lp >= 0).all() and (lp <= size - 1).all()
+            assert ((ld > cam.near[:, None]) & (ld < cam.far[:, None])).all()
