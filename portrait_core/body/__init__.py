@@ -4,7 +4,7 @@ See docs/body.md. Positions are metres in the canonical frame (origin at the can
 """
 
 from .io import RestrictedUnpickler, SMPLFileError, load_smpl_file, save_smpl_npz, validate_smpl_dict
-from .model import BodyModel, BodyState, UPPER_BODY_JOINTS
+from .model import UPPER_BODY_JOINTS, BodyModel, BodyState
 from .synthetic import build_synthetic_smpl, write_synthetic_pkl
 
 __all__ = [

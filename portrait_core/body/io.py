@@ -67,11 +67,25 @@ _NUMPY_ALLOWED = {
     ("numpy._core.numeric", "_frombuffer"),
 }
 #: Inert builtin containers/values that Python 2 and protocol-2 pickles reference (no callables with effects).
-_SAFE_BUILTINS = {"object": object, "set": set, "frozenset": frozenset, "bytes": bytes, "bytearray": bytearray,
-                  "complex": complex, "slice": slice}
+_SAFE_BUILTINS = {
+    "object": object,
+    "set": set,
+    "frozenset": frozenset,
+    "bytes": bytes,
+    "bytearray": bytearray,
+    "complex": complex,
+    "slice": slice,
+}
 _SPARSE_NAMES = {"csc_matrix", "csr_matrix", "coo_matrix", "csc_array", "csr_array", "coo_array"}
-_SPARSE_MODULES = {"scipy.sparse", "scipy.sparse.csc", "scipy.sparse.csr", "scipy.sparse.coo",
-                   "scipy.sparse._csc", "scipy.sparse._csr", "scipy.sparse._coo"}
+_SPARSE_MODULES = {
+    "scipy.sparse",
+    "scipy.sparse.csc",
+    "scipy.sparse.csr",
+    "scipy.sparse.coo",
+    "scipy.sparse._csc",
+    "scipy.sparse._csr",
+    "scipy.sparse._coo",
+}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -93,7 +107,9 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _safe_reconstructor
         if module in ("__builtin__", "builtins") and name in _SAFE_BUILTINS:
             return _SAFE_BUILTINS[name]
-        raise SMPLFileError(f"{self.source}: refused to load global '{module}.{name}' (not an array, sparse matrix or chumpy object)")
+        raise SMPLFileError(
+            f"{self.source}: refused to load global '{module}.{name}' (not an array, sparse matrix or chumpy object)"
+        )
 
 
 def _safe_reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -174,7 +190,9 @@ def validate_smpl_dict(raw: dict, source: str = "<dict>") -> dict[str, Any]:
         raise shape_error("weights", w, f"({V}, {NUM_JOINTS})")
     _check_finite(source, "weights", w)
     if np.abs(w.sum(1) - 1).max() > 1e-3:
-        raise SMPLFileError(f"{source}: key 'weights' rows do not sum to 1 (max error {np.abs(w.sum(1) - 1).max():.3g})")
+        raise SMPLFileError(
+            f"{source}: key 'weights' rows do not sum to 1 (max error {np.abs(w.sum(1) - 1).max():.3g})"
+        )
     out["weights"] = w
 
     kt = np.asarray(out["kintree_table"])
@@ -184,7 +202,9 @@ def validate_smpl_dict(raw: dict, source: str = "<dict>") -> dict[str, Any]:
     parents = kt[0].copy()
     parents[0] = -1
     if any(not (0 <= parents[j] < j) for j in range(1, NUM_JOINTS)):
-        raise SMPLFileError(f"{source}: key 'kintree_table' parents must precede their children, got {parents.tolist()}")
+        raise SMPLFileError(
+            f"{source}: key 'kintree_table' parents must precede their children, got {parents.tolist()}"
+        )
     out["kintree_table"] = kt
 
     f = np.asarray(out["f"])
@@ -219,8 +239,17 @@ def load_smpl_file(path: str | os.PathLike) -> dict[str, Any]:
             raw = RestrictedUnpickler(io.BytesIO(data), source=source, encoding="latin1").load()
         except SMPLFileError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                ImportError, MemoryError) as e:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            ImportError,
+            MemoryError,
+        ) as e:
             raise SMPLFileError(f"{source}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
     return validate_smpl_dict(raw, source)
 
@@ -249,8 +278,12 @@ def save_smpl_npz(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     for k in SMPL_KEYS:
         if k == "J_regressor":
             jr = d[k]
-            arrays.update(J_regressor_data=jr.data.astype(np.float64), J_regressor_indices=jr.indices.astype(np.int64),
-                          J_regressor_indptr=jr.indptr.astype(np.int64), J_regressor_shape=np.array(jr.shape))
+            arrays.update(
+                J_regressor_data=jr.data.astype(np.float64),
+                J_regressor_indices=jr.indices.astype(np.int64),
+                J_regressor_indptr=jr.indptr.astype(np.int64),
+                J_regressor_shape=np.array(jr.shape),
+            )
         elif k in ("f", "kintree_table"):
             arrays[k] = d[k]
         else:

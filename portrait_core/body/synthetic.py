@@ -65,8 +65,8 @@ def synthetic_joints() -> np.ndarray:
     J = np.zeros((NUM_JOINTS, 3))
     for j, p in _LEFT_JOINTS.items():
         J[j] = p
-    for r, l in _MIRROR.items():
-        J[r] = J[l] * (-1.0, 1.0, 1.0)
+    for right, left in _MIRROR.items():
+        J[right] = J[left] * (-1.0, 1.0, 1.0)
     return J
 
 
@@ -211,7 +211,9 @@ def _part_sdfs(p: np.ndarray, J: np.ndarray) -> dict[str, np.ndarray]:
             _sd_ellipsoid(rel, (0, -0.24, 0.012), (0.178, 0.275, 0.112)),
             _sd_capsule(rel, (0.0, -0.075, -0.004), (J[16, 0] - 0.01, J[16, 1] - n[1] - 0.012, 0.0), 0.07, 0.058),
         ),
-        "arm": _sd_capsule(rel, (J[16, 0], J[16, 1] - n[1], J[16, 2] - n[2]), tuple(elbow + (0.05, 0, 0)), 0.052, 0.040),
+        "arm": _sd_capsule(
+            rel, (J[16, 0], J[16, 1] - n[1], J[16, 2] - n[2]), tuple(elbow + (0.05, 0, 0)), 0.052, 0.040
+        ),
     }
 
 
@@ -242,7 +244,12 @@ def _skin_weights(v: np.ndarray, J: np.ndarray) -> np.ndarray:
     )
     arm_j = (16, 17, 18, 19)
     arm_d = np.stack(
-        [_seg_dist(v, J[16], J[18]), _seg_dist(v, J[17], J[19]), _seg_dist(v, J[18], J[20]), _seg_dist(v, J[19], J[21])],
+        [
+            _seg_dist(v, J[16], J[18]),
+            _seg_dist(v, J[17], J[19]),
+            _seg_dist(v, J[18], J[20]),
+            _seg_dist(v, J[19], J[21]),
+        ],
         -1,
     )
     W[:, torso_j] += M[:, 2:3] * _softmin(torso_d, 2 * WEIGHT_WIDTH)
@@ -269,7 +276,7 @@ def _joint_regressor(v: np.ndarray, J: np.ndarray, mirror: np.ndarray, k: int = 
         + [int(np.argmin(np.linalg.norm(v - (0.17, n[1] + CHEST_CUT_Y, z), axis=1))) for z in (-0.09, 0.11)]
     )
     anchors = np.unique(np.concatenate([anchors, mirror[anchors]]))
-    right_of = {r: l for r, l in _MIRROR.items()}
+    right_of = dict(_MIRROR)
     solved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for j in range(NUM_JOINTS):
         if j in right_of:

@@ -113,8 +113,13 @@ def test_npz_round_trip_and_smplx(tmp_path, synthetic_data):
     path = save_smpl_npz(tmp_path / "smpl.npz", synthetic_data)
     assert path.stat().st_size < 2_000_000
     data = load_smpl_file(path)
-    layer = smplx.SMPL(model_path="", data_struct=smplx_struct(data), vertex_ids=synthetic_vertex_ids(synthetic_data),
-                       use_hands=False, use_feet_keypoints=False)
+    layer = smplx.SMPL(
+        model_path="",
+        data_struct=smplx_struct(data),
+        vertex_ids=synthetic_vertex_ids(synthetic_data),
+        use_hands=False,
+        use_feet_keypoints=False,
+    )
     with torch.no_grad():
         np.testing.assert_allclose(layer().vertices[0].numpy(), synthetic_data["v_template"], atol=1e-6)
     m = BodyModel.from_file(path)

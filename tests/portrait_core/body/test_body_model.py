@@ -71,8 +71,14 @@ def test_pose_code_rule_matches_smplx_forward(body, synthetic_data):
 
     g = torch.Generator().manual_seed(1)
     pose, betas = 0.3 * torch.randn(2, 6, 3, generator=g), torch.randn(2, 10, generator=g)
-    layer = smplx.SMPL(model_path="", data_struct=smplx_struct(synthetic_data), vertex_ids=synthetic_vertex_ids(synthetic_data),
-                       use_hands=False, use_feet_keypoints=False, batch_size=2)
+    layer = smplx.SMPL(
+        model_path="",
+        data_struct=smplx_struct(synthetic_data),
+        vertex_ids=synthetic_vertex_ids(synthetic_data),
+        use_hands=False,
+        use_feet_keypoints=False,
+        batch_size=2,
+    )
     adjust = body.adjust_rotations.clone().expand(2, 24, 3, 3).clone()
     adjust[:, 12:18] = axis_angle_to_matrix(pose) @ body.adjust_rotations[12:18]
     aa = matrix_to_axis_angle(adjust)
