@@ -75,7 +75,14 @@ def _add_site_packages(path: str) -> None:
 def inprocess_available(settings: Settings) -> tuple[bool, str]:
     """Whether torch and portrait_core can be imported here (without importing them)."""
     _add_site_packages(settings.site_packages)
-    missing = [m for m in ("torch", "portrait_core") if importlib.util.find_spec(m) is None]
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # e.g. sys.modules[name] is None: imports of it are blocked
+            return False
+
+    missing = [m for m in ("torch", "portrait_core") if not importable(m)]
     if missing:
         return False, f"not importable in this Blender: {', '.join(missing)}"
     return True, "torch and portrait_core importable"

@@ -342,10 +342,10 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- keyframes
 def official_keyframes_to_pose_code(joint_eulers: np.ndarray) -> np.ndarray:
-    """Official AniPortraitGAN keyframes [N, 6, 3] (ZYX Euler per pose joint, canonical-relative) -> pose code
-    axis-angle [N, 6, 3]."""
+    """Official AniPortraitGAN keyframes [..., 6, 3] (ZYX Euler per pose joint, canonical-relative) -> pose code
+    axis-angle [..., 6, 3]."""
     e = np.asarray(joint_eulers, dtype=np.float64)
-    if e.ndim != 3 or e.shape[1:] != (6, 3):
+    if e.ndim < 2 or e.shape[-2:] != (6, 3):
         raise ValueError(f"official pose keyframes must be [N, 6, 3] (ZYX Eulers of joints 12..17), got {e.shape}")
     return matrix_to_axis_angle(euler_zyx_to_matrix(e))
 
