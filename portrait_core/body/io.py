@@ -142,6 +142,8 @@ def validate_smpl_dict(raw: dict, source: str = "<dict>") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in raw.items():
         k = k.decode("latin1") if isinstance(k, bytes) else k
+        if isinstance(v, _ChumpyStub) and k not in SMPL_KEYS and v.to_array() is None:
+            continue  # an unused chumpy expression (no array state): drop it
         out[k] = _to_plain(v, source, k)
     missing = [k for k in SMPL_KEYS if k not in out]
     if missing:

@@ -188,3 +188,29 @@ def test_truncated_files(tmp_path, synthetic_pkl, synthetic_data):
     assert str(bad) in str(err.value)
     with pytest.raises(SMPLFileError, match="no such file"):
         load_smpl_file(tmp_path / "absent.pkl")
+
+
+class _FakeOp:
+    """A chumpy expression object without an array state (pickled as chumpy.reordering.transpose)."""
+
+    def __init__(self):
+        self.a = None
+
+
+def test_chumpy_objects_without_arrays(tmp_path, synthetic_data):
+    d = {k: synthetic_data[k] for k in SMPL_KEYS}
+    d["J_regressor"] = sp.csc_matrix(d["J_regressor"])
+    d["unused"] = _FakeOp()
+    this = _FakeOp.__module__.encode()
+    blob = pickle.dumps(d, protocol=2).replace(b"c" + this + b"\n_FakeOp\n", b"cchumpy.reordering\ntranspose\n")
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(blob)
+    assert "unused" not in load_smpl_file(path)  # ignored keys may hold any chumpy expression
+    d["weights"] = d.pop("unused")
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(
+        pickle.dumps(d, protocol=2).replace(b"c" + this + b"\n_FakeOp\n", b"cchumpy.reordering\ntranspose\n")
+    )
+    with pytest.raises(SMPLFileError, match="'weights' is a chumpy object") as err:
+        load_smpl_file(bad)
+    assert str(bad) in str(err.value)

@@ -158,6 +158,10 @@ def test_face_transform(body):
     big[0, 2] = 2.0
     c = body.face_centre(big)[0]
     assert c[2] > FACE_CENTRE[2] + 1e-3 and c[1] > FACE_CENTRE[1]
+    # global size (beta 0 = 3 % per unit about the neck) scales the face position with the body
+    size = torch.zeros(1, 10)
+    size[0, 0] = 2.0
+    assert torch.allclose(body.face_centre(size)[0], 1.06 * torch.tensor(FACE_CENTRE), atol=1e-5)
 
 
 def test_head_centre_follows_head(body):
