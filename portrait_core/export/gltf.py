@@ -171,9 +171,10 @@ def build_gltf(
             if p >= 0:
                 nodes[first + p].children.append(first + j)
         roots = [first + j for j in range(rig.num_joints) if rig.parents[j] < 0]
-        # one root node (the armature in Blender) holding the skeleton and the skinned mesh node
-        nodes.append(g.Node(name=name, children=[0, *roots]))
-        scene_nodes = [len(nodes) - 1]
+        # the skeleton under one root node (the armature object in Blender); the skinned mesh node stays a scene
+        # root (glTF: parent transforms do not apply to skinned meshes)
+        nodes.append(g.Node(name=name, children=roots))
+        scene_nodes = [0, len(nodes) - 1]
         ibm = np.ascontiguousarray(np.transpose(rig.inverse_bind_matrices, (0, 2, 1)), dtype=np.float32)  # column-major
         skins.append(g.Skin(name=f"{name}_skin", joints=[first + j for j in range(rig.num_joints)],
                             skeleton=roots[0], inverseBindMatrices=b.add(ibm.reshape(-1, 16), _FLOAT, "MAT4")))

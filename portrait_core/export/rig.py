@@ -190,7 +190,7 @@ def transfer_weights(
     tw /= s
     joints = np.zeros((len(W), MAX_INFLUENCES), np.uint16)
     weights = np.zeros((len(W), MAX_INFLUENCES), np.float32)
-    joints[:, :m] = top
+    joints[:, :m] = np.where(tw > 0, top, 0)  # glTF: unused influences have joint 0 and weight 0
     weights[:, :m] = tw
     return joints, weights
 
