@@ -60,6 +60,10 @@ class Avatar:
                 self.textures_hr = generator.super_resolve_textures(self.textures, sr_styles)
             self.manifold = generator.baked_manifold_fn()
             self.canonical_body = generator.body.canonical(self.body_shape)
+            self._neutral_expression_volume = None
+            if generator.cfg.render.expression_grid:
+                self._neutral_expression_volume = generator.expression_volume(
+                    self.latents.identity, torch.zeros(1, C.EXPRESSION_DIM, device=device))
         self._pose_cache: tuple[bytes, Tensor] | None = None
         self._expression_cache: tuple[bytes, object] | None = None
 
@@ -79,9 +83,9 @@ class Avatar:
     def _expression_fn(self, expression: Tensor):
         key = expression.detach().cpu().numpy().tobytes()
         if self._expression_cache is None or self._expression_cache[0] != key:
-            g = self.generator
-            styles = g.expression_styles(self.latents.identity.expand(expression.shape[0], -1), expression)
-            self._expression_cache = (key, g.expression_offsets_fn(styles))
+            identity = self.latents.identity.expand(expression.shape[0], -1)
+            self._expression_cache = (key, self.generator.expression_offsets_fn(identity, expression,
+                                                                                 self._neutral_expression_volume))
         return self._expression_cache[1]
 
     def _check_controls(self, where: str, pose: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,12 +200,13 @@ class Avatar:
     @torch.no_grad()
     def expression_deformation(self, points: Tensor, expression: Tensor) -> Tensor:
         """Backward offsets Delta [N, 3] (metres) at canonical-pose points [N, 3] of the expressive face:
-        ``points + Delta`` is the neutral canonical point. Exact network evaluation (no grid), chunked."""
+        ``points + Delta`` is the neutral canonical point (zero for a neutral expression). Exact network
+        evaluation (no grid), chunked."""
         points = check_tensor("Avatar.expression_deformation", "points", points, (None, 3)).to(self.device)
         _, expression = self._check_controls("Avatar.expression_deformation", torch.zeros(*C.POSE_SHAPE), expression)
         g = self.generator
-        styles = g.expression_styles(self.latents.identity, expression[:1])
-        return torch.cat([g.expression_deform(c[None], styles)[0] for c in points.split(g.cfg.render.chunk_size)])
+        return torch.cat([g.expression_deformation(c[None], self.latents.identity, expression[:1])[0]
+                          for c in points.split(g.cfg.render.chunk_size)])
 
     @torch.no_grad()
     def expression_displacement(self, neutral_points: Tensor, expression: Tensor, iterations: int = 4) -> Tensor:
