@@ -63,7 +63,12 @@ _LID_UP, _LID_LO = 0.045, 0.040  # upper/lower eyelid offsets from the eye centr
 _BROW_Y = 0.45
 _MOUTH_HALF_W = 0.25
 _NOSE_TIP_Y, _NOSE_BASE_Y = -0.12, -0.21
-_JAW_PIVOT = (0.0, 0.05, 0.05)  # temporomandibular axis (x ignored), un-centred frame
+_JAW_PIVOT = (0.0, 0.05, -0.73)  # temporomandibular axis (x ignored), design frame
+# head ellipsoids (cy, cz, rx, ry, rz) of the surface the features sit on, design frame (decimetres)
+_CRANIUM = (-0.056, -0.879, 0.80, 1.17, 1.0)
+_MIDFACE = (-0.156, -0.379, 0.70, 0.70, 0.52)
+_JAW = (-0.706, -0.549, 0.58, 0.54, 0.64)
+_FULLNESS = 0.10  # decimetres at the centre of the outline
 _JAW_RATE = 0.05  # radians of jaw opening per unit coefficient
 
 
@@ -120,10 +125,31 @@ def _mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return X[used], Y[used], faces
 
 
+def _ellipsoid_front(x, y, cy, cz, rx, ry, rz):
+    """Front (+Z) half of an axis-aligned ellipsoid as a height field, flattened where it would turn vertical."""
+    q = np.clip(1 - (x / rx) ** 2 - ((y - cy) / ry) ** 2, 0.0, None)
+    return cz + rz * np.sqrt(q + 0.02) / np.sqrt(1.02)
+
+
+def _skull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Smooth union (smooth max of depth) of a cranium and a jaw ellipsoid: the surface the features sit on.
+
+    Design frame: decimetres relative to the face centroid's target position on a head, sized so that the face lies
+    on a typical (and Busto's synthetic body's) head when placed at FACE_CENTRE.
+    """
+    def smax(a, b, k):
+        h = np.clip(0.5 + 0.5 * (a - b) / k, 0.0, 1.0)
+        return a * h + b * (1 - h) + k * h * (1 - h)
+
+    z = smax(_ellipsoid_front(x, y, *_CRANIUM), _ellipsoid_front(x, y, *_MIDFACE), 0.15)
+    return smax(z, _ellipsoid_front(x, y, *_JAW), 0.2)
+
+
 def _height(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Depth z(x, y) of the neutral mean face (decimetres) and named feature fields used elsewhere."""
     ax = np.abs(x)
-    base = 0.90 * np.sqrt(np.clip(1 - (x / 0.86) ** 2 - ((y - 0.05) / 1.55) ** 2, 0.02, None))
+    # faces are fuller than the skull ellipsoids: a smooth swelling, zero (with zero slope) at the outline
+    base = _skull(x, y) + _FULLNESS * (1 - np.clip(_outline_radius(x, y), 0, 1) ** 2) ** 2
     # nose: bridge ridge from between the eyes to the tip, rounded tip, alae, quick drop to the base
     ridge_profile = _smoothstep(0.34, _NOSE_TIP_Y, y) * (y > _NOSE_TIP_Y) + (y <= _NOSE_TIP_Y) * np.exp(
         -0.5 * ((y - _NOSE_TIP_Y) / 0.045) ** 2
@@ -147,7 +173,7 @@ def _height(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndar
     chin = 0.07 * _gauss(x, y, 0, -0.80, 0.16, 0.10) - 0.03 * _gauss(x, y, 0, my - 0.17, 0.2, 0.04)
     z = base + nose + alae + socket + eyeball + brows + cheeks + upper_lip + lower_lip + mouth_line + philtrum + chin
     fields = {
-        "lips": np.clip((upper_lip + lower_lip) / 0.04, 0, 1) * _smoothstep(_MOUTH_HALF_W + 0.03, _MOUTH_HALF_W - 0.03, ax),
+        "lips": np.clip((upper_lip + lower_lip) / 0.025, 0, 1) * _smoothstep(_MOUTH_HALF_W + 0.03, _MOUTH_HALF_W - 0.03, ax),
         "brows": np.clip(brows / 0.03, 0, 1),
         "eyes": (((ax - _EYE_X) / _EYE_HALF_W) ** 2 + ((y - _EYE_Y) / _LID_UP) ** 2 <= 1.0).astype(np.float64),
         "nose": nose + alae,
@@ -249,7 +275,8 @@ def _expression_basis(v: np.ndarray, n: np.ndarray, rng: np.random.Generator) ->
     N = v.shape[0]
     out = np.zeros((N, 3, NUM_EXP))
     my = _mouth_y()
-    inner = 1.0 - _smoothstep(0.85, 1.0, _outline_radius(x, y))  # fade at the outline
+    # all but the jaw fade out toward the outline (the jaw carries the whole lower face, outline included)
+    inner = 1.0 - _smoothstep(0.85, 1.0, _outline_radius(x, y))
 
     # 0 jaw_open: linearised rotation of the lower face about the temporomandibular axis (+X), chin down and back
     width = 0.009 + 0.2 * (ax / _HALF_W) ** 2
@@ -266,20 +293,29 @@ def _expression_basis(v: np.ndarray, n: np.ndarray, rng: np.random.Generator) ->
     out[:, 2, 1] = -0.012 * corner + 0.01 * cheek
 
     # 2 brow_raise: brows and lower forehead up, fading towards the hairline and the eyes
-    band = np.exp(-0.5 * ((y - _BROW_Y) / 0.11) ** 2) * _smoothstep(0.68, 0.45, ax)
+    band = np.exp(-0.5 * ((y - _BROW_Y) / 0.11) ** 2) * _smoothstep(0.75, 0.56, ax)
     band = band * (y > _EYE_Y + _LID_UP) + band * _smoothstep(_EYE_Y, _EYE_Y + _LID_UP, y) * (y <= _EYE_Y + _LID_UP)
-    out[:, 1, 2] = 0.03 * band
+    up = np.array([0.0, 1.0, 0.0])[None, :] - n[:, 1:2] * n  # 'up' along the surface (tangent)
+    up = up / np.linalg.norm(up, axis=1, keepdims=True).clip(1e-9)
+    out[:, :, 2] = (0.03 * band)[:, None] * up
 
-    # 3 blink: upper lid down onto the lower lid, lower lid slightly up (closed at about +2.5)
-    eye_r = np.sqrt(((ax - _EYE_X) / (_EYE_HALF_W + 0.03)) ** 2 + ((y - _EYE_Y) / 0.11) ** 2)
+    # 3 blink: the upper lid slides down over the eye onto the lower lid, which rises a little; the vertices follow
+    # the neutral surface (z from the height field), and the lids meet exactly at +2.5 on the mean shape
+    y_meet = _EYE_Y - 0.5 * _LID_LO
+    d_up, d_lo = _EYE_Y + _LID_UP - y_meet, 0.5 * _LID_LO
+    above = y >= y_meet
+    g_up = np.clip((y - y_meet) / d_up, 0, 1) * (1 - _smoothstep(_EYE_Y + _LID_UP, _EYE_Y + _LID_UP + 0.09, y))
+    g_lo = np.clip((y_meet - y) / d_lo, 0, 1) * (1 - _smoothstep(_EYE_Y - _LID_LO, _EYE_Y - _LID_LO - 0.06, y))
+    y_t = np.where(above, y - d_up * g_up, y + d_lo * g_lo)
+    eye_r = np.sqrt(((ax - _EYE_X) / (_EYE_HALF_W + 0.04)) ** 2 + ((y - _EYE_Y) / 0.14) ** 2)
     eye_w = np.exp(-(eye_r**6))
-    lid = 0.006 + (-0.030 - 0.006) * _smoothstep(-_LID_LO - 0.005, _LID_UP + 0.005, y - _EYE_Y)
-    out[:, 1, 3] = lid * eye_w
-    out[:, 2, 3] = 0.004 * eye_w * _smoothstep(-_LID_LO, _LID_UP, y - _EYE_Y)  # the lid bulges over the eyeball
+    z_t, _ = _height(x, y_t)
+    out[:, 1, 3] = eye_w * (y_t - y) / 2.5
+    out[:, 2, 3] = eye_w * (z_t - z) / 2.5
 
     # 4 pucker: lips forward and together
-    lips = _gauss(x, y, 0, my, 0.17, 0.08)
-    out[:, 0, 4] = -0.10 * x * lips
+    lips = _gauss(x, y, 0, my, 0.22, 0.08)
+    out[:, 0, 4] = -0.15 * x * lips
     out[:, 2, 4] = 0.035 * lips
 
     # 5 frown: mouth corners down and slightly out
@@ -308,7 +344,8 @@ def _expression_basis(v: np.ndarray, n: np.ndarray, rng: np.random.Generator) ->
         vec = n + d[None, :]
         vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
         out[:, :, k] = amp * w[:, None] * vec
-    return out * inner[:, None, None]
+    out[:, :, 1:] *= inner[:, None, None]
+    return out
 
 
 def _texture(v: np.ndarray, fields: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
