@@ -132,7 +132,7 @@ def _head_sdf(p: np.ndarray, J: np.ndarray) -> np.ndarray:
     d = _sd_ellipsoid(hs, (0, 0.145, 0.025), (0.078, 0.117, 0.100))  # cranium; front z = 0.125 at y = 0.145
     d = _smin(d, _sd_ellipsoid(hs, (0, 0.135, 0.075), (0.070, 0.070, 0.052)), 0.015)  # flatter face front
     d = _smin(d, _sd_ellipsoid(hs, (0, 0.080, 0.058), (0.056, 0.052, 0.062)), 0.02)  # jaw and chin
-    d = _smin(d, _sd_ellipsoid(hs, (0, 0.128, 0.126), (0.013, 0.026, 0.020)), 0.008)  # nose
+    d = _smin(d, _sd_ellipsoid(hs, (0, 0.142, 0.118), (0.012, 0.024, 0.018)), 0.008)  # nose (inside the 3DMM nose)
     d = _smin(d, _sd_ellipsoid(hs, (0.079, 0.135, 0.020), (0.014, 0.030, 0.020)), 0.006)  # ears
     return d
 
@@ -471,7 +471,7 @@ def synthetic_vertex_ids(data: dict) -> dict[str, int]:
         return int(np.argmin(np.linalg.norm(v - p, axis=1)))
 
     return {
-        "nose": near((0, 0.128, 0.146)),
+        "nose": near((0, 0.142, 0.136)),
         "leye": near((0.032, 0.165, 0.11)),
         "reye": near((-0.032, 0.165, 0.11)),
         "lear": near((0.093, 0.135, 0.02)),
