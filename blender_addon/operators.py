@@ -169,24 +169,26 @@ class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
         sp = context.scene.busto
         return {"settings": _settings(context, rig), "spec": scene.avatar_spec(rig, sp.super_resolve),
                 "rig": rig.name, "resolution": sp.mesh_resolution, "decimate": sp.mesh_decimate,
-                "colors": sp.mesh_colors}
+                "colors": sp.mesh_colors, "level": sp.mesh_level}
 
     def work(self, job, state):
         backend.load(state["settings"], job.report_progress)
         return backend.extract(state["settings"], state["spec"], state["resolution"], state["decimate"],
-                               state["colors"], job.report_progress, job.should_stop)
+                               state["colors"], state["level"], job.report_progress, job.should_stop)
 
     def finish(self, context, state, data):
         rig = bpy.data.objects.get(state["rig"])
         if rig is None:
             raise ValueError(f"the rig {state['rig']!r} was deleted while the mesh was extracted")
         old = rig.busto.mesh
-        ob = scene.create_mesh(context, rig, f"{rig.name} mesh", data, state["colors"])
+        name = f"{rig.name} mesh"
+        ob = scene.create_mesh(context, rig, name, data, state["colors"])
         if old is not None and old.name in bpy.data.objects:
             old_me = old.data
             bpy.data.objects.remove(old, do_unlink=True)
             if old_me is not None and old_me.users == 0:
                 bpy.data.meshes.remove(old_me)
+            ob.name = ob.data.name = name
         rig.busto.mesh = ob
         self.report({"INFO"}, f"Busto: {ob.name}: {len(ob.data.vertices)} vertices, {len(ob.data.polygons)} faces, "
                               f"bound to {rig.name}")

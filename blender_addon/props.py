@@ -83,6 +83,9 @@ class BustoSceneProps(bpy.types.PropertyGroup):
     mesh_decimate: IntProperty(name="Max faces", default=0, min=0,
                                description="Decimate to at most this many triangles (0: keep all)")
     mesh_colors: BoolProperty(name="Vertex colours", default=True)
+    mesh_level: FloatProperty(name="Density threshold", default=0.5, min=0.001, max=0.999,
+                              description="Occupancy level of the surface (0.5 for a trained model; an untrained "
+                                          "model needs a lower value)")
     anim_start: IntProperty(name="Start", default=1, description="First frame of imported keyframes / presets")
     anim_interval: IntProperty(name="Frames per key", default=12, min=1,
                                description="Frames between consecutive keyframes (the official n_interval)")

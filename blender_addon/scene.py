@@ -163,7 +163,8 @@ def _vertex_color_material():
     if mat is not None:
         return mat
     mat = bpy.data.materials.new("Busto vertex colour")
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5.0 creates materials without nodes
+        mat.use_nodes = True
     nt = mat.node_tree
     bsdf = next(n for n in nt.nodes if n.type == "BSDF_PRINCIPLED")
     col = nt.nodes.new("ShaderNodeVertexColor")

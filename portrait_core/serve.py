@@ -16,7 +16,7 @@ Operations (:class:`Session`, also used directly by the add-on's in-process back
   ``preview[n,S,S,4]``.
 * ``render {avatar, size} + pose[N,6,3], expression[N,64], cam2world[N,4,4], intrinsics[N,3,3]`` ->
   ``rgba[N,H,W,4]`` float32: sRGB-encoded colour composited on white, straight alpha, rows top-down.
-* ``extract {avatar, resolution, decimate, colors}`` -> mesh (``vertices``, ``faces``, ``colors``) and rig
+* ``extract {avatar, resolution, decimate, colors, level}`` -> mesh (``vertices``, ``faces``, ``colors``) and rig
   (``joint_names``, ``parents``, ``joint_positions``, ``joints``, ``weights``) arrays, canonical metres.
 * ``release {avatar}``, ``shutdown``.
 
@@ -266,15 +266,19 @@ class Session:
         return {}, {"rgba": rgba}
 
     def op_extract(self, params, arrays, progress):
-        import torch
-
-        from portrait_core.export import build_rig, extract_mesh
+        from portrait_core.export import EmptyFieldError, build_rig, extract_mesh
 
         avatar = self._avatar(params.get("avatar", {}), progress)
         self._check_stop()
         progress(0.3, "extracting mesh")
         decimate = int(params.get("decimate") or 0) or None
-        mesh = extract_mesh(avatar, resolution=int(params.get("resolution", 128)), decimate=decimate)
+        kw = {"level": float(params["level"])} if params.get("level") is not None else {}
+        try:
+            mesh = extract_mesh(avatar, resolution=int(params.get("resolution", 128)), decimate=decimate,
+                                colors=bool(params.get("colors", True)), **kw)
+        except EmptyFieldError as exc:
+            raise ServeError(f"{exc}. Lower the density threshold (the avatar's occupancy peaks at a lower value, "
+                             f"typical of an untrained model)") from exc
         self._check_stop()
         progress(0.8, "skinning")
         rig = build_rig(mesh, self.generator.body, avatar.body_shape.detach().cpu())
@@ -290,7 +294,6 @@ class Session:
         if params.get("colors", True) and mesh.colors is not None:
             out["colors"] = np.asarray(mesh.colors, np.float32)
         progress(1.0, "done")
-        _ = torch  # torch is imported by the export module anyway; keep the import explicit for readers
         return {"joint_names": list(rig.joint_names), "num_vertices": int(len(mesh.vertices)),
                 "num_faces": int(len(mesh.faces))}, out
 
