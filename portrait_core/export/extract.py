@@ -395,6 +395,15 @@ def avatar_bounds(avatar) -> tuple[tuple[float, float, float], tuple[float, floa
     return tuple((c - half).tolist()), tuple((c + half).tolist())  # type: ignore[return-value]
 
 
+def auto_level(field_fn: FieldFn, bounds: Bounds, resolution: int = 48) -> float:
+    """Half the field's maximum on a coarse grid (a threshold for fields that never reach the nominal level)."""
+    top = float(evaluate_grid(field_fn, bounds, grid_shape(bounds, resolution)).max())
+    if not np.isfinite(top) or top <= 0:
+        raise EmptyFieldError(f"the field is nowhere positive in the box {np.asarray(bounds).tolist()} "
+                              f"(max {top:.4g}): no surface to extract")
+    return 0.5 * top
+
+
 def _as_tensor(x, shape: tuple[int, ...], name: str) -> Tensor:
     t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not torch.is_tensor(x) else x, dtype=torch.float32)
     if t.numel() != int(np.prod(shape)):
@@ -410,7 +419,7 @@ def extract_mesh(
     expression=None,
     decimate: int | None = None,
     *,
-    level: float = AVATAR_LEVEL,
+    level: float | str = AVATAR_LEVEL,
     bounds: Bounds | None = None,
     colors: bool = True,
     posed_from: str = "lbs",
@@ -420,7 +429,8 @@ def extract_mesh(
     """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.
 
     Canonical pose and neutral expression by default: marching cubes of ``avatar.density_field`` (occupancy,
-    threshold ``level`` = 0.5) over :func:`avatar_bounds` (or ``bounds``); ``resolution`` nodes along the box's
+    threshold ``level`` = 0.5; ``"auto"`` = half the field's maximum, for untrained generators whose opacity never
+    reaches 0.5) over :func:`avatar_bounds` (or ``bounds``); ``resolution`` nodes along the box's
     longest side. Colours: ``avatar.color_field`` looking at each vertex against its outward normal.
 
     With ``pose`` [6,3] (axis-angle, canonical-relative) and/or ``expression`` [64]:
@@ -439,6 +449,8 @@ def extract_mesh(
     expr_t = None if expression is None else _as_tensor(expression, (64,), "expression")
     if bounds is None:
         bounds = avatar_bounds(avatar)
+    if level == "auto":
+        level = auto_level(lambda p: avatar.density_field(p), bounds)
     from_field = posed_from == "field" and (pose_t is not None or expr_t is not None)
     fp, fe = (pose_t, expr_t) if from_field else (None, None)
     color_kw = {} if color_samples is None else {"samples": int(color_samples)}
