@@ -219,7 +219,7 @@ class TrainConfig:
 def _tiny() -> TrainConfig:
     return TrainConfig(
         preset="tiny",
-        threads=2,
+        threads=1,  # tiny ops: one thread is as fast as two and does not fight other processes
         data=DataConfig(root="runs/data/synth32", resolution=32, face_resolution=32, generate_count=64),
         model=ModelConfig(generator="tiny", d_channel_base=256, d_channel_max=32),
         loss=LossConfig(num_reg_points=64),

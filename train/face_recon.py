@@ -254,9 +254,9 @@ def report_of(path: str | os.PathLike) -> dict:
 def train_from_dataset(root: str, out: str | os.PathLike, resolution: int = 32, steps: int = 300, batch: int = 32,
                        lr: float = 2e-3, width: int = 32, seed: int = 0, device: str = "cpu", log=print) -> dict:
     """Train on the face crops of the dataset at ``root`` and save to ``out``; returns the validation report."""
-    from portrait_core.data import PortraitDataset
+    from train.data import open_dataset
 
-    ds = PortraitDataset(root, resolution=resolution, face_resolution=resolution, mirror=False)
+    ds = open_dataset(root, resolution, resolution, False)
     data = collect(ds, default_projector())
     net, report = fit(data, steps=steps, batch=batch, lr=lr, width=width, seed=seed, device=device, log=log)
     save(out, net, report)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from portrait_core.generator.config import generator_config
-from portrait_core.generator.generator import Generator
-from portrait_core.generator.structures import Controls, Latents, RenderOutput
+from portrait_core.generator import Controls, Generator, Latents, RenderOutput, generator_config, load_generator
+from portrait_core.generator import save_generator as _save_generator
 
 __all__ = ["Controls", "Generator", "Latents", "RenderOutput", "build_generator", "load_generator", "save_generator"]
 
@@ -13,13 +12,5 @@ def build_generator(preset: str, overrides: dict | None = None) -> Generator:
     return Generator(generator_config(preset, **(overrides or {})))
 
 
-def save_generator(path, G, metadata=None) -> None:
-    from portrait_core.generator.checkpoint import save_generator as _save
-
-    _save(path, G, metadata=metadata)
-
-
-def load_generator(path, device="cpu") -> Generator:
-    from portrait_core.generator.checkpoint import load_generator as _load
-
-    return _load(path, device=device)
+def save_generator(path, G, info: dict | None = None) -> None:
+    _save_generator(path, G, info=info)

@@ -39,7 +39,8 @@ from train import dist
 from train import losses as L
 from train import schedules as S
 from train.config import TrainConfig, from_dict, to_json
-from train.data import FakeInputs, GlobalOrder, LabelTable, RealStream, ensure_dataset, open_dataset, sample_fake_inputs
+from train import data as tdata
+from train.data import FakeInputs, GlobalOrder, LabelTable, RealStream, ensure_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, build_generator, load_generator, save_generator
 from train.networks import NECK_HEAD, Discriminator, PoseBranch, ema_update, label_pitch_yaw
 from train.run import Logger, default_device, find_resumable, image_grid, new_run_dir, write_run_files
@@ -564,7 +565,7 @@ def save_checkpoint(st: TrainState, ctx: Context) -> Path | None:
     info = {"step": st.step, "preset": st.cfg.preset, "stage": st.cfg.stage}
 
     def export(path: Path) -> None:
-        save_generator(path, st.G_ema, metadata={"info": json.dumps(info)})
+        save_generator(path, st.G_ema, info=info)
 
     protect = {st.best["checkpoint"]} if st.best.get("checkpoint") else set()
     path = ck.write_checkpoint(ctx.run_dir / "checkpoints", st.step, state, export, st.cfg.run.keep_last, protect)
@@ -614,7 +615,7 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
     root = ensure_dataset(cfg.data.root, cfg.data.resolution, cfg.data.generate_count if rank == 0 else 0, log) \
         if rank == 0 else Path(cfg.data.root)
     dist.barrier()
-    dataset = open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
+    dataset = tdata.open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
     table = LabelTable.from_labels_json(root)
     st = build_state(cfg, device, table.identity)
     st.order = GlobalOrder(len(dataset), cfg.seed)
