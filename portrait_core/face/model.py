@@ -153,15 +153,17 @@ class FaceModel(nn.Module):
 
     # --- query points --------------------------------------------------------------------------------------------
     def displace_points(self, points: Tensor, identity: Tensor, expression: Tensor, *, k: int = 4,
-                        radius: float = 0.02, full_radius: float = 0.005, chunk: int | None = None) -> Tensor:
+                        radius: float = 0.02, full_radius: float = 0.005, chunk: int | None = None,
+                        method: str = "auto") -> Tensor:
         """Expression displacement at query points near the face: [B, M, 3] (metres, face frame) -> [B, M, 3].
 
         ``points`` are in the neutral (zero-expression) face of ``identity``. Each point takes the inverse-squared-
         distance weighted mean of the expression offsets of its ``k`` nearest neutral vertices, scaled by a fade that
         is 1 up to ``full_radius`` from the nearest vertex and falls smoothly (smoothstep) to 0 at ``radius``; points
         farther than ``radius`` get exactly 0. At a vertex the result equals ``expression_offsets`` there.
-        Batched and chunked (``chunk`` query points at a time); far points are rejected against a coarse vertex cover
-        first. Differentiable w.r.t. ``expression``, ``identity`` and ``points`` (neighbour choice is not).
+        Batched and chunked (``chunk`` query points at a time). Neighbours: ``method='kdtree'`` (scipy, CPU),
+        ``'cdist'`` (chunked torch, after a coarse far-point rejection; any device) or ``'auto'`` (kd-tree on CPU).
+        Differentiable w.r.t. ``expression``, ``identity`` and ``points`` (the choice of neighbours is not).
         """
         if points.ndim != 3 or points.shape[-1] != 3:
             raise ValueError(f"FaceModel.displace_points: points must be [B, M, 3], got {tuple(points.shape)}")
@@ -179,17 +181,11 @@ class FaceModel(nn.Module):
         results = []
         for b in range(B):
             nb = neutral[b].detach()
-            coarse = nb[self._coarse]
-            with torch.no_grad():
-                cover = torch.cdist(nb, coarse).min(dim=1).values.max()  # every vertex is within `cover` of the cover
-                near = torch.cdist(points[b].detach(), coarse).min(dim=1).values <= radius + cover + 1e-6
-            idx_near = near.nonzero().squeeze(1)
+            sel_all, nn_all = self._neighbours(points[b].detach(), nb, k, radius, chunk, method)
             ob = out[b]
-            for s in range(0, idx_near.numel(), chunk):
-                sel = idx_near[s: s + chunk]
+            for s in range(0, sel_all.numel(), chunk):
+                sel, nn_idx = sel_all[s: s + chunk], nn_all[s: s + chunk]
                 p = points[b, sel]
-                with torch.no_grad():
-                    nn_idx = torch.cdist(p.detach(), nb).topk(k, dim=1, largest=False).indices  # [m, k]
                 diff = p[:, None, :] - neutral[b][nn_idx]  # [m, k, 3]
                 d2 = (diff * diff).sum(-1)
                 w = 1.0 / (d2 + eps2)
@@ -201,6 +197,41 @@ class FaceModel(nn.Module):
                 ob = ob.index_put((sel,), val)
             results.append(ob)
         return torch.stack(results, dim=0)
+
+    @torch.no_grad()
+    def _neighbours(self, q: Tensor, verts: Tensor, k: int, radius: float, chunk: int,
+                    method: str = "auto") -> tuple[Tensor, Tensor]:
+        """Query points within ``radius`` of some vertex and their ``k`` nearest vertices: (rows [m], idx [m, k]).
+
+        CPU: a scipy kd-tree. Other devices: chunked ``cdist`` after rejecting far points against a coarse cover
+        (one vertex per 1 cm voxel; every vertex lies within ``cover`` of it, so a point farther than
+        ``radius + cover`` from the cover is farther than ``radius`` from every vertex).
+        """
+        if method not in ("auto", "kdtree", "cdist"):
+            raise ValueError(f"FaceModel.displace_points: method must be 'auto', 'kdtree' or 'cdist', got {method!r}")
+        if method == "kdtree" or (method == "auto" and q.device.type == "cpu"):
+            from scipy.spatial import cKDTree
+
+            tree = cKDTree(verts.double().cpu().numpy())
+            qn = q.double().cpu().numpy()
+            d1, _ = tree.query(qn, k=1, distance_upper_bound=radius)
+            rows = np.nonzero(np.isfinite(d1))[0]
+            if rows.size == 0:
+                z = torch.zeros(0, dtype=torch.long, device=q.device)
+                return z, z.reshape(0, 1).expand(0, k)
+            _, idx = tree.query(qn[rows], k=k)
+            idx = idx.reshape(rows.size, k)
+            return torch.from_numpy(rows).long().to(q.device), torch.from_numpy(idx).long().to(q.device)
+        coarse = verts[self._coarse]
+        cover = torch.cdist(verts, coarse).min(dim=1).values.max()
+        near = torch.cat([torch.cdist(q[s: s + chunk], coarse).min(dim=1).values for s in range(0, len(q), chunk)])
+        rows = (near <= radius + cover + 1e-6).nonzero().squeeze(1)
+        idx = [torch.cdist(q[rows[s: s + chunk]], verts).topk(k, dim=1, largest=False).indices
+               for s in range(0, rows.numel(), chunk)]
+        idx = torch.cat(idx) if idx else torch.zeros(0, k, dtype=torch.long, device=q.device)
+        d = (q[rows] - verts[idx[:, 0]]).norm(dim=-1) if rows.numel() else q.new_zeros(0)
+        keep = d <= radius
+        return rows[keep], idx[keep]
 
     def extra_repr(self) -> str:
         return f"source={self.source!r}, N={self.num_vertices}, F={self.num_faces}"

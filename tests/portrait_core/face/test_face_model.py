@@ -150,8 +150,11 @@ def test_displace_points_at_vertices_equals_offsets(fm):
     got = fm.displace_points(neutral[:, sel], idc, ex)
     want = fm.expression_offsets(idc, ex)[:, sel]
     torch.testing.assert_close(got, want, atol=2e-7, rtol=0)
-    # chunking does not change the result
-    torch.testing.assert_close(fm.displace_points(neutral[:, sel], idc, ex, chunk=97), got, atol=1e-9, rtol=0)
+    # chunking and the neighbour search (kd-tree / torch cdist) do not change the result, also off the surface
+    pts = torch.cat([neutral[:, sel[:300]], neutral[:, sel[:300]] + torch.randn(2, 300, 3, generator=g) * 0.01], 1)
+    ref = fm.displace_points(pts, idc, ex, method="kdtree")
+    torch.testing.assert_close(fm.displace_points(pts, idc, ex, method="cdist", chunk=97), ref, atol=1e-9, rtol=0)
+    assert (ref.norm(dim=-1) == 0).any() and (ref.norm(dim=-1) > 0).sum() > 300  # some faded out, most not
 
 
 def test_displace_points_fades_to_zero_away_from_the_face(fm):
