@@ -1,0 +1,38 @@
+"""``python -m portrait_core export``: GLB with skin/morphs/animation, static formats, clear failures."""
+
+from __future__ import annotations
+
+import json
+
+from portrait_core.cli.export import main
+
+
+def test_export_glb_random_init(tmp_path, keyframes_dir, capsys):
+    import pygltflib
+
+    out = tmp_path / "avatar.glb"
+    rc = main(["--preset", "tiny", "--seed", "2", "--resolution", "40", "--morphs", "jaw_open,smile,blink",
+               "--keyframes", str(keyframes_dir / "real_video_sample1"), "--key-interval", "1", "--json",
+               "--out", str(out)])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert "randomly initialised" in cap.err
+    summary = json.loads(cap.out.strip().splitlines()[-1])
+    assert summary["morphs"] == ["jaw_open", "smile", "blink"] and summary["joints"] == 12
+    g = pygltflib.GLTF2().load(str(out))
+    assert g.meshes[0].extras["targetNames"] == ["jaw_open", "smile", "blink"]
+    assert len(g.skins[0].joints) == 12 and len(g.animations) == 1
+
+
+def test_export_static_posed(tmp_path):
+    out = tmp_path / "avatar.ply"
+    pose = ["0"] * 9 + ["0.4", "0", "0"] + ["0"] * 6
+    assert main(["--preset", "tiny", "--resolution", "32", "--pose", *pose, "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+
+
+def test_export_failures_write_nothing(tmp_path, capsys):
+    out = tmp_path / "x.glb"
+    assert main(["--preset", "tiny", "--resolution", "24", "--level", "0.99", "--out", str(out)]) == 1
+    assert "no mesh written" in capsys.readouterr().err and not out.exists()
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "x.stl")]) == 2
