@@ -79,11 +79,40 @@ def skinning_transforms(rot: Tensor, joints: Tensor, parents: tuple[int, ...]) -
     return rigid_transform(R, t), posed
 
 
+def canonical_to_posed_transforms(
+    pose_rot: Tensor,
+    pose_joints: tuple[int, ...],
+    canonical_joints: Tensor,
+    canonical_global_rot: Tensor,
+    parents: tuple[int, ...],
+) -> Tensor:
+    """Bone transforms canonical -> posed, G [B,J,4,4], for pose-code rotations relative to the canonical pose.
+
+    pose_rot [B,K,3,3]: R(pose) of the K joints ``pose_joints`` (all others keep the canonical pose);
+    canonical_joints [B,J,3]; canonical_global_rot [B,J,3,3]: each joint's global rotation in the canonical pose.
+    Recursively ``G_j = G_parent @ (rotation about J_can_j by Q R(pose_j) Q^T)``, Q the parent's canonical global
+    rotation; this equals ``A_j(R(pose) R_adjust) @ A_j(R_adjust)^-1``. Joints without a code contribute an exact
+    identity, so a zero pose gives exactly the identity when the pose joints' parents are unrotated canonically.
+    """
+    B, J = canonical_joints.shape[:2]
+    M = torch.eye(3, dtype=pose_rot.dtype, device=pose_rot.device).repeat(B, J, 1, 1)
+    idx = list(pose_joints)
+    Q = canonical_global_rot[:, [parents[j] for j in idx]]
+    M[:, idx] = Q @ pose_rot @ Q.transpose(-1, -2)
+    local = rigid_transform(M, canonical_joints - (M @ canonical_joints[..., None]).squeeze(-1))
+    chain = [local[:, 0]]
+    for j in range(1, J):
+        chain.append(chain[parents[j]] @ local[:, j])
+    return torch.stack(chain, dim=1)
+
+
 def blend_transforms(weights: Tensor, T: Tensor) -> Tensor:
-    """Linear blend ``sum_j W_vj T_j``: weights [V,J] (or [B,V,J]), T [B,J,4,4] -> [B,V,4,4]."""
+    """Linear blend ``sum_j W_vj T_j`` for weight rows summing to 1, evaluated as ``I + sum_j W_vj (T_j - I)`` so
+    that identity bones give exactly the identity: weights [V,J] (or [B,V,J]), T [B,J,4,4] -> [B,V,4,4]."""
     B, J = T.shape[:2]
-    out = torch.matmul(weights, T.reshape(B, J, 16))  # [B, V, 16]
-    return out.reshape(B, -1, 4, 4)
+    eye = torch.eye(4, dtype=T.dtype, device=T.device)
+    out = torch.matmul(weights, (T - eye).reshape(B, J, 16))  # [B, V, 16]; I + sum_j W (T_j - I) (rows sum to 1)
+    return out.reshape(B, -1, 4, 4) + eye
 
 
 @torch.no_grad()
@@ -274,7 +303,7 @@ class BodyModel(torch.nn.Module):
         _, v, J, rot_adj, T_adj, J_can = self._bones(betas, pose, pose.shape[0])
         rot = self._rotations(pose.shape[0], pose)
         T_loc, J_posed = skinning_transforms(rot, J, self.parents)
-        G = T_loc @ invert_rigid(T_adj)
+        G = self._canonical_to_posed(pose, J_can, T_adj)
         return BodyState(
             vertices=self._lbs(v, rot, T_loc),
             joints=J_posed,
@@ -291,8 +320,11 @@ class BodyModel(torch.nn.Module):
             B = J_can.shape[0]
             return torch.eye(4, device=J_can.device).expand(B, NUM_JOINTS, 4, 4).clone(), J_can
         _, _, J, _, T_adj, J_can = self._bones(betas, pose, pose.shape[0])
-        T_loc, _ = skinning_transforms(self._rotations(pose.shape[0], pose), J, self.parents)
-        return T_loc @ invert_rigid(T_adj), J_can
+        return self._canonical_to_posed(pose, J_can, T_adj), J_can
+
+    def _canonical_to_posed(self, pose: Tensor, J_can: Tensor, T_adj: Tensor) -> Tensor:
+        pose_rot = axis_angle_to_matrix(pose.to(device=self.device, dtype=torch.float32))
+        return canonical_to_posed_transforms(pose_rot, POSE_JOINTS, J_can, T_adj[..., :3, :3], self.parents)
 
     # -- nearest-vertex skinning -------------------------------------------------------------------------------
     def _valid(self) -> Tensor:

@@ -23,8 +23,13 @@ def test_zero_pose_gives_identity_transforms(body):
     betas = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
     state = body.posed(betas, torch.zeros(2, 6, 3))
     eye = torch.eye(4)
-    assert (state.bone_transforms - eye).abs().max() < 1e-6
-    assert (state.vertex_transforms - eye).abs().max() < 1e-6
+    assert torch.equal(state.bone_transforms, eye.expand(2, 24, 4, 4))  # exactly
+    assert torch.equal(state.vertex_transforms, eye.expand(2, body.num_vertices, 4, 4))
+    pose = torch.zeros(1, 6, 3, requires_grad=True)  # gradients exist at the zero pose (pose fitting starts there)
+    head = body.head_mask
+    pts = body.canonical(None).vertices[:, head]
+    (transform_points(body.posed(None, pose).vertex_transforms[:, head], pts) - 1.0).square().sum().backward()
+    assert pose.grad.abs().sum() > 0
     canon = body.canonical(betas)
     assert (state.vertices - canon.vertices).abs().max() < 1e-6
     assert (canon.vertex_transforms == eye).all()
@@ -60,6 +65,23 @@ def test_head_rotation_30_degrees(body):
     keep = [j for j in range(24) if j != 15]
     assert (state.joints[0, keep] - canon.joints[0, keep]).abs().max() < 1e-6
     assert (state.joints[0, 0] - canon.joints[0, 0]).abs().max() < 1e-6
+
+
+def test_bone_transforms_follow_the_documented_rule(body):
+    """G_j = A_j(R(pose) @ R_adjust) @ A_j(R_adjust)^-1 for every joint (A = rest -> state skinning transforms)."""
+    from portrait_core.body.model import invert_rigid, skinning_transforms
+
+    g = torch.Generator().manual_seed(7)
+    pose, betas = 0.5 * torch.randn(3, 6, 3, generator=g), torch.randn(3, 10, generator=g)
+    _, J = body.rest(betas)
+    adjust = body.adjust_rotations.expand(3, 24, 3, 3).clone()
+    local = adjust.clone()
+    local[:, 12:18] = axis_angle_to_matrix(pose) @ adjust[:, 12:18]
+    A_loc, J_posed = skinning_transforms(local, J, body.parents)
+    A_adj, _ = skinning_transforms(adjust, J, body.parents)
+    st = body.posed(betas, pose)
+    assert (st.bone_transforms - A_loc @ invert_rigid(A_adj)).abs().max() < 1e-5
+    assert (st.joints - J_posed).abs().max() < 1e-5
 
 
 def test_pose_code_rule_matches_smplx_forward(body, synthetic_data):
