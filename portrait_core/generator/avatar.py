@@ -209,9 +209,10 @@ class Avatar:
                           for c in points.split(g.cfg.render.chunk_size)])
 
     @torch.no_grad()
-    def expression_displacement(self, neutral_points: Tensor, expression: Tensor, iterations: int = 4) -> Tensor:
+    def expression_displacement(self, neutral_points: Tensor, expression: Tensor, iterations: int = 6) -> Tensor:
         """Forward displacements D [N, 3] (metres) for blendshapes: ``y = x + D`` solves ``y + Delta(y) = x`` for
-        neutral canonical points x (fixed-point iterations ``y <- x - Delta(y)``)."""
+        neutral canonical points x (fixed-point iterations ``y <- x - Delta(y)``; converges where Delta is a contraction,
+        |grad Delta| < 1, as smooth expression deformations are)."""
         x = check_tensor("Avatar.expression_displacement", "neutral_points", neutral_points, (None, 3)).to(self.device)
         y = x.clone()
         for _ in range(iterations):

@@ -1,0 +1,109 @@
+"""Generator checkpoints: one .safetensors file, strict, clear errors, never unpickled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from portrait_core.generator import CheckpointError, Generator, Latents, generator_config, load_generator, save_generator
+from portrait_core.geometry.camera import Camera
+
+from .conftest import randomise_zero_inits
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(4)
+    g = Generator(generator_config("tiny", render={"mode": "360"})).eval()
+    randomise_zero_inits(g)
+    path = tmp_path_factory.mktemp("ckpt") / "g.safetensors"
+    save_generator(path, g, info={"step": 12, "note": "test"})
+    return g, path
+
+
+def _render(g):
+    return g.make_avatar(Latents.sample(1, seed=2)).render(torch.zeros(1, 6, 3), torch.zeros(1, 64),
+                                                            Camera.portrait(yaw=4.0)).image
+
+
+def test_round_trip_restores_config_tensors_and_images(saved):
+    g, path = saved
+    loaded = load_generator(path)
+    assert loaded.cfg == g.cfg and loaded.cfg.render.mode == "360"
+    assert loaded.checkpoint_info == {"step": 12, "note": "test"}
+    for key, value in g.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert torch.equal(_render(g), _render(loaded))
+    assert not loaded.training
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == "busto-generator" and meta["format_version"] == "1"
+    assert json.loads(meta["config"])["name"] == "tiny"
+    assert [p.name for p in path.parent.iterdir()] == ["g.safetensors"]  # no temporary files left behind
+
+
+def test_a_random_init_model_is_a_valid_checkpoint(tmp_path):
+    g = Generator(generator_config("tiny"))
+    save_generator(tmp_path / "r.safetensors", g)
+    assert load_generator(tmp_path / "r.safetensors").checkpoint_info == {}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nope\.safetensors: no such checkpoint file"):
+        load_generator(tmp_path / "nope.safetensors")
+
+
+def test_corrupt_bytes(tmp_path, saved):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="bad.safetensors: not a readable .safetensors file"):
+        load_generator(bad)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(saved[1].read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated.safetensors"):
+        load_generator(truncated)
+
+
+def _rewrite(src, dst, tensors=None, **meta_changes):
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta.update(meta_changes)
+    save_file(load_file(str(src)) if tensors is None else tensors, str(dst), metadata=meta)
+
+
+def test_wrong_format_tag_and_unsupported_version(tmp_path, saved):
+    _rewrite(saved[1], tmp_path / "other.safetensors", format="somebody-else")
+    with pytest.raises(CheckpointError, match="'format' is 'somebody-else', expected 'busto-generator'"):
+        load_generator(tmp_path / "other.safetensors")
+    _rewrite(saved[1], tmp_path / "v9.safetensors", format_version="9")
+    with pytest.raises(CheckpointError, match="unsupported format_version '9'"):
+        load_generator(tmp_path / "v9.safetensors")
+    _rewrite(saved[1], tmp_path / "cfg.safetensors", config='{"render": {"colour": 1}}')
+    with pytest.raises(CheckpointError, match="invalid generator config"):
+        load_generator(tmp_path / "cfg.safetensors")
+
+
+def test_tensors_that_do_not_match_the_config(tmp_path, saved):
+    tensors = load_file(str(saved[1]))
+    missing = dict(tensors)
+    del missing["radiance.trunk.0.linear.weight"]
+    _rewrite(saved[1], tmp_path / "missing.safetensors", missing)
+    with pytest.raises(CheckpointError, match=r"missing.safetensors: .*missing keys \['radiance.trunk.0.linear.weight'\]"):
+        load_generator(tmp_path / "missing.safetensors")
+    extra = dict(tensors, **{"mystery.weight": torch.zeros(2)})
+    _rewrite(saved[1], tmp_path / "extra.safetensors", extra)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \['mystery.weight'\]"):
+        load_generator(tmp_path / "extra.safetensors")
+    shaped = dict(tensors, **{"manifold.mlp.0.weight": torch.zeros(5, 3)})
+    _rewrite(saved[1], tmp_path / "shape.safetensors", shaped)
+    with pytest.raises(CheckpointError, match=r"tensor 'manifold.mlp.0.weight' has shape \[5, 3\]"):
+        load_generator(tmp_path / "shape.safetensors")
+    # a checkpoint of another preset does not load under this one's config
+    other = Generator(generator_config("small"))
+    _rewrite(saved[1], tmp_path / "small.safetensors", {k: v.contiguous() for k, v in other.state_dict().items()})
+    with pytest.raises(CheckpointError, match="small.safetensors"):
+        load_generator(tmp_path / "small.safetensors")
