@@ -177,21 +177,26 @@ class BodyModel(torch.nn.Module):
         parents[0] = -1
         self.parents: tuple[int, ...] = tuple(int(p) for p in parents)
 
-        self.register_buffer("v_template", torch.tensor(vt, dtype=f32))
-        self.register_buffer("shapedirs", torch.tensor(sd, dtype=f32))
+        # Non-persistent buffers: .to(device) moves them, but a state_dict (a checkpoint) never carries the body
+        # data, so a licensed SMPL model can't leak into a shipped file; the model is rebuilt from its source.
+        def buf(name: str, t: Tensor) -> None:
+            self.register_buffer(name, t, persistent=False)
+
+        buf("v_template", torch.tensor(vt, dtype=f32))
+        buf("shapedirs", torch.tensor(sd, dtype=f32))
         has_pd = bool(np.any(pd != 0))
         pd_t = torch.tensor(pd.reshape(V * 3, -1).T, dtype=f32) if has_pd else torch.zeros(0, V * 3)
-        self.register_buffer("posedirs", pd_t)  # [207, 3V], empty when all zero
-        self.register_buffer("J_regressor", torch.tensor(jr, dtype=f32))
-        self.register_buffer("lbs_weights", torch.tensor(W, dtype=f32))
-        self.register_buffer("faces", torch.tensor(np.asarray(data["f"], np.int64)))
-        self.register_buffer("upper_body_mask", torch.tensor(W[:, list(UPPER_BODY_JOINTS)].sum(1) >= 0.5))
-        self.register_buffer("head_mask", torch.tensor(W[:, HEAD] >= 0.5))
+        buf("posedirs", pd_t)  # [207, 3V], empty when all zero
+        buf("J_regressor", torch.tensor(jr, dtype=f32))
+        buf("lbs_weights", torch.tensor(W, dtype=f32))
+        buf("faces", torch.tensor(np.asarray(data["f"], np.int64)))
+        buf("upper_body_mask", torch.tensor(W[:, list(UPPER_BODY_JOINTS)].sum(1) >= 0.5))
+        buf("head_mask", torch.tensor(W[:, HEAD] >= 0.5))
         adjust = torch.eye(3).repeat(NUM_JOINTS, 1, 1)
         for j, e in CANONICAL_ADJUST_EULER_ZYX.items():
             adjust[j] = euler_zyx_to_matrix(torch.tensor(e, dtype=torch.float64)).to(f32)
-        self.register_buffer("adjust_rotations", adjust)
-        self.register_buffer("face_centre_canonical0", torch.tensor(FACE_CENTRE, dtype=f32))
+        buf("adjust_rotations", adjust)
+        buf("face_centre_canonical0", torch.tensor(FACE_CENTRE, dtype=f32))
         # Face placement is linear in the betas (exact FACE_CENTRE at betas = 0): the face centre follows the head
         # joint (J15 - J12 from the regressor) and scales with the head's size about it.
         head = W[:, HEAD] >= 0.5
@@ -200,9 +205,9 @@ class BodyModel(torch.nn.Module):
         vh = vt[head] - vt[head].mean(0)
         dh = sd[head] - sd[head].mean(0, keepdims=True)  # [Vh, 3, 10]
         g = np.einsum("vk,vkb->b", vh, dh) / max(float((vh**2).sum()), 1e-12)  # d(relative head size)/d(beta)
-        self.register_buffer("_face_jd", torch.tensor(jd.reshape(3, -1), dtype=f32))
-        self.register_buffer("_face_g", torch.tensor(g, dtype=f32))
-        self.register_buffer("_face_offset", torch.tensor(np.asarray(FACE_CENTRE) - j0, dtype=f32))
+        buf("_face_jd", torch.tensor(jd.reshape(3, -1), dtype=f32))
+        buf("_face_g", torch.tensor(g, dtype=f32))
+        buf("_face_offset", torch.tensor(np.asarray(FACE_CENTRE) - j0, dtype=f32))
 
     # -- constructors ------------------------------------------------------------------------------------------
     @classmethod

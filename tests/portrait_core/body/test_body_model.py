@@ -239,6 +239,7 @@ def test_device_and_dtype(body):
     assert body.faces.dtype == torch.long and body.faces.max() < body.num_vertices
     m2 = BodyModel.synthetic()
     assert all(not p.requires_grad for p in m2.buffers()) and len(list(m2.parameters())) == 0
+    assert m2.state_dict() == {}  # body data (possibly licensed SMPL) never goes into checkpoints
     assert np.isclose(float(body.lbs_weights.sum(1).min()), 1.0, atol=1e-5)
 
 
