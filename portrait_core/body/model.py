@@ -248,13 +248,17 @@ class BodyModel(torch.nn.Module):
         origin = J[:, 12:13]
         return v - origin, J - origin
 
+    @staticmethod
+    def _check_pose(pose: Tensor) -> None:
+        if pose.dim() != 3 or pose.shape[-2:] != (len(POSE_JOINTS), 3):
+            raise ValueError(f"pose must be [B, 6, 3] axis-angle (joints 12..17), got {tuple(pose.shape)}")
+
     def _rotations(self, B: int, pose: Tensor | None) -> Tensor:
         rot = self.adjust_rotations[None].expand(B, NUM_JOINTS, 3, 3)
         if pose is None:
             return rot
+        self._check_pose(pose)
         pose = pose.to(device=self.device, dtype=torch.float32)
-        if pose.shape[-2:] != (len(POSE_JOINTS), 3):
-            raise ValueError(f"pose must be [B, 6, 3] axis-angle (joints 12..17), got {tuple(pose.shape)}")
         rot = rot.clone()
         idx = list(POSE_JOINTS)
         rot[:, idx] = axis_angle_to_matrix(pose) @ self.adjust_rotations[idx]
@@ -273,7 +277,9 @@ class BodyModel(torch.nn.Module):
         return transform_points(blend_transforms(self.lbs_weights, T), v)
 
     def _bones(self, betas: Tensor | None, pose: Tensor | None, batch: int | None = None):
-        """Shared FK: rest (v, J), canonical (T_adj, J_canon), posed (T_loc, J_posed), G, rotations."""
+        """Shared shape + canonical FK: (betas [B,10], rest v, rest J, R_adjust, A(R_adjust), canonical joints)."""
+        if pose is not None:
+            self._check_pose(pose)
         B = batch or (pose.shape[0] if pose is not None else (betas.shape[0] if betas is not None else 1))
         betas = self._betas(betas, B)
         if betas.shape[0] == 1 and B > 1:

@@ -247,3 +247,5 @@ def test_device_and_dtype(body):
 def test_bad_pose_shape(body, bad):
     with pytest.raises(ValueError, match="pose"):
         body.posed(None, bad)
+    with pytest.raises(ValueError, match="pose"):
+        body.face_transform(None, bad)
