@@ -9,7 +9,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import backend, convert, presets, prefs, scene
+from . import backend, convert, prefs, presets, scene
 from . import constants as K
 from .jobs import BackgroundJobOperator, error_message
 

@@ -208,7 +208,7 @@ def test_rig_pose_code_roundtrip_and_forward_kinematics(addon, bpy_module):
     assert rig.pose.bones["spine3"].lock_rotation_w and not rig.pose.bones["head"].lock_rotation_w
 
 
-def test_official_keyframes_become_fcurves(addon, bpy_module, keyframes_dir):
+def test_official_keyframes_become_fcurves(addon, bpy_module, keyframes_dir, tmp_path):
     from bpy_extras import anim_utils
 
     bpy = bpy_module
@@ -252,7 +252,7 @@ def test_official_keyframes_become_fcurves(addon, bpy_module, keyframes_dir):
     assert np.allclose(c2w, ref, atol=1e-4)
     assert bpy.context.scene.frame_end == 1 + 10 * (n - 1)
     # shapes are checked with a clear report
-    bad = Path(bpy.app.tempdir or "/tmp") / "busto_bad_pose.npy"
+    bad = tmp_path / "bad_pose.npy"
     np.save(bad, np.zeros((3, 5, 3)))
     with pytest.raises(RuntimeError, match=r"pose keyframes must be \[N, 6, 3\]"):
         bpy.ops.busto.import_keyframes(filepath=str(bad))
@@ -317,3 +317,48 @@ def test_presets_and_cameras(addon, bpy_module):
     assert np.allclose(c1, G @ c0, atol=1e-5)
     assert bpy.ops.busto.setup_render(resolution=64) == {"FINISHED"}
     assert scn.render.engine == "BUSTO_NEURAL" and scn.view_settings.view_transform == "Standard"
+
+
+@pytest.mark.parametrize("fit,size,shift", [("AUTO", (96, 64), (0.05, -0.02)), ("VERTICAL", (64, 96), (0.0, 0.1)),
+                                            ("HORIZONTAL", (80, 80), (0.0, 0.0))])
+def test_blender_camera_projects_like_the_generator_camera(addon, bpy_module, fit, size, shift):
+    """Blender's own projection of world points == portrait_core Camera.project of the same points in the rig's
+    canonical frame, for any rig transform, sensor fit, aspect and lens shift."""
+    import torch
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Euler, Vector
+
+    from portrait_core.geometry.camera import Camera
+
+    bpy = bpy_module
+    sc, cv = addon.scene, addon.convert
+    scn = bpy.context.scene
+    scn.render.resolution_x, scn.render.resolution_y = size
+    scn.render.resolution_percentage = 100
+    rig = sc.create_rig(bpy.context, "rig", _canonical_joints())
+    rig.location = (0.3, -0.5, 1.2)
+    rig.rotation_euler = Euler((0.1, -0.2, 0.7))
+    rig.scale = (1.3, 1.3, 1.3)
+    cam_data = bpy.data.cameras.new("cam")
+    cam_data.lens, cam_data.sensor_fit = 80.0, fit
+    cam_data.sensor_width, cam_data.sensor_height = 36.0, 24.0
+    cam_data.shift_x, cam_data.shift_y = shift
+    cam = bpy.data.objects.new("cam", cam_data)
+    scn.collection.objects.link(cam)
+    cam.location = rig.matrix_world @ Vector((0.4, -2.5, 0.3))
+    cam.rotation_euler = Euler((math.radians(85), 0.05, math.radians(8)))
+    bpy.context.view_layer.update()
+    rng = np.random.default_rng(2)
+    local = rng.normal(size=(40, 3)) * 0.15  # armature-space points around the neck
+    world = [rig.matrix_world @ Vector(p) for p in local]
+    ref = np.array([tuple(world_to_camera_view(scn, cam, w))[:2] for w in world])
+    c2w, Kn = sc.camera_to_generator(cam, rig, *size)
+    camera = Camera(torch.tensor(c2w[None]), torch.tensor(Kn[None]), torch.tensor([0.1], dtype=torch.float64),
+                    torch.tensor([10.0], dtype=torch.float64))
+    pts = torch.tensor(cv.blender_to_smpl_points(local)[None])
+    pix, depth = camera.project(pts, size[1], size[0])
+    pix = pix[0].numpy()
+    u = (pix[:, 0] + 0.5) / size[0]
+    v = 1.0 - (pix[:, 1] + 0.5) / size[1]
+    assert (depth.numpy() > 0).all()
+    assert np.abs(np.stack([u, v], -1) - ref).max() < 1e-5
