@@ -10,7 +10,9 @@ same keys, shapes, 1-based indexing and units (see ``portrait_core.face.io`` and
 * **Landmarks**: the 68 iBUG points (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, lips 48-67), placed in
   (x, y) and snapped to vertices (index 0 is on the subject's right, i.e. -X, the image left).
 * **Bases** (pre-multiplied by the standard deviation, coefficients ~ N(0, 1)): 80 smooth identity fields, 64
-  expression fields whose first ones are named (``EXPRESSION_NAMES``), 80 albedo fields.
+  expression fields whose first ones are named (``EXPRESSION_NAMES``), 80 albedo fields. The bases are closed
+  under left/right mirroring: each component is mirror-symmetric or -antisymmetric, or (expression bumps) the
+  mirror image of its neighbour, so mirroring maps coefficients by a signed permutation.
 
 Nothing random is drawn from global state: every random choice uses a fixed-seed ``numpy.random.Generator``, so the
 model is identical on every run. The dense bases (~20 MB) are built at first use (well under 2 s) and cached in
@@ -177,6 +179,7 @@ def _height(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndar
         "brows": np.clip(brows / 0.03, 0, 1),
         "eyes": (((ax - _EYE_X) / _EYE_HALF_W) ** 2 + ((y - _EYE_Y) / _LID_UP) ** 2 <= 1.0).astype(np.float64),
         "nose": nose + alae,
+        "base": base,
     }
     return z, fields
 
@@ -236,6 +239,7 @@ def _landmarks_xy() -> np.ndarray:
 
 def _identity_basis(v: np.ndarray, n: np.ndarray, fields: dict, rng: np.random.Generator) -> np.ndarray:
     """[N, 3, 80] smooth identity directions, decimetres per unit coefficient (peaks ~5 mm down to ~0.2 mm)."""
+    # n: smooth normals of the feature-free base surface (displacing along the detailed normals crumples the nose)
     x, y, z = v[:, 0], v[:, 1], v[:, 2]
     u = x / _HALF_W
     w = (y - _Y_CENTRE) / _HALF_H
@@ -246,7 +250,7 @@ def _identity_basis(v: np.ndarray, n: np.ndarray, fields: dict, rng: np.random.G
     out[:, 0, 0] = 0.07 * x  # face width
     out[:, 1, 1] = 0.05 * (y - _Y_CENTRE)  # face length
     out[:, 2, 2] = 0.10 * zc  # depth / flatness
-    out[:, :, 3] = 0.20 * fields["nose"][:, None] * n  # nose size
+    out[:, 2, 3] = 0.20 * fields["nose"]  # nose size (depth only: the nose stays a height field, never folds)
     jaw = _smoothstep(-0.1, -0.7, y)
     out[:, 0, 4] = 0.06 * x * jaw  # jaw width
     out[:, :, 5] = (0.04 * _gauss(np.abs(x), y, 0.4, -0.15, 0.18, 0.2))[:, None] * n  # cheek fullness
@@ -256,9 +260,13 @@ def _identity_basis(v: np.ndarray, n: np.ndarray, fields: dict, rng: np.random.G
     for a, b in freqs:
         if k >= NUM_ID:
             break
-        phase_a, phase_b = rng.uniform(0, np.pi, size=2)
-        f = np.cos(0.5 * np.pi * a * (u + 1) + phase_a * (a > 0)) * np.cos(0.5 * np.pi * b * (w + 1) + phase_b * (b > 0))
+        phase_b = rng.uniform(0, np.pi)
+        # even (cos) or odd (sin) in x, and a direction field that mirrors with the face: every component is
+        # mirror-symmetric or -antisymmetric, so mirroring maps identity coefficients by a signed permutation
+        fu = np.sin(0.5 * np.pi * a * u) if (a > 0 and k % 2) else np.cos(0.5 * np.pi * a * u)
+        f = fu * np.cos(0.5 * np.pi * b * (w + 1) + phase_b * (b > 0))
         d = rng.normal(size=3) * 0.3
+        d[0] = 0.0
         amp = 0.03 * np.exp(-(k - 6) / 12.0) + 0.002
         vec = n * 1.0 + d[None, :]
         vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
@@ -267,8 +275,9 @@ def _identity_basis(v: np.ndarray, n: np.ndarray, fields: dict, rng: np.random.G
     return out
 
 
-def _expression_basis(v: np.ndarray, n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _expression_basis(v: np.ndarray, n: np.ndarray, n_smooth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """[N, 3, 64] expression directions, decimetres per unit coefficient. The first ones are EXPRESSION_NAMES."""
+    # n: normals of the face surface (lids, brows follow it); n_smooth: of the feature-free base (bumps, puffs)
     x, y, z = v[:, 0], v[:, 1], v[:, 2]
     ax = np.abs(x)
     sx = np.sign(x)
@@ -330,20 +339,25 @@ def _expression_basis(v: np.ndarray, n: np.ndarray, rng: np.random.Generator) ->
 
     # 7 cheek_puff: cheeks out along the normal
     puff = _gauss(ax, y, 0.38, my + 0.1, 0.12, 0.14)
-    out[:, :, 7] = (0.04 * puff)[:, None] * n
+    out[:, :, 7] = (0.04 * puff)[:, None] * n_smooth
 
     # 8..63 localised bumps: random centres inside the face, mostly along the normal, amplitudes decaying
     r = _outline_radius(x, y)
-    cand = np.nonzero(r < 0.85)[0]
-    for k in range(len(EXPRESSION_NAMES), NUM_EXP):
+    # in mirror pairs (k, k+1): centre and direction of k+1 are the mirror images of those of k
+    cand = np.nonzero((r < 0.85) & (x > 0.08))[0]
+    mirror = np.array([-1.0, 1.0, 1.0])
+    for k in range(len(EXPRESSION_NAMES), NUM_EXP, 2):
         c = v[cand[rng.integers(len(cand))]]
         sig = rng.uniform(0.06, 0.14)
         amp = 0.012 * (0.3 + 0.7 * np.exp(-(k - 8) / 20.0))
         d = rng.normal(size=3) * 0.4
-        w = np.exp(-0.5 * np.sum((v[:, :2] - c[None, :2]) ** 2, axis=1) / sig**2)
-        vec = n + d[None, :]
-        vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
-        out[:, :, k] = amp * w[:, None] * vec
+        for j, (cj, dj) in enumerate(((c, d), (c * mirror, d * mirror))):
+            if k + j >= NUM_EXP:
+                break
+            w = np.exp(-0.5 * np.sum((v[:, :2] - cj[None, :2]) ** 2, axis=1) / sig**2)
+            vec = n_smooth + dj[None, :]
+            vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+            out[:, :, k + j] = amp * w[:, None] * vec
     out[:, :, 1:] *= inner[:, None, None]
     return out
 
@@ -375,7 +389,8 @@ def _texture(v: np.ndarray, fields: dict, rng: np.random.Generator) -> tuple[np.
             if k >= NUM_TEX:
                 break
             b = s - a
-            f = np.cos(0.5 * np.pi * a * (u + 1)) * np.cos(0.5 * np.pi * b * (w + 1))
+            fu = np.sin(0.5 * np.pi * a * u) if (a > 0 and k % 2) else np.cos(0.5 * np.pi * a * u)
+            f = fu * np.cos(0.5 * np.pi * b * (w + 1))  # even or odd in x (mirror-closed)
             col = rng.normal(size=3)
             base[:, :, k] = (12.0 * np.exp(-(k - 3) / 25.0) + 2.0) * f[:, None] * (col / np.linalg.norm(col))[None, :]
             k += 1
@@ -404,14 +419,15 @@ def _build() -> dict[str, np.ndarray]:
     z, fields = _height(x, y)
     v = np.stack([x, y, z], axis=1)
     normals = _vertex_normals(v, faces)
+    smooth_normals = _vertex_normals(np.stack([x, y, fields["base"]], axis=1), faces)
     N = v.shape[0]
 
     lm_xy = _landmarks_xy()
     d2 = ((lm_xy[:, None, :] - v[None, :, :2]) ** 2).sum(-1)
     keypoints = np.argmin(d2, axis=1)
 
-    id_base = _identity_basis(v, normals, fields, rng)
-    ex_base = _expression_basis(v, normals, rng)
+    id_base = _identity_basis(v, smooth_normals, fields, rng)
+    ex_base = _expression_basis(v, normals, smooth_normals, rng)
     meantex, tex_base = _texture(v, fields, rng)
 
     centre = v.mean(axis=0)

@@ -115,10 +115,10 @@ def test_deterministic_and_fast():
 EXPECTED_INDEX_SHA256 = "db89f0cc8036de4d86fcb65b68c6842bee313b856bd1223cea50bf39762d9843"
 EXPECTED_SUMMARY = {
     "meanshape": (-4.565517883747816e-07, 8048.401214602403, 3633.5121129819104, 1.3689062025150633),
-    "idBase": (7.868254932378797, 4442.826497614249, 44.65807427848728, -131.71804865649975),
-    "exBase": (-30.941292992583175, 518.0086490626937, 9.385039118955541, -132.26332355006687),
+    "idBase": (26.38965133838854, 4451.118670121566, 45.40976350344976, 104.16886438838782),
+    "exBase": (-42.027965057889844, 520.8856641967499, 9.398605007193732, -129.9597320281275),
     "meantex": (4705143.293930054, 4705143.293930054, 840824744.878999, 672390.5529670715),
-    "texBase": (569068.1351665416, 3790401.9926752513, 22655268.06400313, 520292.91966604895),
+    "texBase": (609470.9677634883, 3827660.6428764886, 23321368.21993078, 494716.0259683812),
 }
 
 
@@ -141,3 +141,24 @@ def test_fingerprint_matches_record(bfm):
     got = _summary(bfm)
     for k, vals in EXPECTED_SUMMARY.items():
         np.testing.assert_allclose(got[k], vals, rtol=1e-5, atol=1e-3, err_msg=k)
+
+
+@pytest.mark.parametrize("key", ["idBase", "exBase", "texBase"])
+def test_bases_are_mirror_closed(bfm, key):
+    """Mirroring (x -> -x) maps every basis field onto +-1 times a basis field (a signed permutation)."""
+    from scipy.spatial import cKDTree
+
+    v = _v(bfm)
+    N = v.shape[0]
+    _, partner = cKDTree(v).query(v * np.array([-1, 1, 1]))
+    base = bfm[key].astype(np.float64).reshape(N, 3, -1)
+    flip = np.array([-1.0, 1.0, 1.0]) if key != "texBase" else np.ones(3)  # colours do not flip
+    mirrored = base[partner] * flip[None, :, None]
+    A = base.reshape(3 * N, -1)
+    B = mirrored.reshape(3 * N, -1)
+    An = A / np.linalg.norm(A, axis=0)
+    Bn = B / np.linalg.norm(B, axis=0)
+    C = An.T @ Bn  # cosine between field i and mirrored field j
+    best = np.abs(C).argmax(0)
+    assert np.array_equal(np.sort(best), np.arange(A.shape[1]))  # a permutation
+    assert np.all(np.abs(C[best, np.arange(A.shape[1])]) > 1 - 1e-5)
