@@ -573,11 +573,17 @@ def save_checkpoint(st: TrainState, ctx: Context) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def _install_signal_handlers(ctx: Context) -> dict:
+def _restore_signal_handlers(old: dict) -> None:
+    for sig, h in old.items():
+        signal.signal(sig, h)
+
+
+def _install_signal_handlers(flags: list) -> dict:
+    """SIGINT/SIGTERM append to ``flags``; the loop checks it after each step, saves and exits."""
     old = {}
 
     def handler(signum, frame):  # noqa: ARG001
-        ctx.stop_signal.append(signum)
+        flags.append(signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -669,10 +675,16 @@ def _face_recon(cfg: TrainConfig, run_dir: Path | None, root: Path, device, logg
 def train(cfg: TrainConfig, resume: str | None = None) -> int:
     """Run training; returns a process exit code (0 done, 1 non-finite loss, 130/143 stopped by a signal)."""
     dist.init()
-    st, ctx = prepare(cfg, resume)
+    pending: list = []
+    old = _install_signal_handlers(pending)
+    try:
+        st, ctx = prepare(cfg, resume)
+    except BaseException:
+        _restore_signal_handlers(old)
+        raise
+    ctx.stop_signal = pending  # a signal during set-up stops after the first step (with a checkpoint)
     cfg = st.cfg
     lg = ctx.logger
-    old = _install_signal_handlers(ctx)
     lg.info(f"run folder {ctx.run_dir}; preset {cfg.preset}, stage {cfg.stage}, device {ctx.device}, world "
             f"{ctx.world}, batch {cfg.optim.batch} global / {cfg.batch_per_gpu(ctx.world)} per GPU")
     t_start, step0 = time.time(), st.step
@@ -708,8 +720,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
         lg.info(f"ERROR: {e}; stopping without saving. Last good checkpoint: {last or 'none'}")
         code = 1
     finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
+        _restore_signal_handlers(old)
         lg.close()
     dist.shutdown()
     return code

@@ -66,6 +66,14 @@ def dataset_root(tmp_path_factory) -> Path:
     return root
 
 
+def install_reader_if_needed() -> None:
+    """For subprocesses: the same stand-in as ``dataset_reader`` (no-op once PortraitDataset exists)."""
+    if not _has_portrait_dataset():
+        import train.data as D
+
+        D.open_dataset = lambda root, res, fres, mirror: _FixtureReader(root, res, fres, mirror)
+
+
 @pytest.fixture()
 def dataset_reader(monkeypatch):
     """Make train.data.open_dataset work before PortraitDataset exists (no-op once it does)."""
