@@ -36,10 +36,10 @@ def test_face_lies_on_the_head(placed):
     fm, v, dist, signed = placed
     assert np.median(dist) < 0.010, f"median face-to-head distance {np.median(dist) * 1e3:.1f} mm"
     assert np.percentile(dist, 90) < 0.02
-    # nothing deep inside the head; the few vertices more than 5 mm inside are where the body's own nose shape
-    # pokes through the face's upper lip / nostrils
-    assert signed.min() > -0.015, f"deepest face vertex {signed.min() * 1e3:.1f} mm inside the head"
-    assert (signed < -0.005).mean() < 0.02
+    # nothing deep inside the head (the face may stand a little proud of the body's simplified head, not sink in)
+    assert signed.min() > -0.008, f"deepest face vertex {signed.min() * 1e3:.1f} mm inside the head"
+    assert (signed < -0.005).mean() < 0.01
+    assert np.median(signed) > 0
     # the face's outline meets the head (no floating mask edge): boundary vertices within 1 cm of the surface
     f = fm.faces.numpy()
     edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
