@@ -129,8 +129,15 @@ class FaceModel(nn.Module):
         return self.neutral_vertices(identity) + self.expression_offsets(identity, expression)
 
     def landmarks(self, identity: Tensor, expression: Tensor) -> Tensor:
-        """[B, 80], [B, 64] -> [B, 68, 3] iBUG-68 landmarks (gathered vertices), metres, face frame."""
-        return self.vertices(identity, expression)[:, self.landmark_indices]
+        """[B, 80], [B, 64] -> [B, 68, 3] iBUG-68 landmarks (the landmark vertices), metres, face frame.
+
+        Evaluates only the 68 landmark rows of the bases (cheap enough for per-step losses).
+        """
+        identity = self._coeffs(identity, self.identity_dim, "identity", None)
+        expression = self._coeffs(expression, self.expression_dim, "expression", identity.shape[0])
+        rows = (self.landmark_indices[:, None] * 3 + torch.arange(3, device=self.landmark_indices.device)).reshape(-1)
+        off = identity @ self.id_base[rows].T + expression @ self.ex_base[rows].T
+        return self.mean_shape[self.landmark_indices] + off.reshape(identity.shape[0], -1, 3)
 
     def albedo(self, texture: Tensor) -> Tensor:
         """[B, 80] -> [B, N, 3] per-vertex albedo, RGB in [0, 1] (clamped)."""
