@@ -316,7 +316,7 @@ def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2wo
 
 
 def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool, level: float = 0.5,
-            progress: Progress = _noop, should_stop=None) -> dict:
+            morphs: int = 0, progress: Progress = _noop, should_stop=None) -> dict:
     return get_backend(settings).request("extract", None, progress, should_stop, avatar=spec.to_json(),
                                          resolution=int(resolution), decimate=int(decimate), colors=bool(colors),
-                                         level=float(level))
+                                         level=float(level), morphs=int(morphs))

@@ -169,12 +169,13 @@ class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
         sp = context.scene.busto
         return {"settings": _settings(context, rig), "spec": scene.avatar_spec(rig, sp.super_resolve),
                 "rig": rig.name, "resolution": sp.mesh_resolution, "decimate": sp.mesh_decimate,
-                "colors": sp.mesh_colors, "level": sp.mesh_level}
+                "colors": sp.mesh_colors, "level": sp.mesh_level, "morphs": sp.mesh_morphs}
 
     def work(self, job, state):
         backend.load(state["settings"], job.report_progress)
         return backend.extract(state["settings"], state["spec"], state["resolution"], state["decimate"],
-                               state["colors"], state["level"], job.report_progress, job.should_stop)
+                               state["colors"], state["level"], state["morphs"], job.report_progress,
+                               job.should_stop)
 
     def finish(self, context, state, data):
         rig = bpy.data.objects.get(state["rig"])
@@ -190,8 +191,9 @@ class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
                 bpy.data.meshes.remove(old_me)
             ob.name = ob.data.name = name
         rig.busto.mesh = ob
+        keys = len(ob.data.shape_keys.key_blocks) - 1 if ob.data.shape_keys else 0
         self.report({"INFO"}, f"Busto: {ob.name}: {len(ob.data.vertices)} vertices, {len(ob.data.polygons)} faces, "
-                              f"bound to {rig.name}")
+                              f"{keys} expression shape keys, bound to {rig.name}")
 
 
 # ------------------------------------------------------------------------------------------------ rig

@@ -17,6 +17,11 @@ from bpy.props import (
 from . import constants as K
 
 
+def _tag_owner(self, _context) -> None:
+    """Re-evaluate what depends on the rig (the mesh's expression shape-key drivers) after an edit."""
+    self.id_data.update_tag()
+
+
 class BustoAvatarProps(bpy.types.PropertyGroup):
     """One avatar: stored on its armature object (``ob.busto``), so it survives save/reload and several avatars
     can coexist. The expression fields are animatable; the effective expression is ``expression`` plus each named
@@ -38,13 +43,14 @@ class BustoAvatarProps(bpy.types.PropertyGroup):
     # 8 x 8 because Blender caps a dimension at 32; F-curve array_index 0..63 is the flat component index
     expression: FloatVectorProperty(name="Expression", size=(8, 8), default=((0.0,) * 8,) * 8,
                                     min=-10.0, max=10.0, soft_min=-3.0, soft_max=3.0, options={"ANIMATABLE"},
+                                    update=_tag_owner,
                                     description="The full 64-component 3DMM expression vector (BFM09 layout)")
     show_full_expression: BoolProperty(name="All 64 components", default=False)
 
     # named sliders, each added to its expression component (created below from constants.EXPRESSION_SLIDERS)
     __annotations__.update({
         f"exp_{name}": FloatProperty(name=name.replace("_", " ").title(), default=0.0, soft_min=-3.0, soft_max=3.0,
-                                     min=-10.0, max=10.0, options={"ANIMATABLE"},
+                                     min=-10.0, max=10.0, options={"ANIMATABLE"}, update=_tag_owner,
                                      description=f"Added to expression component {index}")
         for name, index in K.EXPRESSION_SLIDERS.items()
     })
@@ -62,6 +68,7 @@ def effective_expression(props) -> np.ndarray:
 
 def set_expression(props, values) -> None:
     props.expression.foreach_set(np.asarray(values, np.float32).reshape(K.EXPRESSION_DIM))
+    props.id_data.update_tag()  # foreach_set bypasses the update callback
 
 
 class BustoSceneProps(bpy.types.PropertyGroup):
@@ -83,6 +90,9 @@ class BustoSceneProps(bpy.types.PropertyGroup):
     mesh_decimate: IntProperty(name="Max faces", default=0, min=0,
                                description="Decimate to at most this many triangles (0: keep all)")
     mesh_colors: BoolProperty(name="Vertex colours", default=True)
+    mesh_morphs: IntProperty(name="Expression morphs", default=8, min=0, max=64,
+                             description="Shape keys for the leading expression components, driven by the rig's "
+                                         "expression controls (0: none)")
     mesh_level: FloatProperty(name="Density threshold", default=0.5, min=0.001, max=0.999,
                               description="Occupancy level of the surface (0.5 for a trained model; an untrained "
                                           "model needs a lower value)")

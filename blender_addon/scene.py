@@ -155,7 +155,39 @@ def create_mesh(context, rig, name: str, data: dict, colors: bool = True):
     ob.parent = rig
     ob.matrix_parent_inverse = Matrix.Identity(4)
     _skin(ob, rig, data)
+    if data.get("morphs") is not None and len(data["morphs"]):
+        _expression_shape_keys(ob, rig, v, data)
     return ob
+
+
+def _expression_shape_keys(ob, rig, rest: np.ndarray, data: dict) -> None:
+    """One shape key per expression morph, driven by the rig's expression controls:
+    ``value = (expression[c] + slider(c)) / morph_scale`` (linear morphs, applied before the Armature modifier,
+    i.e. expression in canonical space, then pose, as in the generator)."""
+    ob.shape_key_add(name="Basis", from_mix=False)
+    scale = float(data.get("morph_scale", 2.0))
+    slider_of = {index: name for name, index in K.EXPRESSION_SLIDERS.items()}
+    for name, comp, delta in zip(data["morph_names"], data["morph_components"], data["morphs"]):
+        comp = int(comp)
+        kb = ob.shape_key_add(name=f"expr {name}", from_mix=False)
+        kb.data.foreach_set("co", (rest + convert.smpl_to_blender_points(delta)).astype(np.float32).ravel())
+        kb.slider_min, kb.slider_max = -10.0, 10.0
+        drv = kb.driver_add("value").driver
+        drv.type = "SCRIPTED"
+        var = drv.variables.new()
+        var.name, var.type = "e", "SINGLE_PROP"
+        var.targets[0].id_type = "OBJECT"
+        var.targets[0].id = rig
+        var.targets[0].data_path = f"busto.expression[{comp // 8}][{comp % 8}]"
+        expr = "e"
+        if comp in slider_of:
+            s = drv.variables.new()
+            s.name, s.type = "s", "SINGLE_PROP"
+            s.targets[0].id_type = "OBJECT"
+            s.targets[0].id = rig
+            s.targets[0].data_path = f"busto.exp_{slider_of[comp]}"
+            expr = "(e + s)"
+        drv.expression = f"{expr} / {scale!r}"
 
 
 def _vertex_color_material():

@@ -109,6 +109,7 @@ class BUSTO_PT_geometry(_BustoPanel, bpy.types.Panel):
         col.prop(sp, "mesh_resolution")
         col.prop(sp, "mesh_decimate")
         col.prop(sp, "mesh_level")
+        col.prop(sp, "mesh_morphs")
         col.prop(sp, "mesh_colors")
         rig = scene.active_rig(context)
         if rig is not None and rig.busto.mesh is not None:

@@ -16,8 +16,9 @@ Operations (:class:`Session`, also used directly by the add-on's in-process back
   ``preview[n,S,S,4]``.
 * ``render {avatar, size} + pose[N,6,3], expression[N,64], cam2world[N,4,4], intrinsics[N,3,3]`` ->
   ``rgba[N,H,W,4]`` float32: sRGB-encoded colour composited on white, straight alpha, rows top-down.
-* ``extract {avatar, resolution, decimate, colors, level}`` -> mesh (``vertices``, ``faces``, ``colors``) and rig
-  (``joint_names``, ``parents``, ``joint_positions``, ``joints``, ``weights``) arrays, canonical metres.
+* ``extract {avatar, resolution, decimate, colors, level, morphs}`` -> mesh (``vertices``, ``faces``, ``colors``),
+  rig (``joint_names``, ``parents``, ``joint_positions``, ``joints``, ``weights``) and expression morph
+  (``morphs[K,V,3]`` for components ``morph_components[K]`` at ``morph_scale``) arrays, canonical metres.
 * ``release {avatar}``, ``shutdown``.
 
 ``avatar`` is ``{seed, truncation, body_shape[10], super_resolve}``: the same spec always bakes the same avatar
@@ -266,7 +267,8 @@ class Session:
         return {}, {"rgba": rgba}
 
     def op_extract(self, params, arrays, progress):
-        from portrait_core.export import EmptyFieldError, build_rig, extract_mesh
+        from portrait_core.export import EmptyFieldError, build_rig, expression_morphs, extract_mesh
+        from portrait_core.export.rig import MORPH_SCALE
 
         avatar = self._avatar(params.get("avatar", {}), progress)
         self._check_stop()
@@ -293,9 +295,18 @@ class Session:
         }
         if params.get("colors", True) and mesh.colors is not None:
             out["colors"] = np.asarray(mesh.colors, np.float32)
+        morph_names: list[str] = []
+        n_morphs = int(params.get("morphs") or 0)
+        if n_morphs > 0:
+            self._check_stop()
+            progress(0.9, "expression morphs")
+            morphs = expression_morphs(avatar, mesh, components=n_morphs, scale=MORPH_SCALE)
+            morph_names = list(morphs)
+            out["morphs"] = np.stack([morphs[k] for k in morph_names]).astype(np.float32)  # [K, V, 3]
+            out["morph_components"] = np.arange(n_morphs, dtype=np.int32)
         progress(1.0, "done")
         return {"joint_names": list(rig.joint_names), "num_vertices": int(len(mesh.vertices)),
-                "num_faces": int(len(mesh.faces))}, out
+                "num_faces": int(len(mesh.faces)), "morph_names": morph_names, "morph_scale": MORPH_SCALE}, out
 
 
 # ------------------------------------------------------------------------------------------------- server loop
