@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--meshes", action="store_true", help="also write posed and canonical PLY meshes per image")
     s.add_argument("--workers", type=int, default=2, help="Blender processes (one CPU thread each)")
-    s.add_argument("--samples", type=int, default=8, help="Cycles samples per pixel")
+    s.add_argument("--samples", type=int, default=4, help="Cycles samples per pixel")
     s.add_argument("--views-per-identity", type=int, default=1, help="consecutive images sharing one avatar")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)

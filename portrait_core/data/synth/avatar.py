@@ -206,6 +206,7 @@ class PosedAvatar:
 
     body: np.ndarray
     face: np.ndarray
+    skirt: np.ndarray  # strip closing the face edge against the head
     hair: np.ndarray
     landmarks: np.ndarray  # [68, 3] observed
     head_transform: np.ndarray  # [4, 4] G_15 canonical -> posed
@@ -263,6 +264,7 @@ class AvatarFactory:
         self.head_vertex = self.lbs_weights.argmax(1) == C.HEAD
         self.styles = STYLES
         self.hair_faces = {name: s.faces() for name, s in STYLES.items()}
+        self.skirt_index, self.skirt_faces = _boundary_skirt(self.face_faces)
 
     # --- sampling --------------------------------------------------------------------------------------
     def sample_identity(self, rng: np.random.Generator) -> IdentityParams:
@@ -337,12 +339,15 @@ class AvatarFactory:
         )
 
     @staticmethod
-    def _tuck_behind_face(v_body: np.ndarray, f_canon: np.ndarray, gap: float = 0.004) -> np.ndarray:
-        """Move body vertices that would poke through the 3DMM face to ``gap`` metres behind it (canonical)."""
+    def _tuck_behind_face(v_body: np.ndarray, f_canon: np.ndarray, gap: float = 0.005, slope: float = 0.8,
+                          reach: float = 0.03) -> np.ndarray:
+        """Sink the body's head under the 3DMM face (canonical): a body vertex at xy distance d from the nearest
+        face vertex (depth z_f) may not lie in front of ``z_f - gap + slope * d`` (for d < ``reach``), so the face
+        surface and its edge stay in front and the head blends in smoothly around it."""
         tree = cKDTree(f_canon[:, :2])
         d, nn = tree.query(v_body[:, :2])
-        limit = f_canon[nn, 2] - gap
-        hit = (d < 0.004) & (v_body[:, 2] > limit) & (v_body[:, 2] < f_canon[nn, 2] + 0.05)
+        limit = f_canon[nn, 2] - gap + slope * d
+        hit = (d < reach) & (v_body[:, 2] > limit) & (v_body[:, 2] > 0.0) & (v_body[:, 1] > f_canon[:, 1].min() - 0.02)
         out = v_body.copy()
         out[hit, 2] = limit[hit]
         return out
@@ -509,6 +514,9 @@ class AvatarFactory:
         fv = self.face.vertices(baked.identity_t, exp)[0].double().numpy()
         lm = fv[self.landmark_idx]
         face = fv @ T_face[:3, :3].T + T_face[:3, 3]
+        rim = fv[self.skirt_index]
+        back = rim * np.array([0.92, 0.95, 1.0]) - np.array([0.0, 0.0, 0.02])
+        skirt = np.concatenate([rim, back]) @ T_face[:3, :3].T + T_face[:3, 3]
         lm = lm @ T_face[:3, :3].T + T_face[:3, 3]
         Wh = baked.hair_weights
         Th = np.einsum("vj,jab->vab", Wh, G)
@@ -519,8 +527,27 @@ class AvatarFactory:
         face_cam = Camera.face(G15[None], torch.as_tensor(baked.face_centre, dtype=torch.float64)[None],
                                yaw=torch.tensor([view.yaw], dtype=torch.float64),
                                pitch=torch.tensor([view.pitch], dtype=torch.float64))
-        return PosedAvatar(body=body, face=face, hair=hair, landmarks=lm,
+        return PosedAvatar(body=body, face=face, skirt=skirt, hair=hair, landmarks=lm,
                            head_transform=G[C.HEAD], face_transform=T_face, camera=cam, face_camera=face_cam)
+
+
+def _boundary_skirt(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A strip along the open boundary of a triangle mesh: (boundary vertex ids [K], strip triangles [2E, 3]).
+
+    Strip vertex k < K is boundary vertex k; vertex K + k is its copy pushed back (see ``AvatarFactory.pose``).
+    It closes the gap between the 3DMM face's edge and the head behind it.
+    """
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    uniq, counts = np.unique(e, axis=0, return_counts=True)
+    edges = uniq[counts == 1]
+    ids = np.unique(edges)
+    local = {int(v): k for k, v in enumerate(ids)}
+    K = len(ids)
+    tris = []
+    for a, b in edges:
+        ia, ib = local[int(a)], local[int(b)]
+        tris += [(ia, ib, K + ib), (ia, K + ib, K + ia)]
+    return ids, np.asarray(tris, dtype=np.int64)
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:

@@ -34,7 +34,7 @@ class SynthConfig:
     yaw_mode: str = "frontal"  # 'frontal' | '360'
     seed: int = 0
     meshes: bool = False
-    samples: int = 8  # Cycles samples per pixel
+    samples: int = 4  # Cycles samples per pixel
     views_per_identity: int = 1
 
     @property
@@ -72,13 +72,14 @@ def _worker_init(cfg: SynthConfig, out: str, threads: int) -> None:
     body, face = BodyModel.synthetic(), FaceModel.synthetic()
     factory = AvatarFactory(body, face, EXPRESSION_NAMES)
     scene = StudioScene(samples=cfg.samples, threads=threads)
-    scene.material("body", roughness=0.55, pattern=True, sheen=0.3)
-    scene.material("face", roughness=0.45, specular=0.35)
-    scene.material("hair", roughness=0.4, streaks=True, specular=0.5)
+    scene.material("body", roughness=0.65, pattern=True, specular=0.15, sheen=0.2)
+    scene.material("face", roughness=0.6, specular=0.15)
+    scene.material("hair", roughness=0.45, streaks=True, specular=0.35)
     attrs = (("canon", "FLOAT_VECTOR"), ("cloth", "FLOAT"))
     zero_b = np.zeros((body.num_vertices, 3))
     scene.add_mesh("body", zero_b, factory.body_faces, "body", attributes=attrs)
     scene.add_mesh("face", np.zeros((face.num_vertices, 3)), factory.face_faces, "face")
+    scene.add_mesh("skirt", np.zeros((2 * len(factory.skirt_index), 3)), factory.skirt_faces, "face")
     for name, style in STYLES.items():
         scene.add_mesh(f"hair_{name}", np.zeros((style.num_vertices, 3)), factory.hair_faces[name], "hair",
                        attributes=(("canon", "FLOAT_VECTOR"),))
@@ -96,6 +97,7 @@ def _bake(identity_index: int):
     scene.set_mesh("body", colors_srgb=baked.body_colours,
                    attributes={"canon": baked.body_canon, "cloth": baked.cloth_mask})
     scene.set_mesh("face", colors_srgb=baked.face_colours)
+    scene.set_mesh("skirt", colors_srgb=np.tile(baked.face_colours[factory.skirt_index], (2, 1)))
     for name in factory.styles:
         scene.set_visible(f"hair_{name}", name == params.hair_style)
     scene.set_mesh(f"hair_{params.hair_style}", colors_srgb=baked.hair_colours, attributes={"canon": baked.hair_canon})
@@ -107,8 +109,14 @@ def _bake(identity_index: int):
     return baked
 
 
-def render_sample(index: int, markers: bool = False) -> dict:
-    """Render image ``index`` in this worker: returns arrays and labels (nothing written). ``markers`` is for tests.
+#: marker colours for landmark checks (pure emission, sRGB)
+MARKER_COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0.5, 0), (0.5, 0, 1)]
+
+
+def render_sample(index: int, markers: tuple[int, ...] | None = None, marker_radius: float = 0.003) -> dict:
+    """Render image ``index`` in this worker: returns arrays and labels (nothing written).
+
+    ``markers``: 3DMM landmark ids to show as small emission spheres (colours ``MARKER_COLOURS``), for tests.
 
     Returns {'image', 'mask', 'face', 'face_mask' (uint8), 'posed' (PosedAvatar), 'baked', 'view'}.
     """
@@ -121,7 +129,14 @@ def render_sample(index: int, markers: bool = False) -> dict:
     style = baked.params.hair_style
     scene.set_mesh("body", vertices=posed.body)
     scene.set_mesh("face", vertices=posed.face)
+    scene.set_mesh("skirt", vertices=posed.skirt)
     scene.set_mesh(f"hair_{style}", vertices=posed.hair)
+    if markers is not None:
+        if "marker_0" not in scene.objects:
+            scene.add_markers(MARKER_COLOURS)
+        scene.set_markers(posed.landmarks[list(markers)], marker_radius)
+    elif "marker_0" in scene.objects:
+        scene.set_markers(None)
     scene.scene.cycles.seed = int(np.random.default_rng([cfg.seed, index, 2]).integers(0, 2**31 - 1))
     scene.set_camera(posed.camera.cam2world[0].numpy(), posed.camera.intrinsics[0].numpy())
     rgba = scene.render(cfg.resolution)
@@ -173,6 +188,15 @@ def _render_and_write(index: int) -> str:
     return name
 
 
+def marker_renders(index: int, landmark_ids: tuple[int, ...], radius: float = 0.005,
+                   face_radius: float = 0.0025) -> dict:
+    """Worker task for tests: the sample with landmark markers (sphere radius in metres: ``radius`` in the
+    portrait, ``face_radius`` in the face crop); returns portrait/face RGB arrays."""
+    s = render_sample(index, markers=landmark_ids, marker_radius=radius)
+    f = render_sample(index, markers=landmark_ids, marker_radius=face_radius)
+    return {"image": s["image"], "face": f["face"], "mask": s["mask"]}
+
+
 def _worker_run(indices: list[int]) -> list[str]:
     return [_render_and_write(i) for i in indices]
 
@@ -193,7 +217,7 @@ def _check_or_write_config(out: Path, cfg: SynthConfig) -> None:
 
 
 def synthesize(out: str | os.PathLike, count: int, resolution: int = 128, yaw_mode: str = "frontal", seed: int = 0,
-               face_resolution: int | None = None, meshes: bool = False, workers: int = 1, samples: int = 8,
+               face_resolution: int | None = None, meshes: bool = False, workers: int = 1, samples: int = 4,
                views_per_identity: int = 1, threads_per_worker: int = 1, progress: bool = True,
                chunk: int = 4) -> Path:
     """Render (or finish rendering) a synthetic dataset of ``count`` images into ``out``; returns labels.json.

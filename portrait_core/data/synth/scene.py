@@ -55,7 +55,7 @@ class StudioScene:
     optionally its colour and attributes; ``render`` returns uint8 RGBA [H, W, 4] (straight alpha).
     """
 
-    def __init__(self, samples: int = 8, threads: int = 1, seed: int = 0, quiet: bool = True):
+    def __init__(self, samples: int = 4, threads: int = 1, seed: int = 0, quiet: bool = True):
         self.quiet = quiet
         os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="busto-blender-user-"))
         bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -66,9 +66,10 @@ class StudioScene:
         sc.cycles.use_denoising = False
         sc.cycles.use_adaptive_sampling = False
         sc.cycles.seed = int(seed)
-        sc.cycles.max_bounces = 2
-        sc.cycles.diffuse_bounces = 1
-        sc.cycles.glossy_bounces = 1
+        # direct light only: bounces cost time and add noise at a few samples per pixel
+        sc.cycles.max_bounces = 0
+        sc.cycles.diffuse_bounces = 0
+        sc.cycles.glossy_bounces = 0
         sc.cycles.transmission_bounces = 0
         sc.cycles.volume_bounces = 0
         sc.cycles.transparent_max_bounces = 2
@@ -92,7 +93,7 @@ class StudioScene:
         world.use_nodes = True
         bg = world.node_tree.nodes.get("Background")
         bg.inputs["Color"].default_value = (0.55, 0.55, 0.58, 1.0)
-        bg.inputs["Strength"].default_value = 0.6
+        bg.inputs["Strength"].default_value = 0.3
         sc.world = world
         cam = bpy.data.cameras.new("camera")
         cam.sensor_fit = "HORIZONTAL"
@@ -109,15 +110,16 @@ class StudioScene:
 
     def _lights(self) -> None:
         """Key, fill and rim suns parented to the camera (studio lights move with the photographer)."""
-        spec = [  # name, strength, angle (rad, softness), rotation (camera-local XYZ Euler, camera looks down -Z)
-            ("key", 3.2, 0.35, (0.45, -0.55, 0.0)),
-            ("fill", 1.1, 0.8, (0.2, 0.7, 0.0)),
-            ("rim", 1.5, 0.3, (2.6, 0.3, 0.0)),
+        spec = [  # name, strength, angle (rad, softness), shadows, rotation (camera-local XYZ Euler; camera looks -Z)
+            ("key", 3.2, 0.1, True, (0.45, -0.55, 0.0)),
+            ("fill", 1.1, 0.0, False, (0.2, 0.7, 0.0)),
+            ("rim", 1.5, 0.0, False, (2.6, 0.3, 0.0)),
         ]
-        for name, strength, angle, rot in spec:
+        for name, strength, angle, shadow, rot in spec:
             light = bpy.data.lights.new(name, "SUN")
             light.energy = strength
             light.angle = angle
+            light.use_shadow = shadow
             ob = bpy.data.objects.new(name, light)
             ob.parent = self.camera
             ob.rotation_euler = rot
@@ -278,6 +280,45 @@ class StudioScene:
             key = "vector" if values.ndim == 2 else "value"
             me.attributes[attr].data.foreach_set(key, values.ravel())
         me.update()
+
+    def add_markers(self, colors_srgb: list[tuple[float, float, float]], segments: int = 12) -> None:
+        """Unit spheres ``marker_k`` with flat emission colours (for checking projections in tests)."""
+        th, ph = np.meshgrid(np.linspace(0, np.pi, segments), np.linspace(0, 2 * np.pi, 2 * segments, endpoint=False),
+                             indexing="ij")
+        v = np.stack([np.sin(th) * np.cos(ph), np.cos(th), np.sin(th) * np.sin(ph)], -1).reshape(-1, 3)
+        cols = 2 * segments
+        f = []
+        for i in range(segments - 1):
+            for j in range(cols):
+                a, b, c, d = i * cols + j, i * cols + (j + 1) % cols, (i + 1) * cols + (j + 1) % cols, (i + 1) * cols + j
+                f += [(a, c, b), (a, d, c)]
+        self._marker_unit = v
+        for k, rgb in enumerate(colors_srgb):
+            mat = bpy.data.materials.new(f"marker_{k}")
+            mat.use_nodes = True
+            nt = mat.node_tree
+            out = nt.nodes.get("Material Output")
+            for n in list(nt.nodes):
+                if n != out:
+                    nt.nodes.remove(n)
+            em = nt.nodes.new("ShaderNodeEmission")
+            em.inputs["Color"].default_value = (*srgb_to_linear(np.asarray(rgb)).tolist(), 1.0)
+            em.inputs["Strength"].default_value = 1.0
+            nt.links.new(em.outputs["Emission"], out.inputs["Surface"])
+            self.materials[f"marker_{k}"] = mat
+            self.add_mesh(f"marker_{k}", v, np.asarray(f), f"marker_{k}")
+            self.objects[f"marker_{k}"].visible_shadow = False
+            self.set_visible(f"marker_{k}", False)
+
+    def set_markers(self, centres: np.ndarray | None, radius: float = 0.003) -> None:
+        """Show marker k at ``centres[k]`` (SMPL world, metres) with ``radius``; None hides all markers."""
+        k = 0
+        while f"marker_{k}" in self.objects:
+            show = centres is not None and k < len(centres)
+            self.set_visible(f"marker_{k}", show)
+            if show:
+                self.set_mesh(f"marker_{k}", vertices=self._marker_unit * radius + np.asarray(centres[k])[None])
+            k += 1
 
     def set_visible(self, name: str, visible: bool) -> None:
         ob = self.objects[name]
