@@ -129,7 +129,8 @@ def _mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _ellipsoid_front(x, y, cy, cz, rx, ry, rz):
     """Front (+Z) half of an axis-aligned ellipsoid as a height field, flattened where it would turn vertical."""
-    q = np.clip(1 - (x / rx) ** 2 - ((y - cy) / ry) ** 2, 0.0, None)
+    q = 1 - (x / rx) ** 2 - ((y - cy) / ry) ** 2
+    q = 0.5 * (q + np.sqrt(q * q + 0.05**2))  # smooth max(q, 0): no crease where the ellipsoid ends
     return cz + rz * np.sqrt(q + 0.02) / np.sqrt(1.02)
 
 
@@ -143,7 +144,7 @@ def _skull(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         h = np.clip(0.5 + 0.5 * (a - b) / k, 0.0, 1.0)
         return a * h + b * (1 - h) + k * h * (1 - h)
 
-    z = smax(_ellipsoid_front(x, y, *_CRANIUM), _ellipsoid_front(x, y, *_MIDFACE), 0.15)
+    z = smax(_ellipsoid_front(x, y, *_CRANIUM), _ellipsoid_front(x, y, *_MIDFACE), 0.35)
     return smax(z, _ellipsoid_front(x, y, *_JAW), 0.2)
 
 
