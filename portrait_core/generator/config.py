@@ -44,29 +44,41 @@ class RadianceConfig:
     """Extra feature channels baked into the textures for super-resolution."""
     input_scale: float = 2.0 / 0.24
     """Network units -> SIREN input scale (the official ``UniformBoxWarp(0.24)``)."""
+    body_prior_strength: float = 20.0
+    """Added to the raw sigma at canonical points near the canonical mean-shape body surface (a fixed buffer
+    computed at construction and stored in checkpoints), so an untrained generator already renders the head and
+    shoulders. 0 disables it (the official transparent start)."""
+    body_prior_thickness: float = 0.025
+    """Distance to the nearest body vertex (metres) at which the prior falls to half strength."""
+    body_prior_softness: float = 0.01
+    """Width (metres) of the prior's sigmoid fall-off."""
     mapping: MappingConfig = field(default_factory=MappingConfig)
 
 
 @dataclass(frozen=True)
 class ManifoldConfig:
-    """Latent-free manifold field ``s(x) = |x - centre| + MLP(x)`` (network units) and its K levels.
+    """Latent-free manifold field ``s(x) = |(x - centre) / axes| + MLP(x)`` (metres) and its K levels.
 
-    The MLP's last layer starts at zero, so the K levels start as nested spheres (shells) around the head; the
-    outermost level has radius ``radius_max``, the innermost ``radius_min``. Shells close around the head, so
-    back views (360 degree mode) intersect them like front views.
+    The MLP's last layer starts at zero, so the K levels start as nested ellipsoidal shells around the head,
+    wider than deep (``axes``) so that shoulders in the frame corners are crossed at a slant rather than grazed.
+    s grows outwards; level k is ``s = linspace(radius_max, radius_min, K)[k]`` (the shell's half-depth along Z).
+    Shells are closed and star-shaped about the centre, so back views (360 degree mode) cross them like front
+    views and the spherical texture map is one-to-one.
     """
 
     levels: int = 24
     width: int = 128
     hidden_layers: int = 3
-    centre: tuple[float, float, float] = (0.0, 0.13, 0.06)
-    """Shell centre, metres (canonical frame): between the portrait look-at point (0, 0.129, 0) and the face
-    centre (0, 0.151, 0.113), so shells up to ~0.2 m lie inside the portrait camera's near/far range from every
-    direction (outer shells are clipped by the near plane, as in the official frontal setting)."""
-    radius_max: float = 0.34
-    """Radius of the outermost level at initialisation, metres (covers the shoulders in the frame corners)."""
-    radius_min: float = 0.05
-    """Radius of the innermost level at initialisation, metres."""
+    centre: tuple[float, float, float] = C.PORTRAIT_LOOK_AT
+    """Shell centre, metres (canonical frame): the portrait camera's look-at point (0, 0.129, 0), mid-depth of
+    the torso, so that views from every yaw see the same shells and the front and back of the shoulders are
+    crossed in front of each ray's closest approach to the centre (not at grazing incidence)."""
+    axes: tuple[float, float, float] = (1.8, 1.3, 1.0)
+    """Relative semi-axes of the initial shells (x, y, z)."""
+    radius_max: float = 0.25
+    """Half-depth (along Z) of the outermost level at initialisation, metres."""
+    radius_min: float = 0.04
+    """Half-depth of the innermost level at initialisation, metres."""
     input_scale: float = 4.0
     """Network units (relative to the centre) -> MLP input scale."""
 
@@ -147,7 +159,9 @@ class RenderConfig:
     manifold_grid: int = 96
     """Side of the baked manifold-field grid (avatars); 0 evaluates the MLP directly."""
     manifold_grid_half_extent: float = 0.45
-    """Half-size of the cubic manifold grid around the shell centre, metres."""
+    """Half-size of the cubic manifold grid (and of the body-prior grid) around the shell centre, metres."""
+    prior_grid: int = 48
+    """Side of the body-prior grid."""
     expression_grid: int = 32
     """Side of the per-frame expression-deformation grid over the head box; 0 evaluates the network directly."""
     pose_grid: int = 32
@@ -199,7 +213,8 @@ def _validate(cfg: GeneratorConfig) -> None:
         problems.append("need 0 < manifold.radius_min < manifold.radius_max")
     if cfg.render.bake_radius <= cfg.manifold.radius_max:
         problems.append("render.bake_radius must exceed manifold.radius_max")
-    for name in ("resolution", "samples_per_ray", "texture_resolution", "bake_samples", "pose_grid", "chunk_size"):
+    for name in ("resolution", "samples_per_ray", "texture_resolution", "bake_samples", "pose_grid", "prior_grid",
+                 "chunk_size"):
         if getattr(cfg.render, name) < 2:
             problems.append(f"render.{name} must be >= 2, got {getattr(cfg.render, name)}")
     for name in ("manifold_grid", "expression_grid"):
@@ -227,7 +242,7 @@ def _small() -> GeneratorConfig:
         pose=PoseDeformConfig(kernel_size=3, passes=2),
         superres=SuperResConfig(scale=2, nf=32, nb=1, gc=16, up_channels=(32,), mapping=MappingConfig(hidden=128)),
         render=RenderConfig(resolution=64, samples_per_ray=32, texture_resolution=64, bake_samples=64,
-                            manifold_grid=64, expression_grid=20, pose_grid=16),
+                            manifold_grid=64, expression_grid=20, pose_grid=16, prior_grid=40),
     )
 
 
@@ -241,7 +256,8 @@ def _tiny() -> GeneratorConfig:
         pose=PoseDeformConfig(kernel_size=3, passes=1),
         superres=SuperResConfig(scale=2, nf=8, nb=1, gc=8, up_channels=(8,), mapping=MappingConfig(hidden=16, layers=2)),
         render=RenderConfig(resolution=32, samples_per_ray=24, texture_resolution=32, bake_samples=32,
-                            manifold_grid=32, expression_grid=12, pose_grid=12, chunk_size=16384),
+                            manifold_grid=32, expression_grid=12, pose_grid=12, prior_grid=16,
+                            chunk_size=16384),
     )
 
 

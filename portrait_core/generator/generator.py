@@ -103,6 +103,7 @@ class Generator(nn.Module):
             body = BodyModel.synthetic()
         self._helpers = {"body": body, "face": face}
         self._bake_cache: dict[str, tuple[tuple, object]] = {}
+        self.register_buffer("body_prior", self._body_prior_volume())
         self.update_w_avg(n=1024)
 
     # ------------------------------------------------------------------ helpers held outside the state dict
@@ -150,6 +151,29 @@ class Generator(nn.Module):
             groups["superres"] = list(self.superres.parameters())
             groups["superres_mapping"] = list(self.superres_mapping.parameters())
         return groups
+
+    @torch.no_grad()
+    def _body_prior_volume(self) -> Tensor:
+        """[1, 1, G, G, G] in [0, 1]: a thick shell around the canonical mean-shape body surface,
+        ``sigmoid((thickness - distance to the nearest vertex) / softness)``, over the manifold-grid box."""
+        rc, rad = self.cfg.render, self.cfg.radiance
+        g = rc.prior_grid
+        nodes = R.grid_points(self.shell_centre, rc.manifold_grid_half_extent, g).reshape(-1, 3)
+        vertices = self.body.canonical(torch.zeros(1, C.BODY_SHAPE_DIM, device=self.shell_centre.device)).vertices[0].to(nodes)
+        dist = torch.cat([torch.cdist(chunk, vertices).amin(-1) for chunk in nodes.split(4096)])
+        prior = torch.sigmoid((rad.body_prior_thickness - dist) / rad.body_prior_softness)
+        return prior.reshape(1, 1, g, g, g)
+
+    def canonical_radiance(self, points: Tensor, radiance_styles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The radiance field at canonical points [B, P, 3] (metres) plus the body prior on sigma:
+        rgb [B, P, 3] in [0, 1], sigma [B, P, 1] (raw), features [B, P, C]."""
+        rgb, sigma, feats = self.radiance(points, radiance_styles)
+        strength = self.cfg.radiance.body_prior_strength
+        if strength:
+            prior = R.sample_grid(self.body_prior.expand(points.shape[0], -1, -1, -1, -1), points, self.shell_centre,
+                                  self.cfg.render.manifold_grid_half_extent, "zeros")
+            sigma = sigma + strength * prior
+        return rgb, sigma, feats
 
     # ------------------------------------------------------------------ mapping and truncation
     def radiance_styles(self, latents: Latents, truncation: float = 1.0) -> Tensor:
@@ -304,9 +328,10 @@ class Generator(nn.Module):
         g = radiance_styles.shape[0]
         flat = hits.reshape(1, -1, 3).expand(g, -1, -1)
         if torch.is_grad_enabled():
-            rgb, sigma, feats = self.radiance(flat, radiance_styles)
+            rgb, sigma, feats = self.canonical_radiance(flat, radiance_styles)
         else:
-            parts = [self.radiance(chunk, radiance_styles) for chunk in flat.split(self.cfg.render.chunk_size, dim=1)]
+            parts = [self.canonical_radiance(chunk, radiance_styles)
+                     for chunk in flat.split(self.cfg.render.chunk_size, dim=1)]
             rgb, sigma, feats = (torch.cat(p, dim=1) for p in zip(*parts))
         alpha = R.alpha_from_sigma(sigma[..., 0], valid.reshape(1, -1), self.cfg.render.alpha_delta)
         texels = torch.cat([rgb, alpha[..., None], feats], -1)  # [G, T*T*L, 4 + C]
@@ -339,7 +364,7 @@ class Generator(nn.Module):
 
         def radiance(hits: Tensor, valid: Tensor):
             b, p, n_levels, _ = hits.shape
-            rgb, sigma, feats = self.radiance(hits.reshape(b, -1, 3), radiance_styles)
+            rgb, sigma, feats = self.canonical_radiance(hits.reshape(b, -1, 3), radiance_styles)
             alpha = R.alpha_from_sigma(sigma[..., 0].reshape(b, p, n_levels), valid, self.cfg.render.alpha_delta)
             return rgb.reshape(b, p, n_levels, 3), alpha, feats.reshape(b, p, n_levels, -1)
 

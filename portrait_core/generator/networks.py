@@ -150,11 +150,11 @@ class RadianceField(nn.Module):
 # --- manifold field ------------------------------------------------------------------------------------------
 
 class ManifoldField(nn.Module):
-    """Latent-free scalar field ``s(x) = |x_n - c_n| + MLP(x_n)`` (network units); level l is ``{s = l}``.
+    """Latent-free scalar field ``s(x) = |(x - c) / axes| + MLP(x_n)`` (metres); level l is ``{s = l}``.
 
-    The ReLU MLP's last layer is zero-initialised, so the levels ``linspace(r_max, r_min, K)`` (network units)
-    start as nested spheres around ``centre``; s grows outwards, so along a ray from outside the first
-    (decreasing) crossing of each level is the front of its shell, from any direction.
+    The ReLU MLP's last layer is zero-initialised, so the levels ``linspace(r_max, r_min, K)`` start as nested
+    ellipsoidal shells around ``centre``; s grows outwards, so along a ray from outside the first (decreasing)
+    crossing of each level is the front of its shell, from any direction. The MLP sees network units.
     """
 
     def __init__(self, cfg: ManifoldConfig):
@@ -172,22 +172,21 @@ class ManifoldField(nn.Module):
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.mlp = nn.Sequential(*layers)
-        centre_units = to_network_units(torch.tensor(cfg.centre, dtype=torch.float32))
-        self.register_buffer("centre_units", centre_units, persistent=False)
-        levels = torch.linspace(cfg.radius_max, cfg.radius_min, cfg.levels) / C.UNIT_METRES
-        self.register_buffer("levels", levels, persistent=False)
+        self.register_buffer("centre", torch.tensor(cfg.centre, dtype=torch.float32), persistent=False)
+        self.register_buffer("axes", torch.tensor(cfg.axes, dtype=torch.float32), persistent=False)
+        self.register_buffer("levels", torch.linspace(cfg.radius_max, cfg.radius_min, cfg.levels), persistent=False)
 
     def radial(self, points: Tensor) -> Tensor:
-        """The analytic shell part ``|x_n - c_n|`` [...] (network units)."""
-        return (to_network_units(points) - self.centre_units.to(points.dtype)).norm(dim=-1)
+        """The analytic shell part ``|(x - c) / axes|`` [...] (metres)."""
+        return ((points - self.centre.to(points.dtype)) / self.axes.to(points.dtype)).norm(dim=-1)
 
     def residual(self, points: Tensor) -> Tensor:
-        """The learned part ``MLP(x_n)`` [...] (network units)."""
-        x = (to_network_units(points) - self.centre_units.to(points.dtype)) * self.cfg.input_scale
-        return self.mlp(x).squeeze(-1)
+        """The learned part ``MLP(x_n)`` [...] (metres)."""
+        x = (points - self.centre.to(points.dtype)) / C.UNIT_METRES * self.cfg.input_scale
+        return self.mlp(x).squeeze(-1) * C.UNIT_METRES
 
     def forward(self, points: Tensor) -> Tensor:
-        """points [..., 3] metres -> s [...]."""
+        """points [..., 3] metres -> s [...] (metres)."""
         return self.radial(points) + self.residual(points)
 
 
