@@ -58,11 +58,11 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def dataset_root(tmp_path_factory) -> Path:
-    """A 32^2 dataset, generated once per session."""
+    """A 160-image 32^2 dataset, generated once per session."""
     from tests.train.fixtures import write_fixture_dataset
 
     root = tmp_path_factory.mktemp("data") / "fixture32"
-    write_fixture_dataset(root, count=48, resolution=32, face_resolution=32, seed=0)
+    write_fixture_dataset(root, count=160, resolution=32, face_resolution=32, seed=0)
     return root
 
 
