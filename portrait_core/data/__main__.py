@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="archive path (.zip)")
     s.add_argument("--resolution", type=int, default=None, help="resize portraits (default: keep)")
     s.add_argument("--face-resolution", type=int, default=None, help="resize face crops (default: keep)")
-    s.add_argument("--quality", type=int, default=90, help="WebP quality of portraits and face crops")
+    s.add_argument("--quality", type=int, default=85, help="WebP quality of portraits and face crops")
     s.set_defaults(func=_pack)
 
     s = sub.add_parser("convert", help="convert SHHQ-HS-style or 360PHQ data to Busto's format")

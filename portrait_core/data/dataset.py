@@ -44,12 +44,12 @@ def _resize(arr: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray
     from PIL import Image
 
     filt = {"lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR}[resample]
-    return np.asarray(Image.fromarray(arr).resize((size, size), filt))
+    return np.array(Image.fromarray(arr).resize((size, size), filt))
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float [3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 class PortraitDataset(Dataset):
