@@ -150,50 +150,82 @@ def evaluate_grid_sparse(
     stride: int = 4,
     chunk_size: int = 1 << 18,
     device: str | torch.device = "cpu",
+    max_rounds: int = 64,
 ) -> tuple[np.ndarray, float]:
-    """Coarse-to-fine grid: exact values only near the surface, a same-side fill elsewhere.
+    """Coarse-to-fine grid that follows the surface: exact values only in cells the surface passes through.
 
-    The field is evaluated on every ``stride``-th node; coarse cells whose corners straddle ``level`` (dilated by
-    one cell) are evaluated at full resolution, every other fine node gets the trilinear interpolation of the coarse
-    values (which cannot cross ``level`` inside a cell whose corners all lie on one side). Marching cubes on the
-    result equals the dense result wherever the surface does not hide entirely between coarse nodes (features
-    thinner than ``stride`` voxels can be lost). Returns (grid float32 [Rx,Ry,Rz], fraction of nodes evaluated).
+    1. The field is evaluated on every ``stride``-th node (coarse cells of ``stride``³ voxels).
+    2. Cells whose corners straddle ``level`` are evaluated at full resolution.
+    3. Wherever the exact values on a cell face straddle ``level``, the surface continues into the neighbour cell,
+       which is evaluated too; repeated until no face of an evaluated cell leads anywhere new.
+    Every other node gets the trilinear interpolation of the coarse values (on the cell's side of ``level``).
+    Marching cubes on the result equals the dense result for every surface component that crosses at least one
+    coarse edge; components hidden entirely inside one coarse cell (thinner than ``stride`` voxels) are lost.
+    Returns (grid float32 [Rx,Ry,Rz], fraction of nodes evaluated).
     """
     import torch.nn.functional as F
 
     res = _resolution3(resolution)
     lo, hi = _bounds_arrays(bounds)
     step = (hi - lo) / (np.asarray(res) - 1)
-    nc = [math.ceil((r - 1) / stride) + 1 for r in res]  # coarse nodes per axis (may overhang the box)
-    hi_c = lo + (np.asarray(nc) - 1) * stride * step
+    nc = [math.ceil((r - 1) / stride) + 1 for r in res]  # coarse nodes per axis (the last may overhang the box)
+    nf = [(n - 1) * stride + 1 for n in nc]  # fine nodes of the (overhanging) working grid
+    hi_c = lo + (np.asarray(nf) - 1) * step
     coarse = torch.from_numpy(evaluate_grid(field_fn, (lo, hi_c), nc, chunk_size=chunk_size, device=device))
-    inside = coarse >= level
-    c5 = inside[None, None].float()
-    any_in = F.max_pool3d(c5, 2, stride=1)
-    all_in = -F.max_pool3d(-c5, 2, stride=1)
-    active = (any_in != all_in).float()  # [1,1,nc-1...] cells with a sign change
-    active = F.max_pool3d(active, 3, stride=1, padding=1)[0, 0] > 0
-    nfine = [(n - 1) * stride + 1 for n in nc]
-    fine = F.interpolate(coarse[None, None], size=nfine, mode="trilinear", align_corners=True)[0, 0]
-    fine = fine[: res[0], : res[1], : res[2]].contiguous()
-    # fine nodes of active cells: cell c covers nodes [c*stride, (c+1)*stride] inclusive
-    mask = active.repeat_interleave(stride, 0).repeat_interleave(stride, 1).repeat_interleave(stride, 2)
-    mask = F.pad(mask[None, None].float(), (0, 1, 0, 1, 0, 1))[0, 0] > 0
-    shifted = mask.clone()
-    shifted[1:] |= mask[:-1]
-    shifted[:, 1:] |= shifted[:, :-1].clone()
-    shifted[:, :, 1:] |= shifted[:, :, :-1].clone()
-    mask = shifted[: res[0], : res[1], : res[2]]
-    idx = mask.nonzero()
+    c5 = (coarse >= level)[None, None].float()
+    cells = (F.max_pool3d(c5, 2, stride=1) != -F.max_pool3d(-c5, 2, stride=1))[0, 0]  # [nc-1]^3, corner change
+    fine = F.interpolate(coarse[None, None], size=nf, mode="trilinear", align_corners=True)[0, 0].contiguous()
+    flat = fine.view(-1)
+    nb = [math.ceil(n / stride) for n in nf]  # node blocks per axis: block b = nodes [b*stride, (b+1)*stride)
+    blocks_done = torch.zeros(nb, dtype=torch.bool)
+    r = torch.arange(stride)
+    offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)  # [stride^3, 3]
+    nf_t = torch.tensor(nf)
     lo_t = torch.as_tensor(lo, dtype=torch.float32, device=device)
     step_t = torch.as_tensor(step, dtype=torch.float32, device=device)
-    flat = fine.view(-1)
-    strides = torch.tensor([res[1] * res[2], res[2], 1])
-    for s in range(0, idx.shape[0], chunk_size):
-        ijk = idx[s:s + chunk_size]
-        pts = lo_t + ijk.to(device=device, dtype=torch.float32) * step_t
-        flat[(ijk * strides).sum(1)] = _eval_points(field_fn, pts).cpu()
-    return fine.numpy(), float(idx.shape[0] + coarse.numel()) / float(np.prod(res))
+    strides = torch.tensor([nf[1] * nf[2], nf[2], 1])
+    checked = torch.zeros_like(cells)
+    cells_shape = torch.tensor(cells.shape)
+    unit = torch.eye(3, dtype=torch.long)
+    r1 = torch.arange(stride + 1)
+    uu, vv = (t.reshape(-1) for t in torch.meshgrid(r1, r1, indexing="ij"))
+    zero = torch.zeros_like(uu)
+    face_offsets = [torch.stack(o, -1) for o in ((zero, uu, vv), (uu, zero, vv), (uu, vv, zero))]
+    n_eval = 0
+    for _ in range(max_rounds):
+        # node blocks touched by the active cells: a cell's closed node range spans blocks c and c+1 per axis
+        need = torch.zeros(nb, dtype=torch.bool)
+        cx, cy, cz = cells.shape
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    need[dx:dx + cx, dy:dy + cy, dz:dz + cz] |= cells
+        new = need & ~blocks_done
+        if not bool(new.any()):
+            break
+        blocks_done |= new
+        ijk = (new.nonzero()[:, None, :] * stride + offsets[None]).reshape(-1, 3)
+        ijk = ijk[(ijk < nf_t).all(1)]
+        n_eval += ijk.shape[0]
+        for i0 in range(0, ijk.shape[0], chunk_size):
+            c = ijk[i0:i0 + chunk_size]
+            pts = lo_t + c.to(device=device, dtype=torch.float32) * step_t
+            flat[(c * strides).sum(1)] = _eval_points(field_fn, pts).cpu()
+        # faces of the newly exact cells whose values straddle the level: the surface continues next door
+        fresh = cells & ~checked
+        checked |= fresh
+        cidx = fresh.nonzero()  # [M, 3]
+        for axis in range(3):
+            for side in (0, 1):
+                nodes = (cidx * stride)[:, None, :] + face_offsets[axis][None] + side * stride * unit[axis]
+                inside = flat[(nodes * strides).sum(-1)] >= level  # [M, (stride+1)^2]
+                mixed = inside.any(1) & ~inside.all(1)
+                nbr = cidx[mixed] + (1 if side else -1) * unit[axis]
+                ok = (nbr >= 0).all(1) & (nbr < cells_shape).all(1)
+                nbr = nbr[ok]
+                cells[nbr[:, 0], nbr[:, 1], nbr[:, 2]] = True
+    out = fine[: res[0], : res[1], : res[2]].contiguous()
+    return out.numpy(), float(n_eval + coarse.numel()) / float(np.prod(res))
 
 
 # --- marching cubes and clean-up ---------------------------------------------------------------------------------
@@ -423,7 +455,7 @@ def extract_mesh(
     bounds: Bounds | None = None,
     colors: bool = True,
     posed_from: str = "lbs",
-    color_samples: int | None = 8,
+    color_samples: int | None = 4,
     **kw,
 ) -> Mesh:
     """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.

@@ -322,13 +322,54 @@ def morphs_from_displacement(
 
 @torch.no_grad()
 def expression_morphs(avatar, mesh, components: int | Sequence[int | str] = 8, scale: float = MORPH_SCALE,
-                      iterations: int = 4) -> dict[str, np.ndarray]:
+                      iterations: int = 4, exact: bool = False) -> dict[str, np.ndarray]:
     """Expression morph targets of an ``Avatar`` for a canonical mesh: delta_k = deformed - neutral vertex positions
-    for expression ``scale · e_k`` (``avatar.expression_displacement``: forward solve of the generator's backward
-    expression offsets). Returns ``{name: [V,3]}`` in :func:`morph_basis` order."""
+    for expression ``scale · e_k``, i.e. the forward solve ``y + Delta(y) = x`` (``iterations`` fixed-point steps
+    ``y <- x - Delta(y)``) of the generator's backward expression offsets Delta.
+
+    ``exact=False`` (default) uses the per-expression head-box grid the renderer itself uses
+    (``Generator.expression_offsets_fn``; all K targets in one batch); ``exact=True`` evaluates the network
+    (``Avatar.expression_displacement``). Only vertices inside the head box are evaluated (Delta is zero outside).
+    Returns ``{name: [V,3] float32}`` in :func:`morph_basis` order.
+    """
     names, E = morph_basis(components, scale)
+    v = np.asarray(mesh.vertices)
+    region = _expression_region(avatar, v)
+    out = {name: np.zeros(v.shape, np.float32) for name in names}
+    if not names or not region.any():
+        return out
+    x = torch.from_numpy(np.ascontiguousarray(v[region], dtype=np.float32))
+    g = getattr(avatar, "generator", None)
+    if not exact and g is not None and hasattr(g, "expression_offsets_fn"):
+        dt = next(g.parameters()).dtype
+        dev = avatar.device
+        ident = avatar.latents.identity.to(dev, dt).expand(len(names), -1)
+        delta_fn = g.expression_offsets_fn(ident, torch.as_tensor(E, dtype=dt, device=dev))
+        xb = x.to(dev, dt)[None].expand(len(names), -1, -1)
+        y = xb.clone()
+        for _ in range(iterations):
+            y = xb - delta_fn(y)
+        d = (y - xb).cpu().numpy().astype(np.float32)
+        if not np.all(np.isfinite(d)):
+            raise ValueError("expression morphs: the expression deformation returned non-finite values")
+        for k, name in enumerate(names):
+            out[name][region] = d[k]
+        return out
     fn = lambda p, e: avatar.expression_displacement(p, e, iterations=iterations)  # noqa: E731
-    return morphs_from_displacement(fn, mesh.vertices, names, E)
+    for name, d in morphs_from_displacement(fn, x.numpy(), names, E).items():
+        out[name][region] = d
+    return out
+
+
+def _expression_region(avatar, vertices: np.ndarray, margin: float = 0.005) -> np.ndarray:
+    """Vertices that an expression can move: inside the generator's head box (its deformation window is zero outside,
+    so a point outside is its own fixed point); all vertices when the avatar has no such box."""
+    cfg = getattr(getattr(getattr(avatar, "generator", None), "cfg", None), "expression", None)
+    centre = getattr(cfg, "head_box_centre", None)
+    half = getattr(cfg, "head_box_half_extent", None)
+    if centre is None or half is None:
+        return np.ones(len(vertices), bool)
+    return np.all(np.abs(vertices - np.asarray(centre)) <= np.asarray(half) + margin, axis=1)
 
 
 def morph_weights(expressions: np.ndarray, basis: np.ndarray) -> np.ndarray:
