@@ -51,7 +51,8 @@ def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
 
 
 def open_dataset(root: str | os.PathLike, resolution: int, face_resolution: int, mirror: bool):
-    from portrait_core.data import PortraitDataset
+    """``portrait_core.data.dataset.PortraitDataset`` (mirror appends x-flipped copies with mirrored labels)."""
+    from portrait_core.data.dataset import PortraitDataset
 
     return PortraitDataset(str(root), resolution=resolution, face_resolution=face_resolution, mirror=mirror)
 
@@ -70,6 +71,13 @@ class LabelTable:
 
     def __len__(self) -> int:
         return self.camera.shape[0]
+
+    @classmethod
+    def from_dataset(cls, dataset) -> LabelTable:
+        """From a PortraitDataset's label arrays (any source format it reads); falls back to labels.json."""
+        if hasattr(dataset, "labels") and callable(dataset.labels):
+            return cls(**{k: torch.from_numpy(np.asarray(dataset.labels(k), dtype=np.float32)) for k in LABEL_KEYS})
+        return cls.from_labels_json(dataset.root)
 
     @classmethod
     def from_labels_json(cls, root: str | os.PathLike) -> LabelTable:

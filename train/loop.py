@@ -622,7 +622,7 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
         if rank == 0 else Path(cfg.data.root)
     dist.barrier()
     dataset = tdata.open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
-    table = LabelTable.from_labels_json(root)
+    table = LabelTable.from_dataset(dataset)
     st = build_state(cfg, device, table.identity)
     st.order = GlobalOrder(len(dataset), cfg.seed)
     stream = RealStream(dataset, st.order, cfg.optim.batch, rank, world, cfg.data.workers)

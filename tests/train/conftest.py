@@ -16,7 +16,7 @@ from train.config import preset
 
 def _has_portrait_dataset() -> bool:
     try:
-        from portrait_core.data import PortraitDataset  # noqa: F401
+        from portrait_core.data.dataset import PortraitDataset  # noqa: F401
     except ImportError:
         return False
     return True
@@ -90,7 +90,7 @@ def face_recon_ckpt(dataset_root, tmp_path_factory) -> Path:
 
     ds = _FixtureReader(dataset_root, 32, 32) if not _has_portrait_dataset() else None
     if ds is None:
-        from portrait_core.data import PortraitDataset
+        from portrait_core.data.dataset import PortraitDataset
 
         ds = PortraitDataset(str(dataset_root), resolution=32, face_resolution=32, mirror=False)
     data = FR.collect(ds, FR.default_projector())

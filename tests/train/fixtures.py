@@ -76,7 +76,7 @@ def write_fixture_dataset(root: Path, count: int = 48, resolution: int = 32, fac
             body_shape=betas[i].numpy(),
             camera_angles={"pitch": float(pitch[i]), "yaw": float(yaw[i]), "radius": C.PORTRAIT_RADIUS}))
     info = make_info(resolution=resolution, face_resolution=face_resolution, yaw_mode="frontal",
-                     generator="tests/train/fixtures.py", seed=seed, count=count)
+                     generator="tests/train/fixtures.py", seed=seed, count=count, face_model="synthetic")
     write_labels(root, info, records)
     return root
 

@@ -11,7 +11,7 @@ from train import face_recon as FR
 
 def _dataset(root):
     if _has_portrait_dataset():
-        from portrait_core.data import PortraitDataset
+        from portrait_core.data.dataset import PortraitDataset
 
         return PortraitDataset(str(root), resolution=32, face_resolution=32, mirror=False)
     return _FixtureReader(root, 32, 32)

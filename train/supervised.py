@@ -1,0 +1,586 @@
+"""Supervised warm start: fit the generator directly to a fully labelled synthetic dataset (SynthPortrait).
+
+``python -m train.supervised --data DIR --preset small --steps N --out RUN [options]``
+
+SynthPortrait labels everything that made each render, so the generator can be regressed onto the images instead
+of learning them adversarially (which needs far more compute than a CPU has):
+
+* identity latent = the record's 3DMM identity coefficients;
+* noise latent    = the deterministic 80-d appearance code of :mod:`portrait_core.assets.appearance` (skin, hair
+  colour, one-hot hair style / clothing pattern / neckline from ``extra``, plus the clothing colour and contrast
+  measured in the renders of the same identity), zero-padded;
+* controls        = the labelled pose, expression and body shape;
+* camera          = the labelled portrait camera (portrait depth range), and the labelled face camera for the face
+  crop.
+
+Losses (weights on the command line): L1 on the ray-resolution image and alpha against area-downsampled targets
+(full frames, or with probability ``--patch-prob`` a random window at ``--patch-scale`` times the density, so
+detail is supervised at the cost of a small render), an L1 on image gradients, L1 on the face-camera render vs the
+face crop, and the training package's deformation regularisers (``train.losses``: 3DMM imitation, expression
+smoothness, minimal deformation, pose-grid smoothness). Super-resolution is not trained here (it starts as a
+near-bilinear upsampler; see ``StyleRRDBNet``).
+
+The run folder gets ``state.pt`` (resumable: generator, optimizer, step, RNG), ``generator.safetensors`` (a
+``portrait_core.generator`` checkpoint whose ``info`` records the method and the appearance layout),
+``samplers.safetensors`` (:class:`portrait_core.assets.DefaultSamplers` tables of the training labels),
+``log.jsonl``, ``eval.json`` (held-out metrics) and ``samples/*.png`` (held-out target | render | alpha).
+Re-running with the same ``--out`` resumes. ``--eval-only`` just evaluates ``generator.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from portrait_core import conventions as C
+from portrait_core.assets import DefaultSamplers
+from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS, appearance_code, clothing_colour_stats
+from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator, save_generator
+from portrait_core.geometry.camera import Camera
+from train import losses as L
+
+__all__ = ["SupervisedData", "SupervisedConfig", "build_parser", "main", "train_supervised", "evaluate_heldout",
+           "portrait_camera", "face_camera", "window_camera", "downsample"]
+
+METHOD = "busto-supervised-warm-start"
+
+
+# ------------------------------------------------------------------------------------------------- data
+class SupervisedData:
+    """All images, masks, face crops, labels and appearance codes of a Busto-format dataset, held in memory.
+
+    ``holdout``: how many identities (by ``extra.identity_index``, else per record) to keep out of training, the
+    last ones of the file. Records without ``extra`` get the neutral description (grey clothing) and a warning."""
+
+    def __init__(self, root: str | os.PathLike, holdout: int = 0, limit: int | None = None):
+        from PIL import Image
+
+        from portrait_core.data.labels import load_labels_json
+
+        self.root = Path(root)
+        doc = load_labels_json(self.root / "labels.json")
+        recs = list(doc.get("images") or [])
+        if limit:
+            recs = recs[:limit]
+        if not recs:
+            raise ValueError(f"{self.root}/labels.json has no image records")
+        self.info = doc.get("info", {})
+        imgs, masks, faces = [], [], []
+        for r in recs:
+            img = np.asarray(Image.open(self.root / r["image"]).convert("RGB"))
+            mask = np.asarray(Image.open(self.root / r["mask"]).convert("L")) if r.get("mask") else \
+                np.full(img.shape[:2], 255, np.uint8)
+            if not r.get("face"):
+                raise ValueError(f"{self.root}: record {r.get('name')} has no face crop (the supervised warm start "
+                                 f"needs the face-camera renders)")
+            face = np.asarray(Image.open(self.root / r["face"]).convert("RGB"))
+            imgs.append(img)
+            masks.append(mask)
+            faces.append(face)
+        if len({i.shape for i in imgs}) != 1 or len({f.shape for f in faces}) != 1:
+            raise ValueError(f"{self.root}: images (and face crops) must all have one size")
+        self.image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
+        self.mask = torch.from_numpy(np.stack(masks))[:, None].contiguous()  # uint8 [N, 1, H, W]
+        self.face = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).contiguous()
+        f32 = lambda k: torch.tensor(np.asarray([r[k] for r in recs], dtype=np.float32))  # noqa: E731
+        self.camera, self.face_camera = f32("camera"), f32("face_camera")
+        self.pose, self.expression = f32("pose"), f32("expression")
+        self.identity, self.body_shape = f32("identity"), f32("body_shape")
+        # identities: records sharing extra.identity_index (views of one avatar)
+        keys = []
+        for i, r in enumerate(recs):
+            extra = r.get("extra") or {}
+            keys.append(extra.get("identity_index", f"record{i}"))
+        order = list(dict.fromkeys(keys))
+        self.identity_of = torch.tensor([order.index(k) for k in keys])
+        self.num_identities = len(order)
+        self.appearance = self._codes(recs, imgs, masks)
+        held = set(range(max(0, self.num_identities - holdout), self.num_identities)) if holdout else set()
+        is_held = torch.tensor([int(k) in held for k in self.identity_of.tolist()])
+        self.train_index = torch.nonzero(~is_held)[:, 0]
+        self.heldout_index = torch.nonzero(is_held)[:, 0]
+        if self.train_index.numel() == 0:
+            raise ValueError(f"holdout={holdout} leaves no training images ({self.num_identities} identities)")
+        self.names = [r.get("name", str(i)) for i, r in enumerate(recs)]
+
+    def _codes(self, recs, imgs, masks) -> Tensor:
+        """[N, 80] appearance codes; clothing colour statistics averaged over each identity's views."""
+        stats = [clothing_colour_stats(im, m) for im, m in zip(imgs, masks)]
+        n_id = self.num_identities
+        mean = np.zeros((n_id, 3))
+        spread = np.zeros((n_id, 3))
+        count = np.zeros(n_id)
+        for k, (mu, sd) in zip(self.identity_of.tolist(), stats):
+            mean[k] += mu
+            spread[k] += sd
+            count[k] += 1
+        mean /= count[:, None]
+        spread /= count[:, None]
+        codes, missing = [], 0
+        for i, r in enumerate(recs):
+            extra = r.get("extra")
+            if not extra or "skin" not in extra:
+                missing += 1
+                extra = {"skin": [0.7, 0.55, 0.45], "hair_colour": [0.1, 0.08, 0.08], "hair_style": "short",
+                         "clothing": "solid", "neckline": "crew"}
+            k = int(self.identity_of[i])
+            codes.append(appearance_code(extra, mean[k], spread[k]))
+        if missing:
+            import warnings
+
+            warnings.warn(f"{self.root}: {missing} record(s) have no appearance description in 'extra'; they use "
+                          f"a neutral one (only the measured clothing colour differs)", stacklevel=3)
+        return torch.from_numpy(np.stack(codes))
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def resolution(self) -> int:
+        return self.image.shape[-1]
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        """Float tensors for records ``idx``: image/face in [-1, 1], mask in [0, 1], labels, appearance."""
+        return {"image": self.image[idx].float() / 127.5 - 1, "mask": self.mask[idx].float() / 255,
+                "face": self.face[idx].float() / 127.5 - 1, "camera": self.camera[idx],
+                "face_camera": self.face_camera[idx], "pose": self.pose[idx], "expression": self.expression[idx],
+                "identity": self.identity[idx], "body_shape": self.body_shape[idx],
+                "appearance": self.appearance[idx]}
+
+    def samplers(self, index: Tensor | None = None) -> DefaultSamplers:
+        """Label-sampler tables of records ``index`` (default: the training split): one (identity, body shape,
+        appearance) row per identity, one (camera, pose, expression) row per image."""
+        index = self.train_index if index is None else index
+        first = {}
+        for i in index.tolist():
+            first.setdefault(int(self.identity_of[i]), i)
+        rows = torch.tensor(sorted(first.values()))
+        return DefaultSamplers(identity=self.identity[rows], body_shape=self.body_shape[rows],
+                               appearance=self.appearance[rows], camera=self.camera[index], pose=self.pose[index],
+                               expression=self.expression[index])
+
+
+# ---------------------------------------------------------------------------------------------- cameras
+def portrait_camera(label: Tensor) -> Camera:
+    """Portrait camera of 25-float labels, depth range radius -/+ PORTRAIT_DEPTH_HALF_RANGE about the look-at point
+    (the same rule as the GAN training loop)."""
+    cam = Camera.from_label25(label)
+    r = (cam.origin - cam.origin.new_tensor(C.PORTRAIT_LOOK_AT)).norm(dim=-1)
+    return cam.with_near_far(r - C.PORTRAIT_DEPTH_HALF_RANGE, r + C.PORTRAIT_DEPTH_HALF_RANGE)
+
+
+def face_camera(label: Tensor) -> Camera:
+    """Face camera of 25-float labels (it orbits the posed face centre at FACE_RADIUS)."""
+    cam = Camera.from_label25(label)
+    return cam.with_near_far(C.FACE_RADIUS - C.FACE_DEPTH_HALF_RANGE, C.FACE_RADIUS + C.FACE_DEPTH_HALF_RANGE)
+
+
+def window_camera(cam: Camera, u0: Tensor, v0: Tensor, size: Tensor | float) -> Camera:
+    """The camera whose full frame is the window [u0, u0 + size] x [v0, v0 + size] (normalised image
+    coordinates, per batch entry) of ``cam``'s frame: fx' = fx / size, cx' = (cx - u0) / size (same for y)."""
+    K = cam.intrinsics.clone()
+    size = torch.as_tensor(size, dtype=K.dtype, device=K.device).expand(K.shape[0])
+    K[:, 0, 0] = K[:, 0, 0] / size
+    K[:, 0, 1] = K[:, 0, 1] / size
+    K[:, 1, 1] = K[:, 1, 1] / size
+    K[:, 0, 2] = (K[:, 0, 2] - u0) / size
+    K[:, 1, 2] = (K[:, 1, 2] - v0) / size
+    return Camera(cam.cam2world, K, cam.near, cam.far)
+
+
+def downsample(x: Tensor, size: int) -> Tensor:
+    """Area (box) downsampling [B, C, H, W] -> [B, C, size, size] (antialiased bicubic when not a divisor)."""
+    if x.shape[-1] == size:
+        return x
+    if x.shape[-1] % size == 0:
+        return F.avg_pool2d(x, x.shape[-1] // size)
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+
+
+# ----------------------------------------------------------------------------------------------- config
+@dataclass
+class SupervisedConfig:
+    data: str
+    out: str
+    preset: str = "small"
+    generator_overrides: str = "{}"
+    steps: int = 1000
+    batch: int = 4
+    resolution: int = 32
+    face_resolution: int = 24
+    patch_prob: float = 0.5
+    patch_scale: int = 2
+    lr: float = 5e-4
+    lr_manifold_scale: float = 0.3
+    lr_min_fraction: float = 0.1
+    w_image: float = 1.0
+    w_alpha: float = 1.0
+    w_grad: float = 0.2
+    w_face: float = 0.5
+    w_imitation: float = 10.0
+    w_smooth_expression: float = 1.0
+    w_minimal_deformation: float = 0.1
+    w_smooth_pose: float = 1.0
+    pose_reg_every: int = 4
+    reg_points: int = 128
+    smooth_jitter: float = 0.01
+    holdout: int = 16
+    seed: int = 0
+    threads: int = 2
+    minutes: float = 0.0
+    save_every_s: float = 300.0
+    sample_every: int = 50
+    eval_resolution: int = 64
+    init: str = ""
+    limit: int = 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.supervised", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = SupervisedConfig(data="", out="")
+    p.add_argument("--data", required=True, help="Busto-format dataset with full labels (SynthPortrait)")
+    p.add_argument("--out", required=True, help="run folder (resumes if it holds state.pt)")
+    p.add_argument("--preset", default=d.preset, help="generator preset: tiny, small, paper")
+    p.add_argument("--generator-overrides", default=d.generator_overrides,
+                   help="JSON dict of generator config overrides, e.g. '{\"render\": {\"samples_per_ray\": 24}}'")
+    p.add_argument("--steps", type=int, default=d.steps, help="total optimisation steps")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--resolution", type=int, default=d.resolution, help="training ray resolution (portrait)")
+    p.add_argument("--face-resolution", type=int, default=d.face_resolution, help="training face-camera resolution")
+    p.add_argument("--patch-prob", type=float, default=d.patch_prob,
+                   help="probability of a step on random windows instead of full frames")
+    p.add_argument("--patch-scale", type=int, default=d.patch_scale,
+                   help="windows are rendered at this many times the full-frame pixel density")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-manifold-scale", type=float, default=d.lr_manifold_scale)
+    p.add_argument("--lr-min-fraction", type=float, default=d.lr_min_fraction,
+                   help="cosine decay of the learning rate to this fraction at --steps")
+    for name in ("image", "alpha", "grad", "face", "imitation", "smooth_expression", "minimal_deformation",
+                 "smooth_pose"):
+        p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
+                       dest=f"w_{name}")
+    p.add_argument("--pose-reg-every", type=int, default=d.pose_reg_every)
+    p.add_argument("--reg-points", type=int, default=d.reg_points)
+    p.add_argument("--holdout", type=int, default=d.holdout, help="identities held out for evaluation")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget (0: none); saves and stops")
+    p.add_argument("--save-every-s", type=float, default=d.save_every_s)
+    p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: never)")
+    p.add_argument("--eval-resolution", type=int, default=d.eval_resolution)
+    p.add_argument("--init", default=d.init, help="initialise from a generator checkpoint (.safetensors)")
+    p.add_argument("--limit", type=int, default=d.limit, help="use only the first N records (0: all)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate OUT/generator.safetensors and exit")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def image_gradient_l1(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 between horizontal and vertical finite differences of two images [B, C, H, W]."""
+    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]  # noqa: E731
+    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]  # noqa: E731
+    return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
+
+
+def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor, body_shape: Tensor,
+                             pose: Tensor | None, n: int, jitter: float, gen: torch.Generator) -> dict[str, Tensor]:
+    """3DMM imitation at random 3DMM vertices, expression smoothness and minimal deformation at random head-box
+    points, and (when ``pose`` is given) the pose-grid smoothness - the GAN loop's regularisers, via train.losses."""
+    b = identity.shape[0]
+    face = G.face
+    with torch.no_grad():
+        idx = torch.randint(face.num_vertices, (n,), generator=gen)
+        verts = face.vertices(identity, expression)[:, idx]
+        offsets = face.expression_offsets(identity, expression)[:, idx]
+        T = G.body.face_transform(body_shape)
+        pts = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
+        target = -(offsets @ T[:, :3, :3].transpose(1, 2))
+        box = G.head_box_centre + (torch.rand(1, n, 3, generator=gen) * 2 - 1) * G.head_box_half
+        box = box.expand(b, -1, -1)
+        jit = torch.randn(1, 2 * n, 3, generator=gen).expand(b, -1, -1) * jitter
+    all_pts = torch.cat([pts, box], 1)
+    delta_all = G.expression_deformation(torch.cat([all_pts, all_pts + jit], 1), identity, expression)
+    delta, delta_j = delta_all[:, :2 * n], delta_all[:, 2 * n:]
+    out = {"imitation": L.imitation(delta[:, :n], target), "smooth_expression": L.smoothness(delta, delta_j, jitter),
+           "minimal_deformation": L.minimal_deformation(delta[:, n:])}
+    if pose is not None:
+        out["smooth_pose"] = L.grid_smoothness(G.pose_volume(G.body.posed(body_shape, pose)))
+    return out
+
+
+def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tensor], step: int,
+                      gen: torch.Generator) -> dict[str, Tensor]:
+    """Unweighted loss terms of one step plus ``total`` (weighted)."""
+    b = batch["identity"].shape[0]
+    latents = Latents(batch["identity"], batch["appearance"])
+    controls = Controls(batch["pose"], batch["expression"], batch["body_shape"])
+    res = cfg.resolution
+    cam = portrait_camera(batch["camera"])
+    image, mask = batch["image"], batch["mask"]
+    use_patch = cfg.patch_scale > 1 and torch.rand((), generator=gen).item() < cfg.patch_prob
+    if use_patch:
+        eff = res * cfg.patch_scale
+        image, mask = downsample(image, eff), downsample(mask, eff)
+        i0 = torch.randint(eff - res + 1, (b,), generator=gen)
+        j0 = torch.randint(eff - res + 1, (b,), generator=gen)
+        cam = window_camera(cam, j0.float() / eff, i0.float() / eff, res / eff)
+        rows = i0[:, None] + torch.arange(res)[None]  # [B, res]
+        cols = j0[:, None] + torch.arange(res)[None]
+        bi = torch.arange(b)[:, None, None]
+        image = image.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        mask = mask.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    else:
+        image, mask = downsample(image, res), downsample(mask, res)
+    out = G(latents, controls, cam, resolution=res)
+    terms = {"image": (out.image_lr - image).abs().mean(), "alpha": (out.alpha_lr - mask).abs().mean(),
+             "grad": image_gradient_l1(out.image_lr, image)}
+    if cfg.w_face > 0:
+        face_out = G(latents, controls, face_camera(batch["face_camera"]), resolution=cfg.face_resolution)
+        terms["face"] = (face_out.image_lr - downsample(batch["face"], cfg.face_resolution)).abs().mean()
+    pose_reg = cfg.w_smooth_pose > 0 and cfg.pose_reg_every > 0 and step % cfg.pose_reg_every == 0
+    terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"],
+                                          batch["pose"] if pose_reg else None, cfg.reg_points, cfg.smooth_jitter, gen))
+    total = sum(getattr(cfg, f"w_{k}") * v for k, v in terms.items())
+    terms["total"] = total
+    terms["patch"] = torch.tensor(float(use_patch))
+    return terms
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_heldout(G: Generator, data: SupervisedData, index: Tensor, resolution: int = 64,
+                     batch: int = 4, super_resolve: bool = False) -> dict[str, float]:
+    """Render the records ``index`` with their own labels and compare with the area-downsampled renders:
+    image L1 and PSNR (on [0, 1] colours), alpha L1 and IoU (alpha > 0.5), face-crop L1 and PSNR."""
+    sums = {"l1": 0.0, "mse": 0.0, "alpha_l1": 0.0, "iou": 0.0, "face_l1": 0.0, "face_mse": 0.0}
+    psnrs, face_psnrs = [], []
+    n = 0
+    was_training = G.training
+    G.eval()
+    for start in range(0, index.numel(), batch):
+        idx = index[start:start + batch]
+        bt = data.batch(idx)
+        lat = Latents(bt["identity"], bt["appearance"])
+        ctl = Controls(bt["pose"], bt["expression"], bt["body_shape"])
+        out = G(lat, ctl, portrait_camera(bt["camera"]), resolution=resolution, super_resolve=super_resolve)
+        size = out.image.shape[-1]
+        tgt, msk = downsample(bt["image"], size), downsample(bt["mask"], size)
+        pred01, tgt01 = (out.image + 1) / 2, (tgt + 1) / 2
+        err = (pred01 - tgt01)
+        mse = err.square().flatten(1).mean(1)
+        sums["l1"] += float(err.abs().flatten(1).mean(1).sum())
+        sums["mse"] += float(mse.sum())
+        psnrs += (-10 * torch.log10(mse.clamp_min(1e-10))).tolist()
+        sums["alpha_l1"] += float((out.alpha - msk).abs().flatten(1).mean(1).sum())
+        a, m = out.alpha > 0.5, msk > 0.5
+        sums["iou"] += float(((a & m).flatten(1).sum(1) / (a | m).flatten(1).sum(1).clamp_min(1)).sum())
+        fres = min(resolution, data.face.shape[-1])
+        fo = G(lat, ctl, face_camera(bt["face_camera"]), resolution=fres)
+        ferr = (fo.image_lr + 1) / 2 - (downsample(bt["face"], fres) + 1) / 2
+        fmse = ferr.square().flatten(1).mean(1)
+        sums["face_l1"] += float(ferr.abs().flatten(1).mean(1).sum())
+        sums["face_mse"] += float(fmse.sum())
+        face_psnrs += (-10 * torch.log10(fmse.clamp_min(1e-10))).tolist()
+        n += idx.numel()
+    G.train(was_training)
+    res = {k: v / max(n, 1) for k, v in sums.items()}
+    res["psnr"] = float(np.mean(psnrs)) if psnrs else float("nan")
+    res["face_psnr"] = float(np.mean(face_psnrs)) if face_psnrs else float("nan")
+    res["images"] = n
+    res["resolution"] = int(out.image.shape[-1]) if n else resolution
+    return res
+
+
+@torch.no_grad()
+def sample_grid(G: Generator, data: SupervisedData, index: Tensor, path: Path, resolution: int = 64) -> Path:
+    """PNG with one row per record: target | render | render alpha | face target | face render."""
+    from PIL import Image
+
+    was_training = G.training
+    G.eval()
+    bt = data.batch(index)
+    lat = Latents(bt["identity"], bt["appearance"])
+    ctl = Controls(bt["pose"], bt["expression"], bt["body_shape"])
+    out = G(lat, ctl, portrait_camera(bt["camera"]), resolution=resolution)
+    fo = G(lat, ctl, face_camera(bt["face_camera"]), resolution=resolution)
+    G.train(was_training)
+    to01 = lambda x: ((x.clamp(-1, 1) + 1) / 2)  # noqa: E731
+    cols = [to01(downsample(bt["image"], resolution)), to01(out.image_lr), out.alpha_lr.expand(-1, 3, -1, -1),
+            to01(downsample(bt["face"], resolution)), to01(fo.image_lr)]
+    grid = torch.cat([torch.cat(list(c), dim=1) for c in cols], dim=2)  # [3, B*H, 5*W]
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- training
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def set_style_averages(G: Generator, identity: Tensor, appearance: Tensor) -> None:
+    """Truncation averages = mean mapped styles over the training (identity, appearance) pairs (the appearance code
+    replaces the standard-normal noise that ``Generator.update_w_avg`` assumes)."""
+    z = torch.cat([identity, appearance], -1).to(G.device, G.radiance_style_avg.dtype)
+    G.radiance_style_avg.copy_(G.radiance_mapping(z).mean(0))
+    if G.superres_mapping is not None:
+        G.superres_style_avg.copy_(G.superres_mapping(z).mean(0))
+
+
+def checkpoint_info(cfg: SupervisedConfig, data: SupervisedData, step: int, wall_s: float,
+                    last: dict[str, float], evaluation: dict | None) -> dict:
+    return {
+        "method": METHOD, "step": step, "wall_seconds": round(wall_s, 1), "threads": cfg.threads,
+        "data": {"root": str(data.root), "images": len(data), "train_images": int(data.train_index.numel()),
+                 "heldout_images": int(data.heldout_index.numel()), "identities": data.num_identities,
+                 "resolution": data.resolution, "generator": data.info.get("generator"),
+                 "yaw_mode": data.info.get("yaw_mode")},
+        "noise_latent": {"kind": "appearance_code", "module": "portrait_core.assets.appearance",
+                         "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS},
+        "samplers": "samplers.safetensors next to the training run; default_samplers.safetensors in "
+                    "portrait_core/assets for the shipped model",
+        "train": {k: v for k, v in vars(cfg).items() if k not in ("data", "out")},
+        "last_losses": last, "heldout": evaluation,
+    }
+
+
+def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
+    """Run (or resume) the supervised warm start; returns the run folder."""
+    torch.set_num_threads(max(1, cfg.threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)
+    log(f"data: {len(data)} images ({data.train_index.numel()} train, {data.heldout_index.numel()} held out), "
+        f"{data.num_identities} identities, {data.resolution}^2")
+    torch.manual_seed(cfg.seed)
+    if cfg.init:
+        G = load_generator(cfg.init)
+        log(f"init: {cfg.init} (preset {G.cfg.name})")
+    else:
+        G = Generator(generator_config(cfg.preset, **json.loads(cfg.generator_overrides)))
+    G.train()
+    groups = G.param_groups()
+    G.requires_grad_(False)
+    param_groups = []
+    for name in ("mapping", "manifold", "radiance", "deform", "smoother"):
+        params = groups[name]
+        for p in params:
+            p.requires_grad_(True)
+        param_groups.append({"params": params, "name": name,
+                             "lr": cfg.lr * (cfg.lr_manifold_scale if name == "manifold" else 1.0)})
+    for g in param_groups:
+        g["base_lr"] = g["lr"]
+    opt = torch.optim.Adam(param_groups, betas=(0.9, 0.99), eps=1e-8)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    step, wall_before = 0, 0.0
+    state_path = out / "state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        G.load_state_dict(st["generator"])
+        opt.load_state_dict(st["optimizer"])
+        step, wall_before = int(st["step"]), float(st["wall_seconds"])
+        gen.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        log(f"resumed {state_path} at step {step}")
+    (out / "config.json").write_text(json.dumps(vars(cfg), indent=1))
+    samplers = data.samplers()
+    samplers.save(out / "samplers.safetensors")
+    fixed = data.heldout_index[:4] if data.heldout_index.numel() else data.train_index[:4]
+    t0 = time.time()
+    last_save = t0
+    last: dict[str, float] = {}
+    perm, pos = torch.randperm(data.train_index.numel(), generator=gen), 0
+    deadline = t0 + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
+    log_file = open(out / "log.jsonl", "a")
+
+    def save(final: bool = False) -> None:
+        wall = wall_before + time.time() - t0
+        _atomic_torch_save({"generator": G.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                            "wall_seconds": wall, "rng": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                           state_path)
+        set_style_averages(G, samplers.identity, samplers.appearance)
+        evaluation = None
+        if final and data.heldout_index.numel():
+            evaluation = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution)
+            (out / "eval.json").write_text(json.dumps(evaluation, indent=1))
+            log(f"held-out: {json.dumps(evaluation)}")
+        save_generator(out / "generator.safetensors", G, info=checkpoint_info(cfg, data, step, wall, last, evaluation))
+        log(f"saved step {step} ({wall / 60:.1f} min)")
+
+    while step < cfg.steps and time.time() < deadline:
+        ts = time.time()
+        if pos + cfg.batch > perm.numel():
+            perm, pos = torch.randperm(data.train_index.numel(), generator=gen), 0
+        idx = data.train_index[perm[pos:pos + cfg.batch]]
+        pos += cfg.batch
+        frac = step / max(1, cfg.steps)
+        scale = cfg.lr_min_fraction + (1 - cfg.lr_min_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
+        warm = min(1.0, (step + 1) / 20)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * scale * warm
+        terms = supervised_losses(G, cfg, data.batch(idx), step, gen)
+        bad = L.all_finite(terms)
+        if bad is not None:
+            raise FloatingPointError(f"step {step}: loss {bad} is not finite")
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 10.0)
+        opt.step()
+        step += 1
+        last = {k: round(float(v), 5) for k, v in terms.items()}
+        last["seconds"] = round(time.time() - ts, 2)
+        log_file.write(json.dumps({"step": step, **last}) + "\n")
+        log_file.flush()
+        if step % 10 == 0 or step == 1:
+            log(f"step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            sample_grid(G, data, fixed, out / "samples" / f"step{step:06d}.png", cfg.eval_resolution)
+        if time.time() - last_save > cfg.save_every_s:
+            save()
+            last_save = time.time()
+    save(final=True)
+    sample_grid(G, data, fixed, out / "samples" / f"step{step:06d}.png", cfg.eval_resolution)
+    log_file.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    eval_only = a.eval_only
+    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k != "eval_only"})
+    if eval_only:
+        torch.set_num_threads(max(1, cfg.threads))
+        data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)
+        G = load_generator(Path(cfg.out) / "generator.safetensors")
+        res = {"ray": evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution)}
+        if G.superres is not None:
+            res["super_resolved"] = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution,
+                                                     super_resolve=True)
+        print(json.dumps(res, indent=1))
+        (Path(cfg.out) / "eval.json").write_text(json.dumps(res, indent=1))
+        return 0
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train_supervised(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
