@@ -305,18 +305,21 @@ def sample(settings: Settings, spec: AvatarSpec, preview_yaws=(np.pi / 2,), prev
                                          should_stop, avatar=spec.to_json(), preview_size=int(preview_size))
 
 
-def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2world, intrinsics) -> np.ndarray:
+def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2world, intrinsics,
+                  size: int | None = None) -> np.ndarray:
     arrays = {
         "pose": np.asarray(pose, np.float32).reshape(-1, 6, 3),
         "expression": np.asarray(expression, np.float32).reshape(-1, 64),
         "cam2world": np.asarray(cam2world, np.float32).reshape(-1, 4, 4),
         "intrinsics": np.asarray(intrinsics, np.float32).reshape(-1, 3, 3),
     }
-    return get_backend(settings).request("render", arrays, avatar=spec.to_json())["rgba"]
+    kw = {"size": int(size)} if size else {}
+    return get_backend(settings).request("render", arrays, avatar=spec.to_json(), **kw)["rgba"]
 
 
-def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool, level: float = 0.5,
+def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool,
+            level: float | str = 0.5,
             morphs: int = 0, progress: Progress = _noop, should_stop=None) -> dict:
     return get_backend(settings).request("extract", None, progress, should_stop, avatar=spec.to_json(),
                                          resolution=int(resolution), decimate=int(decimate), colors=bool(colors),
-                                         level=float(level), morphs=int(morphs))
+                                         level=level if level == "auto" else float(level), morphs=int(morphs))

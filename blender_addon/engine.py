@@ -23,11 +23,13 @@ def frame_inputs(depsgraph, width: int, height: int) -> list[dict]:
         raise ValueError("the scene has no active camera")
     cam = sc.camera.evaluated_get(depsgraph)
     items = []
-    for rig in scene.scene_rigs(sc, for_render=True):
-        ev = rig.evaluated_get(depsgraph)
+    # the depsgraph's objects are the evaluated, render-visible ones (hide_render, excluded collections respected)
+    for ev in depsgraph.objects:
+        if not scene.is_rig(ev):
+            continue
         c2w, Kn = scene.camera_to_generator(cam, ev, width, height)
         items.append({
-            "rig": rig,
+            "rig": ev.original,
             "spec": scene.avatar_spec(ev, sc.busto.super_resolve),
             "pose": scene.read_pose_code(ev),
             "expression": scene.read_expression(ev),

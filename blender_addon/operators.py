@@ -102,6 +102,8 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
             context.view_layer.objects.active = rig
         else:
             rig = bpy.data.objects[state["rig"]]
+            if scene.update_rig_rest(context, rig, out["joint_positions"]) and rig.busto.mesh is not None:
+                self.report({"WARNING"}, f"{rig.name}: the body shape changed; extract the mesh again")
         rig.busto.preview = _preview_image(f"{rig.name} preview", out["preview"])
         mode_note = ""
         if state["full_360"] and info.get("mode") != "360":
@@ -110,7 +112,7 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
                               + mode_note)
 
 
-def _preview_image(name: str, previews: np.ndarray):
+def _preview_image(name: str, previews: np.ndarray, pack: bool = True):
     """Side-by-side previews [n, S, S, 4] (sRGB, top-down) -> a packed Blender image (saved in the .blend)."""
     tiles = np.asarray(previews, dtype=np.float32)
     strip = np.concatenate(list(tiles), axis=1)  # [S, n*S, 4]
@@ -126,7 +128,8 @@ def _preview_image(name: str, previews: np.ndarray):
     rgba[..., 3] = 1.0
     img.pixels.foreach_set(np.flipud(rgba).ravel())
     img.update()
-    img.pack()
+    if pack:
+        img.pack()
     img.preview_ensure()
     return img
 
@@ -169,7 +172,7 @@ class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
         sp = context.scene.busto
         return {"settings": _settings(context, rig), "spec": scene.avatar_spec(rig, sp.super_resolve),
                 "rig": rig.name, "resolution": sp.mesh_resolution, "decimate": sp.mesh_decimate,
-                "colors": sp.mesh_colors, "level": sp.mesh_level, "morphs": sp.mesh_morphs}
+                "colors": sp.mesh_colors, "level": "auto" if sp.mesh_auto_level else sp.mesh_level, "morphs": sp.mesh_morphs}
 
     def work(self, job, state):
         backend.load(state["settings"], job.report_progress)
@@ -421,6 +424,41 @@ class BUSTO_OT_add_camera(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class BUSTO_OT_face_preview(BackgroundJobOperator, bpy.types.Operator):
+    """Render the active avatar through the generator's face camera (follows the head) at the current frame"""
+
+    bl_idname = "busto.face_preview"
+    bl_label = "Face Preview"
+    job_label = "Face preview"
+
+    size: IntProperty(name="Size", default=128, min=16, max=1024)
+
+    def prepare(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return None
+        context.view_layer.update()
+        Kn = convert.blender_intrinsics(convert.lens_for_fov(K.FACE_FOV_DEG), 36.0, 36.0, "AUTO", self.size,
+                                        self.size)
+        return {"settings": _settings(context, rig), "rig": rig.name,
+                "spec": scene.avatar_spec(rig, context.scene.busto.super_resolve),
+                "pose": scene.read_pose_code(rig), "expression": scene.read_expression(rig),
+                "cam2world": scene.face_camera_cv(rig), "intrinsics": Kn}
+
+    def work(self, job, state):
+        backend.load(state["settings"], job.report_progress)
+        job.report_progress(0.5, "rendering")
+        return backend.render_frames(state["settings"], state["spec"], state["pose"], state["expression"],
+                                     state["cam2world"], state["intrinsics"], size=self.size)
+
+    def finish(self, context, state, rgba):
+        rig = bpy.data.objects.get(state["rig"])
+        if rig is None:
+            raise ValueError(f"the rig {state['rig']!r} was deleted")
+        rig.busto.face_preview = _preview_image(f"{rig.name} face preview", rgba, pack=False)
+        self.report({"INFO"}, f"Busto: face preview of {rig.name} at frame {context.scene.frame_current}")
+
+
 class BUSTO_OT_setup_render(bpy.types.Operator):
     """Use the Busto Neural engine with the 'Standard' view transform (shows the generator's pixels unchanged)"""
 
@@ -445,5 +483,5 @@ class BUSTO_OT_setup_render(bpy.types.Operator):
 CLASSES = (
     BUSTO_OT_load_model, BUSTO_OT_sample_avatar, BUSTO_OT_remove_avatar, BUSTO_OT_extract_mesh, BUSTO_OT_reset_pose,
     BUSTO_OT_import_keyframes, BUSTO_OT_export_keyframes, BUSTO_OT_animation_preset, BUSTO_OT_add_camera,
-    BUSTO_OT_setup_render,
+    BUSTO_OT_face_preview, BUSTO_OT_setup_render,
 )

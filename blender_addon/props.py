@@ -40,6 +40,8 @@ class BustoAvatarProps(bpy.types.PropertyGroup):
                                description="Checkpoint the avatar was sampled from (empty: the scene's model)")
     mesh: PointerProperty(name="Mesh", type=bpy.types.Object, description="Extracted mesh bound to this rig")
     preview: PointerProperty(name="Preview", type=bpy.types.Image, description="Preview thumbnail")
+    face_preview: PointerProperty(name="Face preview", type=bpy.types.Image,
+                                  description="Last face-camera preview (Render > Face Preview)")
     # 8 x 8 because Blender caps a dimension at 32; F-curve array_index 0..63 is the flat component index
     expression: FloatVectorProperty(name="Expression", size=(8, 8), default=((0.0,) * 8,) * 8,
                                     min=-10.0, max=10.0, soft_min=-3.0, soft_max=3.0, options={"ANIMATABLE"},
@@ -93,6 +95,9 @@ class BustoSceneProps(bpy.types.PropertyGroup):
     mesh_morphs: IntProperty(name="Expression morphs", default=8, min=0, max=64,
                              description="Shape keys for the leading expression components, driven by the rig's "
                                          "expression controls (0: none)")
+    mesh_auto_level: BoolProperty(name="Automatic threshold", default=False,
+                                  description="Half of the avatar's peak occupancy instead of the fixed threshold "
+                                              "(for untrained or weak models)")
     mesh_level: FloatProperty(name="Density threshold", default=0.5, min=0.001, max=0.999,
                               description="Occupancy level of the surface (0.5 for a trained model; an untrained "
                                           "model needs a lower value)")

@@ -50,42 +50,11 @@ def create_rig(context, name: str, joint_positions: np.ndarray):
     pelvis, spine1-3, neck, collars, head, shoulders, elbows. Only the six pose bones may rotate (the generator
     is driven by the pose code); move the whole avatar with the object transform.
     """
-    jp = convert.smpl_to_blender_points(np.asarray(joint_positions, dtype=np.float64).reshape(24, 3))
     arm = bpy.data.armatures.new(name)
     ob = bpy.data.objects.new(name, arm)
     context.scene.collection.objects.link(ob)
     ob.show_in_front = True
-    view_layer = context.view_layer
-    previous = view_layer.objects.active
-    previous_mode = previous.mode if previous is not None else "OBJECT"
-    if previous is not None and previous_mode != "OBJECT":
-        bpy.ops.object.mode_set(mode="OBJECT")
-    view_layer.objects.active = ob
-    try:
-        bpy.ops.object.mode_set(mode="EDIT")
-        bones = {}
-        for j in K.RIG_JOINTS:
-            name_j = K.SMPL_JOINT_NAMES[j]
-            eb = arm.edit_bones.new(name_j)
-            head = jp[j]
-            if j in _TAIL_TARGET:
-                tail = jp[_TAIL_TARGET[j]]
-            elif j == 15:  # head: straight up
-                tail = head + np.array([0.0, 0.0, 0.18])
-            else:  # elbows: continue the upper arm
-                d = jp[j] - jp[K.SMPL_PARENTS[j]]
-                tail = head + 0.8 * d
-            if np.linalg.norm(tail - head) < 1e-3:
-                tail = head + np.array([0.0, 0.0, 0.05])
-            eb.head, eb.tail, eb.roll = head.tolist(), tail.tolist(), 0.0
-            p = K.SMPL_PARENTS[j]
-            if p >= 0:
-                eb.parent = bones[K.SMPL_JOINT_NAMES[p]]
-            eb.use_connect = False
-            bones[name_j] = eb
-    finally:
-        bpy.ops.object.mode_set(mode="OBJECT")
-        view_layer.objects.active = previous if previous is not None else ob
+    _edit_bones(context, ob, joint_positions, create=True)
     for pb in ob.pose.bones:
         pb.rotation_mode = "QUATERNION"
         posable = pb.name in K.POSE_BONES
@@ -95,6 +64,48 @@ def create_rig(context, name: str, joint_positions: np.ndarray):
         pb.lock_rotation_w = not posable
     ob.busto.is_avatar = True
     return ob
+
+
+def update_rig_rest(context, ob, joint_positions: np.ndarray) -> bool:
+    """Move the rest bones to new canonical joints (a new body shape). Returns whether anything moved."""
+    jp = convert.smpl_to_blender_points(np.asarray(joint_positions, dtype=np.float64).reshape(24, 3))
+    heads = np.array([ob.data.bones[K.SMPL_JOINT_NAMES[j]].head_local for j in K.RIG_JOINTS])
+    if np.abs(heads - jp[list(K.RIG_JOINTS)]).max() < 1e-6:
+        return False
+    _edit_bones(context, ob, joint_positions, create=False)
+    return True
+
+
+def _edit_bones(context, ob, joint_positions: np.ndarray, create: bool) -> None:
+    jp = convert.smpl_to_blender_points(np.asarray(joint_positions, dtype=np.float64).reshape(24, 3))
+    arm = ob.data
+    view_layer = context.view_layer
+    previous = view_layer.objects.active
+    if previous is not None and previous.mode != "OBJECT":
+        bpy.ops.object.mode_set(mode="OBJECT")
+    view_layer.objects.active = ob
+    try:
+        bpy.ops.object.mode_set(mode="EDIT")
+        for j in K.RIG_JOINTS:
+            name_j = K.SMPL_JOINT_NAMES[j]
+            eb = arm.edit_bones.new(name_j) if create else arm.edit_bones[name_j]
+            head = jp[j]
+            if j in _TAIL_TARGET:
+                tail = jp[_TAIL_TARGET[j]]
+            elif j == 15:  # head: straight up
+                tail = head + np.array([0.0, 0.0, 0.18])
+            else:  # elbows: continue the upper arm
+                tail = head + 0.8 * (jp[j] - jp[K.SMPL_PARENTS[j]])
+            if np.linalg.norm(tail - head) < 1e-3:
+                tail = head + np.array([0.0, 0.0, 0.05])
+            eb.head, eb.tail, eb.roll = head.tolist(), tail.tolist(), 0.0
+            p = K.SMPL_PARENTS[j]
+            if create and p >= 0:
+                eb.parent = arm.edit_bones[K.SMPL_JOINT_NAMES[p]]
+            eb.use_connect = False
+    finally:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        view_layer.objects.active = previous if previous is not None else ob
 
 
 def rest_rotations(ob, bones=K.POSE_BONES) -> np.ndarray:
@@ -305,6 +316,16 @@ def camera_to_generator(cam_ob, rig, width: int, height: int) -> tuple[np.ndarra
     Kn = convert.blender_intrinsics(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit, width, height,
                                     cam.shift_x, cam.shift_y)
     return c2w, Kn
+
+
+def face_camera_cv(rig) -> np.ndarray:
+    """The generator's face camera for the rig's current pose: the orbit camera of the canonical face centre carried
+    by the head bone's canonical->posed transform. OpenCV cam2world [4, 4] in the rig's canonical frame."""
+    pb, bone = rig.pose.bones["head"], rig.data.bones["head"]
+    G = np.array(pb.matrix) @ np.linalg.inv(np.array(bone.matrix_local))  # armature space, Blender axes
+    rest = convert.cv_to_blender_camera(
+        convert.orbit_camera_cv(math.pi / 2, math.pi / 2, K.FACE_RADIUS, K.FACE_CENTRE))
+    return convert.blender_camera_to_cv(G @ rest)
 
 
 def add_portrait_camera(context, rig, name: str = "Busto portrait camera", yaw: float = math.pi / 2,

@@ -88,6 +88,7 @@ class BUSTO_PT_avatar(_BustoPanel, bpy.types.Panel):
         c.prop(p, "seed")
         c.prop(p, "truncation")
         c.prop(p, "full_360")
+        box.prop(p, "body_shape")
         row = box.row(align=True)
         op = row.operator("busto.sample_avatar", text="Re-sample", icon="FILE_REFRESH")
         op.new_avatar = False
@@ -108,7 +109,10 @@ class BUSTO_PT_geometry(_BustoPanel, bpy.types.Panel):
         col = layout.column(align=True)
         col.prop(sp, "mesh_resolution")
         col.prop(sp, "mesh_decimate")
-        col.prop(sp, "mesh_level")
+        col.prop(sp, "mesh_auto_level")
+        sub = col.row()
+        sub.enabled = not sp.mesh_auto_level
+        sub.prop(sp, "mesh_level")
         col.prop(sp, "mesh_morphs")
         col.prop(sp, "mesh_colors")
         rig = scene.active_rig(context)
@@ -188,6 +192,14 @@ class BUSTO_PT_render(_BustoPanel, bpy.types.Panel):
         row.operator("busto.add_camera", text="Face Camera", icon="VIEW_CAMERA").kind = "FACE"
         if sc.camera is None:
             layout.label(text="No scene camera", icon="ERROR")
+        rig = scene.active_rig(context)
+        box = layout.box()
+        row = box.row()
+        row.enabled = rig is not None
+        row.operator("busto.face_preview", icon="HIDE_OFF")
+        if rig is not None and rig.busto.face_preview is not None:
+            rig.busto.face_preview.preview_ensure()
+            box.template_icon(icon_value=rig.busto.face_preview.preview.icon_id, scale=6.0)
         row = layout.row(align=True)
         row.operator("render.render", text="Render Frame", icon="RENDER_STILL")
         row.operator("render.render", text="Render Animation", icon="RENDER_ANIMATION").animation = True

@@ -16,7 +16,7 @@ Operations (:class:`Session`, also used directly by the add-on's in-process back
   ``preview[n,S,S,4]``.
 * ``render {avatar, size} + pose[N,6,3], expression[N,64], cam2world[N,4,4], intrinsics[N,3,3]`` ->
   ``rgba[N,H,W,4]`` float32: sRGB-encoded colour composited on white, straight alpha, rows top-down.
-* ``extract {avatar, resolution, decimate, colors, level, morphs}`` -> mesh (``vertices``, ``faces``, ``colors``),
+* ``extract {avatar, resolution, decimate, colors, level (float or "auto"), morphs}`` -> mesh (``vertices``, ``faces``, ``colors``),
   rig (``joint_names``, ``parents``, ``joint_positions``, ``joints``, ``weights``) and expression morph
   (``morphs[K,V,3]`` for components ``morph_components[K]`` at ``morph_scale``) arrays, canonical metres.
 * ``release {avatar}``, ``shutdown``.
@@ -274,13 +274,14 @@ class Session:
         self._check_stop()
         progress(0.3, "extracting mesh")
         decimate = int(params.get("decimate") or 0) or None
-        kw = {"level": float(params["level"])} if params.get("level") is not None else {}
+        level = params.get("level")
+        kw = {} if level is None else {"level": "auto" if level == "auto" else float(level)}
         try:
             mesh = extract_mesh(avatar, resolution=int(params.get("resolution", 128)), decimate=decimate,
                                 colors=bool(params.get("colors", True)), **kw)
         except EmptyFieldError as exc:
-            raise ServeError(f"{exc}. Lower the density threshold (the avatar's occupancy peaks at a lower value, "
-                             f"typical of an untrained model)") from exc
+            raise ServeError(f"{exc}. Lower the density threshold or use the automatic one (the avatar's occupancy "
+                             f"peaks at a lower value, typical of an untrained model)") from exc
         self._check_stop()
         progress(0.8, "skinning")
         rig = build_rig(mesh, self.generator.body, avatar.body_shape.detach().cpu())

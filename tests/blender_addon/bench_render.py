@@ -31,8 +31,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--level", type=float, default=None, help="mesh density threshold (default: 0.5, or 0.05 for "
-                                                              "a random-init model)")
+    ap.add_argument("--level", type=float, default=None, help="mesh density threshold (default: 0.5, or automatic "
+                                                              "for a random-init model)")
     ap.add_argument("--mesh-resolution", type=int, default=128)
     ap.add_argument("--out", default="out/blender-bench")
     ap.add_argument("--device", default="cpu")
@@ -54,7 +54,8 @@ def main() -> int:
         torch.manual_seed(0)
         ckpt = str(out / f"{args.preset}-random-init.safetensors")
         save_generator(ckpt, Generator(generator_config(args.preset)), info={"note": "random init (benchmark)"})
-    level = args.level if args.level is not None else (0.05 if random_init else 0.5)
+    auto_level = args.level is None and random_init
+    level = args.level if args.level is not None else 0.5
 
     import bpy
 
@@ -76,7 +77,7 @@ def main() -> int:
     sc.busto.new_seed = args.seed
     timed("sample_avatar", lambda: bpy.ops.busto.sample_avatar(new_avatar=True))
     rig = bpy.context.view_layer.objects.active
-    sc.busto.mesh_resolution, sc.busto.mesh_level = args.mesh_resolution, level
+    sc.busto.mesh_resolution, sc.busto.mesh_level, sc.busto.mesh_auto_level = args.mesh_resolution, level, auto_level
     timed("extract_mesh", lambda: bpy.ops.busto.extract_mesh())
     mesh = rig.busto.mesh
     bpy.ops.busto.add_camera(kind="PORTRAIT")
@@ -120,7 +121,9 @@ def main() -> int:
 
     neural, meshimg = load(out / "neural.png"), load(out / "mesh.png")
     sil = (np.abs(meshimg - 1.0).max(-1) > 0.02)
-    edge = sil ^ np.roll(sil, 1, 0) | sil ^ np.roll(sil, 1, 1)
+    edge = np.zeros_like(sil)
+    edge[1:] |= sil[1:] ^ sil[:-1]
+    edge[:, 1:] |= sil[:, 1:] ^ sil[:, :-1]
     overlay = neural.copy()
     overlay[edge] = [1.0, 0.0, 0.0]
     strip = np.concatenate([neural, meshimg, overlay], axis=1)

@@ -315,6 +315,7 @@ def test_presets_and_cameras(addon, bpy_module):
     h = cv.blender_to_smpl_points(np.array(head))
     G[:3, 3] = h - G[:3, :3] @ h
     assert np.allclose(c1, G @ c0, atol=1e-5)
+    assert np.allclose(sc.face_camera_cv(rig), c1, atol=1e-5)  # what Face Preview renders with
     assert bpy.ops.busto.setup_render(resolution=64) == {"FINISHED"}
     assert scn.render.engine == "BUSTO_NEURAL" and scn.view_settings.view_transform == "Standard"
 

@@ -14,7 +14,6 @@ import pytest
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
 SEED = 3
-LEVEL = 0.05  # a random-init generator's occupancy stays far below the trained-model level 0.5
 
 
 def _png(bpy, path) -> np.ndarray:
@@ -65,7 +64,7 @@ def test_operators_end_to_end(addon, bpy_module):
     assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
     assert len([o for o in bpy.data.objects if o.type == "ARMATURE"]) == 2
     # geometry: mesh bound to the rig with the exported skin weights
-    sp.mesh_resolution, sp.mesh_level = 40, LEVEL
+    sp.mesh_resolution, sp.mesh_auto_level = 40, True  # a random-init model: half its peak occupancy
     assert bpy.ops.busto.extract_mesh() == {"FINISHED"}
     mesh = rig.busto.mesh
     assert mesh is not None and mesh.parent == rig and len(mesh.data.vertices) > 100
@@ -87,12 +86,27 @@ def test_operators_end_to_end(addon, bpy_module):
     assert rig.busto.mesh.name == old_name
     assert bpy.ops.busto.reset_pose() == {"FINISHED"}
     assert tuple(rig.pose.bones["head"].rotation_quaternion) == (1, 0, 0, 0)
-    # an untrained model at the trained-model level has no surface: a clear report, scene unchanged
-    sp.mesh_level = 0.5
+    # face preview: the face camera following the head, into an image shown in the Render panel
+    rig.pose.bones["head"].rotation_quaternion = (math.cos(0.2), 0, 0, math.sin(0.2))
+    assert bpy.ops.busto.face_preview(size=32) == {"FINISHED"}
+    assert rig.busto.face_preview is not None and tuple(rig.busto.face_preview.size) == (32, 32)
+    rig.pose.bones["head"].rotation_quaternion = (1, 0, 0, 0)
+    # a new body shape moves the rest bones on re-sample (and asks for a new mesh)
+    shoulder = np.array(rig.data.bones["left_shoulder"].head_local)
+    rig.busto.body_shape[0] = 2.0
+    assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
+    assert np.linalg.norm(np.array(rig.data.bones["left_shoulder"].head_local) - shoulder) > 1e-3
+    rig.busto.body_shape[0] = 0.0
+    assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
+    assert np.allclose(np.array(rig.data.bones["left_shoulder"].head_local), shoulder, atol=1e-6)
+    # a failing extraction (here: the avatar's checkpoint is gone) is a clear report and changes nothing
+    ckpt = rig.busto.checkpoint
+    rig.busto.checkpoint = ckpt + ".moved"
     n_objects = len(bpy.data.objects)
-    with pytest.raises(RuntimeError, match="Lower the density threshold"):
+    with pytest.raises(RuntimeError, match=r"moved: no such checkpoint file"):
         bpy.ops.busto.extract_mesh()
     assert len(bpy.data.objects) == n_objects and rig.busto.mesh is not None
+    rig.busto.checkpoint = ckpt
     bpy.context.view_layer.objects.active = rig2
     name2 = rig2.name
     assert bpy.ops.busto.remove_avatar() == {"FINISHED"}
@@ -302,7 +316,7 @@ def test_mesh_deforms_like_the_exported_rig(addon, bpy_module):
     sc, cv = addon.scene, addon.convert
     rig = _sample(bpy)
     scn = bpy.context.scene
-    scn.busto.mesh_resolution, scn.busto.mesh_level = 32, LEVEL
+    scn.busto.mesh_resolution, scn.busto.mesh_auto_level = 32, True
     assert bpy.ops.busto.extract_mesh() == {"FINISHED"}
     mesh = rig.busto.mesh
     me = mesh.data
@@ -335,7 +349,7 @@ def test_expression_shape_keys_follow_the_rig(addon, bpy_module):
     bpy = bpy_module
     rig = _sample(bpy)
     scn = bpy.context.scene
-    scn.busto.mesh_resolution, scn.busto.mesh_level, scn.busto.mesh_morphs = 32, LEVEL, 4
+    scn.busto.mesh_resolution, scn.busto.mesh_auto_level, scn.busto.mesh_morphs = 32, True, 4
     assert bpy.ops.busto.extract_mesh() == {"FINISHED"}
     me = rig.busto.mesh.data
     names = [kb.name for kb in me.shape_keys.key_blocks]
