@@ -47,7 +47,7 @@ def _convert(a: argparse.Namespace) -> int:
     from .readers import convert
 
     path = convert(a.source, a.out, fmt=a.format, resolution=a.resolution, face_resolution=a.face_resolution,
-                   mask_zip=a.masks, on_error=a.on_error)
+                   mask_zip=a.masks, on_error=a.on_error, smpl=a.smpl)
     print(f"wrote {path}")
     return 0
 
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=None, help="resize portraits (default: keep)")
     s.add_argument("--face-resolution", type=int, default=128)
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    s.add_argument("--smpl", default=None, help="SMPL model file for the face cameras (default: synthetic body)")
     s.set_defaults(func=_convert)
     return ap
 

@@ -510,7 +510,7 @@ def crop_face(image: np.ndarray, camera25: np.ndarray, face_camera25: np.ndarray
 
     Exact for points on the plane through the face camera's look-at point facing the face camera (the homography
     it induces between the two cameras); elsewhere an approximation, like a real dataset's face crop.
-    Out-of-image pixels take the edge colour. Returns uint8 [size, size, C].
+    Pixels outside the portrait are white (the background). Returns uint8 [size, size, C].
     """
     from PIL import Image
 
@@ -531,24 +531,34 @@ def crop_face(image: np.ndarray, camera25: np.ndarray, face_camera25: np.ndarray
     # continuous pixel coordinates (pixel j spans [j, j + 1]) on both sides, as PIL's transform uses
     Hm = np.diag([W, H, 1.0]) @ Kp @ Rp.T @ A @ np.linalg.inv(np.diag([size, size, 1.0]) @ Kf)
     Hm = Hm / Hm[2, 2]
-    out = Image.fromarray(image).transform((size, size), Image.Transform.PERSPECTIVE, tuple(Hm.ravel()[:8]),
-                                           Image.Resampling.BILINEAR)
+    im = Image.fromarray(image)
+    fill = tuple([255] * len(im.getbands())) if im.mode != "L" else 255
+    out = im.transform((size, size), Image.Transform.PERSPECTIVE, tuple(Hm.ravel()[:8]), Image.Resampling.BILINEAR,
+                       fillcolor=fill)
     arr = np.asarray(out).copy()
     return arr
 
 
 def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", resolution: int | None = None,
-            face_resolution: int = 128, mask_zip: str | None = None, on_error: str = "raise") -> Path:
+            face_resolution: int = 128, mask_zip: str | None = None, on_error: str = "raise",
+            smpl: str | os.PathLike | None = None) -> Path:
     """Convert any supported dataset to Busto's folder format (images, masks, faces as PNG + labels.json).
 
     Missing face crops are cut from the portrait with :func:`crop_face`; missing masks become all-foreground.
     ``on_error='skip'`` drops records with label or image problems (reported as warnings) instead of raising.
+    ``smpl``: an SMPL model file (.pkl/.npz) for the face cameras of SHHQ-HS/360PHQ data (default: the synthetic
+    body, whose skeleton approximates SMPL's).
     """
     import warnings
 
     from PIL import Image
 
-    src = open_source(source, fmt=fmt, strict=(on_error == "raise"), masks=mask_zip)
+    body = None
+    if smpl is not None:
+        from portrait_core.body.model import BodyModel
+
+        body = BodyModel.from_file(smpl)
+    src = open_source(source, fmt=fmt, strict=(on_error == "raise"), masks=mask_zip, body=body)
     if src.problems:
         warnings.warn("skipping records with problems:\n  " + "\n  ".join(map(str, src.problems)), stacklevel=2)
     out = Path(out)
