@@ -17,9 +17,8 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-
 import bpy  # noqa: E402  (the renderer's process owns the Blender singleton)
+import numpy as np
 
 #: SMPL world -> Blender world rotation (x, y, z) -> (x, -z, y)
 C_SMPL_TO_BLENDER = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
