@@ -1,0 +1,238 @@
+"""``python -m portrait_core demo``: the end-to-end headless Blender demo at tiny settings (4 frames, 64², a
+random-init ``tiny`` generator), every output checked, the .blend and the .glb reopened in a fresh Blender."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAMES, SIZE, SEED = 4, 64, 3
+POSE_BONES = ("neck", "left_collar", "right_collar", "head", "left_shoulder", "right_shoulder")
+
+
+# ------------------------------------------------------------------------------------------- pure helpers (no bpy)
+def test_schedule_plays_the_four_presets_without_overlap():
+    from portrait_core.demo import comparison_frames, grid_frames, schedule, segment_of
+
+    segs = schedule(48)
+    assert [s.preset for s in segs] == ["TURN", "NOD", "SHRUG", "SMILE"]
+    assert segs[0].frames[0] == 1 and segs[-1].frames[-1] <= 48
+    for a, b in zip(segs, segs[1:]):
+        assert a.frames[-1] == b.frames[0]  # rest-pose key shared, never overlapping
+    lengths = [s.frames[-1] - s.frames[0] for s in segs]
+    assert min(lengths) >= 9 and max(lengths) <= 13  # about a quarter each
+    cmp = comparison_frames(48, segs)
+    assert cmp == sorted(s.peak for s in segs) and all(1 < f < 48 for f in cmp)
+    assert {segment_of(f, segs) for f in cmp} == {"head turn", "nod", "shoulder shrug", "smile"}
+    grid = grid_frames(48, segs)
+    assert len(grid) == 12 and {1, 48, *cmp} <= set(grid) and grid == sorted(grid)
+    few = schedule(FRAMES)
+    assert grid_frames(FRAMES, few) == [1, 2, 3, 4]
+    assert all(s.interval == 1 for s in few) and few[0].frames[:3] == [1, 2, 4]
+    assert comparison_frames(FRAMES, few) == [1, 2]
+
+
+def test_silhouette_iou_and_overlay():
+    from portrait_core.demo import overlay, silhouette_iou
+
+    a = np.zeros((8, 8), bool)
+    a[2:6, 2:6] = True
+    b = np.zeros((8, 8), bool)
+    b[2:6, 4:8] = True
+    assert silhouette_iou(a, a) == 1.0 and silhouette_iou(a, b) == pytest.approx(8 / 24)
+    img = overlay(np.full((8, 8, 3), 255, np.uint8), a)
+    edge = (img != 255).any(-1)
+    assert edge[2, 2:6].all() and not edge[3:5, 3:5].any() and not edge[0].any()
+
+
+def test_bad_options_are_refused_before_blender_starts(capfd):
+    from portrait_core import demo
+
+    assert demo.main(["--frames", "0", "--out", "/nonexistent/x"]) == 2
+    assert demo.main(["--checkpoint", "/nonexistent/model.safetensors"]) == 2
+    assert demo.main(["--resolution", "8"]) == 2
+    err = capfd.readouterr().out
+    assert "--frames must be >= 1" in err and "no such file" in err and "--resolution" in err
+
+
+# ------------------------------------------------------------------------------------------- the demo in Blender
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    pytest.importorskip("bpy", reason="the bpy module (Blender 5.0.1) is not installed")
+    import torch
+
+    from portrait_core.generator import Generator, generator_config, save_generator
+
+    tmp = tmp_path_factory.mktemp("demo")
+    ckpt = tmp / "tiny.safetensors"
+    torch.manual_seed(0)
+    save_generator(ckpt, Generator(generator_config("tiny")), info={"note": "random init, tests"})
+    out = tmp / "out"
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "blender-user"), OMP_NUM_THREADS="2",
+               COLUMNS="120")
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "portrait_core", "demo", "--out", str(out), "--frames", str(FRAMES), "--resolution",
+         str(SIZE), "--mesh-resolution", "40", "--checkpoint", str(ckpt), "--seed", str(SEED), "--fps", "12"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    seconds = time.perf_counter() - t0
+    log = (out / "demo.log").read_text(errors="replace")[-3000:] if (out / "demo.log").is_file() else ""
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}\n--- demo.log ---\n{log}"
+    return {"out": out, "stdout": r.stdout, "seconds": seconds, "ckpt": ckpt, "tmp": tmp,
+            "summary": json.loads((out / "summary.json").read_text())}
+
+
+@pytest.mark.blender
+def test_demo_writes_every_output(demo_run):
+    out = demo_run["out"]
+    for name in ("demo.blend", "avatar.glb", "demo.mp4", "contact-sheet.png", "summary.json", "demo.log"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{f:04d}.png" for f in range(1, FRAMES + 1)]
+    s = demo_run["summary"]
+    assert [st["name"] for st in s["steps"]][:3] == [
+        "Start Blender, register the add-on", "Load the model (busto.load_model)",
+        "Sample the avatar and its rig (busto.sample_avatar)"]
+    assert len(s["steps"]) == 10 and all(st["seconds"] >= 0 for st in s["steps"])
+    assert s["frames"] == FRAMES and s["resolution"] == SIZE and s["trained"] is False
+    assert s["mesh_vertices"] > 200 and s["shape_keys"] == 8
+    # the printed summary: a table of steps with timings and the files written
+    assert "Busto demo: steps" in demo_run["stdout"] and "demo.mp4" in demo_run["stdout"]
+    assert demo_run["seconds"] < 240
+
+
+@pytest.mark.blender
+def test_frames_are_pngs_of_the_right_size_that_move(demo_run):
+    from PIL import Image
+
+    out = demo_run["out"]
+    frames = []
+    for f in range(1, FRAMES + 1):
+        with Image.open(out / "frames" / f"{f:04d}.png") as im:
+            assert im.format == "PNG" and im.size == (SIZE, SIZE) and im.mode == "RGB"
+            frames.append(np.asarray(im).astype(np.int16))
+    for a in frames:
+        assert not np.all(a == (255, 0, 255)), "a failed (magenta) frame"
+        assert a.std() > 2 and (a < 250).any(-1).mean() > 0.05  # an avatar on the white background
+    # frame 1 rest, 2 head turned left, 3 on the way right, 4 turned right: consecutive frames differ
+    for a, b in zip(frames, frames[1:]):
+        diff = np.abs(a - b).max(-1)
+        assert (diff >= 3).sum() > 10, "the head turn does not show"
+
+
+@pytest.mark.blender
+def test_mesh_lines_up_with_the_neural_frames(demo_run):
+    """Workbench renders of the extracted mesh and the neural RGBA frames from the same camera overlap."""
+    from PIL import Image
+
+    out, s = demo_run["out"], demo_run["summary"]
+    assert [c["frame"] for c in s["comparisons"]] == [1, 2]
+    rest, turned = s["comparisons"]
+    assert rest["iou"] > 0.7 and turned["iou"] > 0.55, s["comparisons"]
+    for c in s["comparisons"]:
+        assert c["centroid_px"] < 0.08 * SIZE, s["comparisons"]
+        with Image.open(out / "compare" / f"mesh_{c['frame']:04d}.png") as m:
+            assert m.mode == "RGBA" and m.size == (SIZE, SIZE)
+    with Image.open(out / "contact-sheet.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 6 * 128 and im.size[1] > 2 * 128
+
+
+@pytest.mark.blender
+def test_video_has_every_frame(demo_run):
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(str(demo_run["out"] / "demo.mp4"))
+    try:
+        assert reader.count_frames() == FRAMES
+        assert reader.get_meta_data()["fps"] == pytest.approx(12)
+        first = reader.get_data(0)
+        assert first.shape == (SIZE, SIZE, 3)
+        png = imageio.imread(demo_run["out"] / "frames" / "0001.png")[..., :3].astype(np.int16)
+        assert np.abs(first.astype(np.int16) - png).mean() < 12  # the same picture (lossy H.264)
+    finally:
+        reader.close()
+
+
+@pytest.mark.blender
+def test_glb_has_skin_morphs_and_animation(demo_run):
+    import pygltflib
+
+    g = pygltflib.GLTF2().load(str(demo_run["out"] / "avatar.glb"))
+    assert len(g.skins) == 1
+    joint_names = {g.nodes[j].name for j in g.skins[0].joints}
+    assert set(POSE_BONES) <= joint_names
+    prims = [p for m in g.meshes for p in m.primitives]
+    assert any(p.targets and len(p.targets) == 8 for p in prims), "no expression morph targets"
+    assert g.animations and any(ch.target.path == "rotation" for a in g.animations for ch in a.channels)
+
+
+@pytest.mark.blender
+def test_blend_and_glb_reopen_in_a_fresh_blender(demo_run):
+    out = demo_run["out"]
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import bpy, blender_addon
+        from bpy_extras import anim_utils
+        blender_addon.register()
+        from blender_addon import scene as bs
+        res = {{}}
+        bpy.ops.wm.open_mainfile(filepath={str(out / 'demo.blend')!r})
+        sc = bpy.context.scene
+        rigs = [o for o in sc.objects if o.type == "ARMATURE"]
+        meshes = [o for o in sc.objects if o.type == "MESH"]
+        rig, mesh = rigs[0], meshes[0]
+        res["rigs"], res["meshes"] = len(rigs), len(meshes)
+        res["bones"] = sorted(rig.data.bones.keys())
+        res["is_avatar"], res["seed"] = rig.busto.is_avatar, rig.busto.seed
+        res["mesh_parent"] = mesh.parent.name == rig.name
+        res["modifier"] = [m.object.name == rig.name for m in mesh.modifiers if m.type == "ARMATURE"]
+        res["groups"] = sorted(mesh.vertex_groups.keys())
+        res["shape_keys"] = len(mesh.data.shape_keys.key_blocks) if mesh.data.shape_keys else 0
+        res["engine"], res["view"] = sc.render.engine, sc.view_settings.view_transform
+        res["range"] = [sc.frame_start, sc.frame_end]
+        res["camera"] = sc.camera is not None
+        res["frames_path"] = sc.render.filepath
+        bag = anim_utils.action_get_channelbag_for_slot(rig.animation_data.action, rig.animation_data.action_slot)
+        res["fcurves"] = sorted({{fc.data_path for fc in bag.fcurves}})
+        sc.frame_set(2)
+        res["pose2"] = bs.read_pose_code(rig).tolist()
+        dg = bpy.context.evaluated_depsgraph_get()
+        ev = mesh.evaluated_get(dg)
+        res["moved"] = float(max((v.co - w.co).length for v, w in zip(ev.data.vertices, mesh.data.vertices)))
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.import_scene.gltf(filepath={str(out / 'avatar.glb')!r})
+        objs = bpy.context.scene.objects
+        arms = [o for o in objs if o.type == "ARMATURE"]
+        ms = [o for o in objs if o.type == "MESH"]
+        res["glb_bones"] = sorted(arms[0].data.bones.keys()) if arms else []
+        res["glb_shape_keys"] = len(ms[0].data.shape_keys.key_blocks) if ms and ms[0].data.shape_keys else 0
+        res["glb_skinned"] = bool(ms) and any(m.type == "ARMATURE" for m in ms[0].modifiers)
+        res["glb_actions"] = len(bpy.data.actions)
+        print("RESULT" + json.dumps(res))
+    """)
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(demo_run["tmp"] / "blender-user-2"))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
+    assert res["rigs"] == 1 and res["meshes"] == 1 and res["is_avatar"] and res["seed"] == SEED
+    assert set(POSE_BONES) <= set(res["bones"]) and "pelvis" in res["bones"]
+    assert res["mesh_parent"] and res["modifier"] == [True]
+    assert set(POSE_BONES) <= set(res["groups"]) and res["shape_keys"] == 9  # Basis + 8 expression keys
+    assert res["engine"] == "BUSTO_NEURAL" and res["view"] == "Standard" and res["camera"]
+    assert res["range"] == [1, FRAMES] and res["frames_path"].endswith("####")
+    assert {f'pose.bones["{b}"].rotation_quaternion' for b in POSE_BONES} <= set(res["fcurves"])
+    assert "busto.exp_smile" in res["fcurves"]
+    head = np.array(res["pose2"])[3]
+    assert abs(head[1]) > 0.2  # frame 2: the head is turned about the vertical axis
+    assert res["moved"] > 0.01  # ... and the skinned mesh follows
+    assert set(POSE_BONES) <= set(res["glb_bones"]) and res["glb_skinned"]
+    assert res["glb_shape_keys"] == 9 and res["glb_actions"] >= 1
