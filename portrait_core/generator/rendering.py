@@ -59,7 +59,7 @@ def sample_grid(volume: Tensor, points: Tensor, centre: Tensor, half_extent: Ten
     g = volume.shape[0]
     lead = points.shape[1:-1]
     coords = (points - centre) / torch.as_tensor(half_extent, dtype=points.dtype, device=points.device)
-    coords = coords.reshape(g, -1, 1, 1, 3).to(volume.dtype)
+    coords = coords.reshape(g, 1, 1, -1, 3).to(volume.dtype)  # points along W_out: the CPU kernel vectorises there
     out = F.grid_sample(volume, coords, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return out.reshape(g, volume.shape[1], -1).transpose(1, 2).reshape(g, *lead, volume.shape[1])
 
@@ -103,10 +103,10 @@ def intersect_levels(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings
         raise ValueError(f"intersect_levels: need at least 2 samples per ray, got {n}")
     depth = depth.expand_as(s)
     lv = levels.to(s.dtype)
-    above = s[..., :, None] >= lv  # [..., N, L]
-    crossing = above[..., :-1, :] & ~above[..., 1:, :]  # [..., N-1, L]
-    valid = crossing.any(dim=-2)
-    index = crossing.to(torch.uint8).argmax(dim=-2)  # first True (argmax returns the first maximum)
+    above = s[..., None, :] >= lv[:, None]  # [..., L, N] (samples last: contiguous reductions)
+    crossing = above[..., :-1] > above[..., 1:]  # [..., L, N-1]: above at i, below at i+1
+    index = crossing.to(torch.uint8).argmax(dim=-1)  # first True (argmax returns the first maximum)
+    valid = crossing.gather(-1, index[..., None])[..., 0]
     index = torch.where(valid, index, torch.full_like(index, n - 2))
     s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
     frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
@@ -240,10 +240,10 @@ def sample_textures(textures: Tensor, uv: Tensor, mode: str) -> Tensor:
     else:
         padding = "zeros"
     if g == 1:
-        grid = uv.permute(2, 0, 1, 3).reshape(n_levels, b * p, 1, 2)
+        grid = uv.permute(2, 0, 1, 3).reshape(n_levels, 1, b * p, 2)
     else:
-        grid = uv.permute(0, 2, 1, 3).reshape(b * n_levels, p, 1, 2)
-    out = F.grid_sample(tex, grid, mode="bilinear", padding_mode=padding, align_corners=False)  # [GL, C, *, 1]
+        grid = uv.permute(0, 2, 1, 3).reshape(b * n_levels, 1, p, 2)
+    out = F.grid_sample(tex, grid, mode="bilinear", padding_mode=padding, align_corners=False)  # [GL, C, 1, *]
     if g == 1:
         return out.reshape(n_levels, ch, b, p).permute(2, 3, 0, 1)
     return out.reshape(b, n_levels, ch, p).permute(0, 3, 1, 2)
