@@ -147,12 +147,87 @@ def mesh_adjacency(faces: np.ndarray, num_vertices: int):
     return diags(1.0 / np.maximum(deg, 1.0)) @ A
 
 
+def closest_point_barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Closest points of points p [...,3] on triangles (a, b, c) [...,3] (Ericson, Real-Time Collision Detection
+    5.1.5) -> (barycentric coordinates [...,3], squared distances [...])."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = (ab * ap).sum(-1), (ac * ap).sum(-1)
+    bp = p - b
+    d3, d4 = (ab * bp).sum(-1), (ac * bp).sum(-1)
+    cp = p - c
+    d5, d6 = (ab * cp).sum(-1), (ac * cp).sum(-1)
+    va = d3 * d6 - d5 * d4
+    vb = d5 * d2 - d1 * d6
+    vc = d1 * d4 - d3 * d2
+    denom = va + vb + vc
+    safe = lambda x: np.where(np.abs(x) > 1e-30, x, 1e-30)  # noqa: E731
+    # interior
+    v = vb / safe(denom)
+    w = vc / safe(denom)
+    bary = np.stack([1 - v - w, v, w], -1)
+    # edges and vertices (later assignments win, ordered from the least to the most specific)
+    t_bc = (d4 - d3) / safe((d4 - d3) + (d5 - d6))
+    edge_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)
+    t_ac = d2 / safe(d2 - d6)
+    edge_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
+    t_ab = d1 / safe(d1 - d3)
+    edge_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
+    z = np.zeros_like(d1)
+    bary = np.where(edge_bc[..., None], np.stack([z, 1 - t_bc, t_bc], -1), bary)
+    bary = np.where(edge_ac[..., None], np.stack([1 - t_ac, z, t_ac], -1), bary)
+    bary = np.where(edge_ab[..., None], np.stack([1 - t_ab, t_ab, z], -1), bary)
+    o = np.ones_like(d1)
+    bary = np.where(((d6 >= 0) & (d5 <= d6))[..., None], np.stack([z, z, o], -1), bary)
+    bary = np.where(((d3 >= 0) & (d4 <= d3))[..., None], np.stack([z, o, z], -1), bary)
+    bary = np.where(((d1 <= 0) & (d2 <= 0))[..., None], np.stack([o, z, z], -1), bary)
+    q = bary[..., :1] * a + bary[..., 1:2] * b + bary[..., 2:] * c
+    return bary, ((p - q) ** 2).sum(-1)
+
+
+def surface_weights(points: np.ndarray, body_vertices: np.ndarray, body_faces: np.ndarray, body_weights: np.ndarray,
+                    k_candidates: int = 4, chunk: int = 16384) -> np.ndarray:
+    """Body weights [Nb,J] interpolated (barycentrically) at the closest point of the body surface to each point
+    [N,3]; candidates are the triangles around the ``k_candidates`` nearest body vertices. -> [N,J]."""
+    from scipy.spatial import cKDTree
+
+    bv = np.asarray(body_vertices, dtype=np.float64)
+    bf = np.asarray(body_faces, dtype=np.int64)
+    # vertex -> incident triangles, padded to the max valence
+    order = np.argsort(bf.ravel(), kind="stable")
+    vert_of = bf.ravel()[order]
+    counts = np.bincount(vert_of, minlength=len(bv))
+    valence = int(counts.max())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(len(order)) - starts[vert_of]
+    inc = np.full((len(bv), valence), -1, np.int64)
+    inc[vert_of, slot] = order // 3
+    tree = cKDTree(bv)
+    pts = np.asarray(points, dtype=np.float64)
+    out = np.empty((len(pts), body_weights.shape[1]))
+    for s in range(0, len(pts), chunk):
+        p = pts[s:s + chunk]
+        _, nn = tree.query(p, k=k_candidates)
+        cand = inc[nn.reshape(len(p), -1) if k_candidates > 1 else nn[:, None]].reshape(len(p), -1)  # [n, k*valence]
+        valid = cand >= 0
+        cand = np.where(valid, cand, 0)
+        tri = bf[cand]  # [n, C, 3]
+        bary, d2 = closest_point_barycentric(p[:, None, :], bv[tri[..., 0]], bv[tri[..., 1]], bv[tri[..., 2]])
+        d2 = np.where(valid, d2, np.inf)
+        best = d2.argmin(1)
+        r = np.arange(len(p))
+        t = tri[r, best]  # [n, 3]
+        bc = bary[r, best]  # [n, 3]
+        out[s:s + chunk] = np.einsum("nk,nkj->nj", bc, body_weights[t])
+    return out
+
+
 def transfer_weights(
     mesh_vertices: np.ndarray,
     mesh_faces: np.ndarray,
     body_vertices: np.ndarray,
     body_weights: np.ndarray,
     *,
+    body_faces: np.ndarray | None = None,
     k_nearest: int = 1,
     smooth_iterations: int = 3,
     smooth_strength: float = 0.5,
@@ -161,20 +236,25 @@ def transfer_weights(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Skin weights for a mesh from a skinned body.
 
-    Each mesh vertex takes the inverse-distance-weighted mean of its ``k_nearest`` body vertices' weights
-    (body_weights [Nb, J]; k = 1 is the generator's nearest-vertex rule), the result is smoothed over the mesh (``smooth_iterations`` of
+    With ``body_faces`` [Fb,3] each mesh vertex takes the body weights interpolated at the closest point of the body
+    surface (:func:`surface_weights`, continuous over the body); without, the inverse-distance-weighted mean of its
+    ``k_nearest`` body vertices' weights (body_weights [Nb, J]; k = 1 is the generator's nearest-vertex rule).
+    The result is smoothed over the mesh (``smooth_iterations`` of
     ``W <- (1-s) W + s · mean over one-ring``), then truncated to the top ``max_influences`` and renormalised.
     Returns (joints [V,4] uint16, weights [V,4] float32, rows sum to 1, sorted by decreasing weight).
     """
     from scipy.spatial import cKDTree
 
-    tree = cKDTree(np.asarray(body_vertices, dtype=np.float64))
-    d, idx = tree.query(np.asarray(mesh_vertices, dtype=np.float64), k=k_nearest)
-    if k_nearest == 1:
-        d, idx = d[:, None], idx[:, None]
-    w_idw = 1.0 / np.maximum(d, 1e-6)
-    w_idw /= w_idw.sum(1, keepdims=True)
-    W = np.einsum("vk,vkj->vj", w_idw, body_weights[idx])
+    if body_faces is not None:
+        W = surface_weights(mesh_vertices, body_vertices, body_faces, body_weights)
+    else:
+        tree = cKDTree(np.asarray(body_vertices, dtype=np.float64))
+        d, idx = tree.query(np.asarray(mesh_vertices, dtype=np.float64), k=k_nearest)
+        if k_nearest == 1:
+            d, idx = d[:, None], idx[:, None]
+        w_idw = 1.0 / np.maximum(d, 1e-6)
+        w_idw /= w_idw.sum(1, keepdims=True)
+        W = np.einsum("vk,vkj->vj", w_idw, body_weights[idx])
     if smooth_iterations > 0:
         A = mesh_adjacency(mesh_faces, len(mesh_vertices))
         for _ in range(smooth_iterations):
@@ -231,11 +311,14 @@ def build_rig_from_arrays(
 
 
 @torch.no_grad()
-def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, **transfer_kw) -> Rig:
+def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, *, surface: bool = True,
+              **transfer_kw) -> Rig:
     """Rig for a canonical-space mesh from a ``BodyModel`` and body shape ``betas`` [10] or [1,10].
 
-    Skin weights come from the body's upper-body vertices (``body.upper_body_mask``, the vertices the generator's
-    inverse LBS uses) in the canonical pose of these betas. See :func:`transfer_weights` for the options.
+    Skin weights come from the body's upper-body part (``body.upper_body_mask``, the vertices the generator's
+    inverse LBS uses) in the canonical pose of these betas: with ``surface`` (default) the SMPL weights at the
+    closest point of that surface, else those of the nearest vertices; then smoothed over the mesh, top-4,
+    renormalised. See :func:`transfer_weights` for the options.
     """
     if betas is None:
         betas = torch.zeros(1, 10)
@@ -244,10 +327,15 @@ def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, **tran
     verts = state.vertices[0].detach().cpu().double().numpy()
     joints = state.joints[0].detach().cpu().double().numpy()
     lbs = body.lbs_weights.detach().cpu().double().numpy()
+    faces = body.faces.detach().cpu().numpy().astype(np.int64)
     mask = getattr(body, "upper_body_mask", None)
     if mask is not None:
         mask = mask.detach().cpu().numpy().astype(bool)
-        verts, lbs = verts[mask], lbs[mask]
+        faces = faces[mask[faces].all(1)]
+        remap = np.cumsum(mask) - 1
+        verts, lbs, faces = verts[mask], lbs[mask], remap[faces]
+    if surface:
+        transfer_kw.setdefault("body_faces", faces)
     return build_rig_from_arrays(mesh.vertices, mesh.faces, joints, verts, lbs, **transfer_kw)
 
 
