@@ -48,6 +48,7 @@ def test_operators_end_to_end(addon, bpy_module):
     wm = bpy.context.window_manager
     assert bpy.ops.busto.load_model() == {"FINISHED"}
     assert "tiny model" in wm.busto.model_status and wm.busto.model_device == "cpu"
+    assert bpy.ops.busto.cancel_job() == {"CANCELLED"}  # nothing running: says so
     # invoke in background mode runs synchronously (no event loop for a modal operator)
     sp = bpy.context.scene.busto
     sp.new_seed = SEED
