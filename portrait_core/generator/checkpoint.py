@@ -16,10 +16,13 @@ import torch
 
 from .config import config_from_json, config_to_json
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save_generator", "load_generator", "read_metadata"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save_generator", "load_generator", "read_metadata",
+           "resolve_generator_file"]
 
 FORMAT = "busto-generator"
 FORMAT_VERSION = "1"
+#: The generator file inside a training checkpoint folder (train/checkpoint.py writes it).
+TRAINING_GENERATOR_FILE = "generator.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -51,6 +54,28 @@ def save_generator(path: str | os.PathLike, generator, info: dict[str, Any] | No
     return path
 
 
+def resolve_generator_file(path: str | os.PathLike) -> Path:
+    """A generator ``.safetensors`` file, or a training checkpoint folder / checkpoints folder / run folder ->
+    the generator file: ``<folder>/generator.safetensors``, else the one of the checkpoint the ``latest`` pointer
+    names, else that of the newest ``step-*`` folder (under ``<folder>`` or ``<folder>/checkpoints``)."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    if (p / TRAINING_GENERATOR_FILE).is_file():
+        return p / TRAINING_GENERATOR_FILE
+    for root in (p / "checkpoints", p):
+        pointer = root / "latest"
+        if pointer.is_file():
+            candidate = root / pointer.read_text().strip() / TRAINING_GENERATOR_FILE
+            if candidate.is_file():
+                return candidate
+        steps = sorted(d for d in root.glob("step-*") if (d / TRAINING_GENERATOR_FILE).is_file())
+        if steps:
+            return steps[-1] / TRAINING_GENERATOR_FILE
+    raise CheckpointError(f"{p}: folder holds no generator checkpoint (expected {TRAINING_GENERATOR_FILE} in it, "
+                          f"or a training run / checkpoints folder with step-* checkpoints)")
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The string metadata of a generator checkpoint (validated format tag and version)."""
     path = Path(path)
@@ -80,14 +105,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", body=None, face=None):
     """Rebuild the Generator from its config and load its tensors (strict: every key and shape must match).
 
-    ``body``/``face`` optionally replace the synthetic body/face models (they are not stored in the file).
+    ``path`` is a generator ``.safetensors`` file or a training checkpoint/run folder (see
+    :func:`resolve_generator_file`). ``body``/``face`` optionally replace the synthetic body/face models (they are not stored in the file).
     The checkpoint's ``info`` dict is attached as ``generator.checkpoint_info``.
     """
     from safetensors.torch import load_file
 
     from .generator import Generator
 
-    path = Path(path)
+    path = resolve_generator_file(path)
     metadata = read_metadata(path)
     try:
         cfg = config_from_json(metadata["config"])

@@ -107,3 +107,20 @@ def test_tensors_that_do_not_match_the_config(tmp_path, saved):
     _rewrite(saved[1], tmp_path / "small.safetensors", {k: v.contiguous() for k, v in other.state_dict().items()})
     with pytest.raises(CheckpointError, match="small.safetensors"):
         load_generator(tmp_path / "small.safetensors")
+
+
+def test_training_checkpoint_folders_resolve_to_their_generator(tmp_path, saved):
+    run = tmp_path / "run"
+    for step in ("step-00000002", "step-00000004"):
+        (run / "checkpoints" / step).mkdir(parents=True)
+        (run / "checkpoints" / step / "generator.safetensors").write_bytes(saved[1].read_bytes())
+    (run / "checkpoints" / "latest").write_text("step-00000002\n")
+    assert load_generator(run).cfg == saved[0].cfg  # run folder -> latest pointer
+    assert load_generator(run / "checkpoints" / "step-00000004").cfg == saved[0].cfg
+    (run / "checkpoints" / "latest").unlink()
+    from portrait_core.generator.checkpoint import resolve_generator_file
+
+    assert resolve_generator_file(run).parent.name == "step-00000004"  # newest step without a pointer
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="empty: folder holds no generator checkpoint"):
+        load_generator(tmp_path / "empty")
