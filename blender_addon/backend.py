@@ -191,14 +191,21 @@ class SubprocessBackend:
             )
         except OSError as exc:
             raise BackendError(f"could not start the worker {self.settings.python}: {exc}") from exc
-        threading.Thread(target=self._drain, args=(self._proc,), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self._proc,), daemon=True)
+        self._drainer.start()
 
     def _drain(self, proc: subprocess.Popen) -> None:
         for line in iter(proc.stderr.readline, b""):
             self._stderr.append(line.decode("utf-8", "replace").rstrip())
 
     def _died(self, what: str) -> BackendError:
-        code = self._proc.poll() if self._proc else None
+        code = None
+        if self._proc is not None:
+            try:  # let it finish dying and its last stderr lines arrive
+                code = self._proc.wait(timeout=3)
+                self._drainer.join(timeout=3)
+            except subprocess.TimeoutExpired:
+                code = self._proc.poll()
         tail = "\n".join(list(self._stderr)[-8:])
         self._kill()
         return BackendError(f"the worker process {what} (exit code {code}). Its last messages:\n{tail}")

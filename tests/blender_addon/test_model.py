@@ -307,6 +307,17 @@ def test_subprocess_backend_roundtrips_a_frame(addon, bpy_module, tiny_checkpoin
         be.SubprocessBackend(be.Settings(python="/nonexistent/python"))
 
 
+def test_a_broken_worker_is_reported_with_its_stderr(addon, tmp_path):
+    be = addon.backend
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named portrait_core' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    worker = be.SubprocessBackend(be.Settings(python=str(fake)))
+    with pytest.raises(be.BackendError, match=r"(?s)exit code 3.*No module named portrait_core"):
+        worker.load()
+    assert worker._proc is None
+
+
 def test_mesh_deforms_like_the_exported_rig(addon, bpy_module):
     """The Armature-deformed mesh in Blender == portrait_core.export's Rig.pose_mesh for the same pose code."""
     import torch
@@ -402,3 +413,31 @@ def test_engine_non_square_and_transparent(addon, bpy_module, tmp_path):
     clear = still("clear.png")
     assert (clear[..., 3] < 0.99).mean() > 0.5  # the white background is gone: mostly transparent
     assert clear[..., 3].max() > 0  # the avatar is not
+
+
+def test_engine_composites_several_avatars_and_reports_errors(addon, bpy_module, tmp_path):
+    bpy = bpy_module
+    sc = bpy.context.scene
+    cam_data = bpy.data.cameras.new("cam")
+    cam = bpy.data.objects.new("cam", cam_data)
+    sc.collection.objects.link(cam)
+    sc.camera = cam
+    bpy.ops.busto.setup_render(resolution=32)
+    sc.render.filepath = str(tmp_path / "empty.png")
+    with pytest.raises(RuntimeError, match="no Busto avatar to render"):  # a clear report, not a traceback
+        bpy.ops.render.render(write_still=True)
+    bpy.data.objects.remove(cam)
+    a = _sample(bpy, seed=SEED)
+    _render_setup(bpy, a, size=64)
+    sc.camera.data.lens = 60.0
+    b = _sample(bpy, seed=SEED + 1)
+    b.location.x = 0.45  # the subject's right side of the frame from the front camera
+    sc.render.filepath = str(tmp_path / "both.png")
+    bpy.ops.render.render(write_still=True)
+    b.hide_render = True
+    sc.render.filepath = str(tmp_path / "one.png")
+    bpy.ops.render.render(write_still=True)
+    both, one = _png(bpy, tmp_path / "both.png"), _png(bpy, tmp_path / "one.png")
+    diff = np.abs(both - one).max(-1)
+    cols = np.nonzero(diff.max(0) > 2 / 255)[0]
+    assert len(cols) > 0 and cols.mean() > 32  # the second avatar appears only where it stands
