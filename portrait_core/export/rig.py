@@ -185,7 +185,7 @@ def closest_point_barycentric(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np
 
 
 def surface_weights(points: np.ndarray, body_vertices: np.ndarray, body_faces: np.ndarray, body_weights: np.ndarray,
-                    k_candidates: int = 4, chunk: int = 16384) -> np.ndarray:
+                    k_candidates: int = 2, chunk: int = 16384) -> np.ndarray:
     """Body weights [Nb,J] interpolated (barycentrically) at the closest point of the body surface to each point
     [N,3]; candidates are the triangles around the ``k_candidates`` nearest body vertices. -> [N,J]."""
     from scipy.spatial import cKDTree
