@@ -192,6 +192,7 @@ class BakedIdentity:
     body_colours: np.ndarray
     body_canon: np.ndarray
     cloth_mask: np.ndarray
+    body_hidden: np.ndarray  # [V] 1 where the 3DMM face covers the body's head (rendered transparent)
     face_colours: np.ndarray
     face_canon_neutral: np.ndarray
     hair_canon: np.ndarray
@@ -310,6 +311,7 @@ class AvatarFactory:
         f_neutral = self.face.vertices(ident, torch.zeros(1, C.EXPRESSION_DIM))[0].double().numpy()
         f_canon = f_neutral @ T_face[:3, :3].T + T_face[:3, 3]
         v_body = self._tuck_behind_face(v_body, f_canon)
+        hidden = self._under_face(v_body, f_canon)
 
         # head frame for the hair: centre of the body's head vertices, axes = canonical axes
         head_pts = v_body[self.head_vertex]
@@ -334,23 +336,36 @@ class AvatarFactory:
         hair_col = np.tile(p.hair_colour, (len(hair_canon), 1))
         return BakedIdentity(
             params=p, betas_t=betas, identity_t=ident, body_colours=body_col, body_canon=v_body,
-            cloth_mask=cloth.astype(np.float64), face_colours=face_col, face_canon_neutral=f_canon,
+            cloth_mask=cloth.astype(np.float64), body_hidden=hidden, face_colours=face_col, face_canon_neutral=f_canon,
             hair_canon=hair_canon, hair_weights=hair_weights, hair_colours=hair_col, face_centre=T_face[:3, 3],
         )
 
-    @staticmethod
-    def _tuck_behind_face(v_body: np.ndarray, f_canon: np.ndarray, gap: float = 0.005, slope: float = 0.8,
+    def _tuck_behind_face(self, v_body: np.ndarray, f_canon: np.ndarray, gap: float = 0.005,
                           reach: float = 0.03) -> np.ndarray:
-        """Sink the body's head under the 3DMM face (canonical): a body vertex at xy distance d from the nearest
-        face vertex (depth z_f) may not lie in front of ``z_f - gap + slope * d`` (for d < ``reach``), so the face
-        surface and its edge stay in front and the head blends in smoothly around it."""
-        tree = cKDTree(f_canon[:, :2])
-        d, nn = tree.query(v_body[:, :2])
-        limit = f_canon[nn, 2] - gap + slope * d
-        hit = (d < reach) & (v_body[:, 2] > limit) & (v_body[:, 2] > 0.0) & (v_body[:, 1] > f_canon[:, 1].min() - 0.02)
-        out = v_body.copy()
-        out[hit, 2] = limit[hit]
-        return out
+        """Sink the body's head under the 3DMM face (canonical frame).
+
+        A head vertex within ``reach`` of the face that is less than ``gap`` behind the face surface (signed
+        distance along the normal of its nearest face vertex) is moved back along that normal to ``gap`` behind it;
+        the move fades out with the distance to the face so the head blends in around the face's edge.
+        """
+        normals = _vertex_normals(f_canon, self.face_faces)
+        tree = cKDTree(f_canon)
+        v = v_body.copy()
+        cand = self.head_vertex | (v[:, 1] > f_canon[:, 1].min() - 0.02)
+        for _ in range(3):
+            dist, nn = tree.query(v[cand])
+            n = normals[nn]
+            sd = ((v[cand] - f_canon[nn]) * n).sum(1)
+            move = np.clip(sd + gap, 0, None) * _smoothstep(reach, 0.5 * reach, dist)
+            v[cand] -= move[:, None] * n
+        return v
+
+    def _under_face(self, v_body: np.ndarray, f_canon: np.ndarray, margin: float = 0.006) -> np.ndarray:
+        """[V] 1.0 for body vertices behind the face's interior (xy within the face, >= ``margin`` from its edge)."""
+        d, _ = cKDTree(f_canon[:, :2]).query(v_body[:, :2])
+        d_edge, _ = cKDTree(f_canon[self.skirt_index, :2]).query(v_body[:, :2])
+        front = v_body[:, 2] > f_canon[:, 2].min() - 0.03
+        return ((d < 0.003) & (d_edge > margin) & front & self.head_vertex).astype(np.float64)
 
     @staticmethod
     def _hairline(style: HairStyle, p: IdentityParams, phi: np.ndarray) -> np.ndarray:
@@ -393,15 +408,19 @@ class AvatarFactory:
 
     @staticmethod
     def _surface_radius(dirs: np.ndarray, pts: np.ndarray, cone_deg: float = 10.0) -> np.ndarray:
-        """Largest projection of ``pts`` (relative to the centre) onto each direction within a cone -> [D]."""
+        """Largest projection of ``pts`` (relative to the centre) onto each unit direction among the points within
+        ``cone_deg`` of it -> [D] (nearest point's projection when the cone is empty)."""
         r = np.linalg.norm(pts, axis=1).clip(1e-9)
         u = pts / r[:, None]
-        cosang = dirs @ u.T  # [D, P]
-        proj = np.where(cosang > math.cos(math.radians(cone_deg)), cosang * r[None, :], 0.0)
-        out = proj.max(1)
+        chord = 2 * math.sin(math.radians(cone_deg) / 2)
+        pairs = cKDTree(dirs).sparse_distance_matrix(cKDTree(u), chord, output_type="ndarray")
+        out = np.zeros(len(dirs))
+        proj = r[pairs["j"]] * (1 - 0.5 * pairs["v"] ** 2)  # r cos(angle), cos = 1 - chord^2 / 2
+        np.maximum.at(out, pairs["i"], proj)
         miss = out <= 0
-        if miss.any():  # no head point in the cone: nearest direction
-            out[miss] = (r[None, :] * (cosang[miss] > 0.0) * cosang[miss]).max(1)
+        if miss.any():
+            _, nn = cKDTree(u).query(dirs[miss])
+            out[miss] = r[nn]
         return out
 
     @staticmethod

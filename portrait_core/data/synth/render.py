@@ -72,10 +72,10 @@ def _worker_init(cfg: SynthConfig, out: str, threads: int) -> None:
     body, face = BodyModel.synthetic(), FaceModel.synthetic()
     factory = AvatarFactory(body, face, EXPRESSION_NAMES)
     scene = StudioScene(samples=cfg.samples, threads=threads)
-    scene.material("body", roughness=0.65, pattern=True, specular=0.15, sheen=0.2)
+    scene.material("body", roughness=0.65, pattern=True, specular=0.15, sheen=0.2, hideable=True)
     scene.material("face", roughness=0.6, specular=0.15)
     scene.material("hair", roughness=0.45, streaks=True, specular=0.35)
-    attrs = (("canon", "FLOAT_VECTOR"), ("cloth", "FLOAT"))
+    attrs = (("canon", "FLOAT_VECTOR"), ("cloth", "FLOAT"), ("hide", "FLOAT"))
     zero_b = np.zeros((body.num_vertices, 3))
     scene.add_mesh("body", zero_b, factory.body_faces, "body", attributes=attrs)
     scene.add_mesh("face", np.zeros((face.num_vertices, 3)), factory.face_faces, "face")
@@ -95,7 +95,7 @@ def _bake(identity_index: int):
     params = factory.sample_identity(rng)
     baked = factory.bake(params)
     scene.set_mesh("body", colors_srgb=baked.body_colours,
-                   attributes={"canon": baked.body_canon, "cloth": baked.cloth_mask})
+                   attributes={"canon": baked.body_canon, "cloth": baked.cloth_mask, "hide": baked.body_hidden})
     scene.set_mesh("face", colors_srgb=baked.face_colours)
     scene.set_mesh("skirt", colors_srgb=np.tile(baked.face_colours[factory.skirt_index], (2, 1)))
     for name in factory.styles:

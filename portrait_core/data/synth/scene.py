@@ -112,7 +112,7 @@ class StudioScene:
         spec = [  # name, strength, angle (rad, softness), shadows, rotation (camera-local XYZ Euler; camera looks -Z)
             ("key", 3.2, 0.1, True, (0.45, -0.55, 0.0)),
             ("fill", 1.1, 0.0, False, (0.2, 0.7, 0.0)),
-            ("rim", 1.5, 0.0, False, (2.6, 0.3, 0.0)),
+            ("rim", 1.5, 0.0, True, (2.6, 0.3, 0.0)),
         ]
         for name, strength, angle, shadow, rot in spec:
             light = bpy.data.lights.new(name, "SUN")
@@ -127,13 +127,15 @@ class StudioScene:
     # --- materials ---------------------------------------------------------------------------------------
 
     def material(self, name: str, roughness: float = 0.6, pattern: bool = False, streaks: bool = False,
-                 specular: float = 0.3, sheen: float = 0.0) -> bpy.types.Material:
+                 specular: float = 0.3, sheen: float = 0.0, hideable: bool = False) -> bpy.types.Material:
         """A Principled material whose base colour is the 'Col' colour attribute.
 
         ``pattern``: mixes in a second colour (node 'pattern_rgb') by a procedural stripe/check mask evaluated on
         the per-vertex canonical position attribute 'canon' (so the pattern follows the pose) and gated by the
         per-vertex 'cloth' attribute. Parameters live in Value nodes: 'stripes', 'checks', 'freq', and the
         stripe direction vector in 'dir'. ``streaks``: a stretched noise along 'canon' darkens strands of hair.
+        ``hideable``: the per-vertex 'hide' attribute (0..1) mixes in a transparent shader (used to hide the body's
+        head where the 3DMM face covers it).
         """
         mat = bpy.data.materials.new(name)
         mat.use_nodes = True
@@ -173,6 +175,17 @@ class StudioScene:
             nt.links.new(ramp.outputs["Result"], mul.inputs["B"])
             base = mul.outputs["Result"]
         nt.links.new(base, bsdf.inputs["Base Color"])
+        if hideable:
+            out = nt.nodes.get("Material Output")
+            hide = nt.nodes.new("ShaderNodeAttribute")
+            hide.attribute_type = "GEOMETRY"
+            hide.attribute_name = "hide"
+            clear = nt.nodes.new("ShaderNodeBsdfTransparent")
+            mix = nt.nodes.new("ShaderNodeMixShader")
+            nt.links.new(hide.outputs["Fac"], mix.inputs["Fac"])
+            nt.links.new(bsdf.outputs["BSDF"], mix.inputs[1])
+            nt.links.new(clear.outputs["BSDF"], mix.inputs[2])
+            nt.links.new(mix.outputs["Shader"], out.inputs["Surface"])
         self.materials[name] = mat
         return mat
 
