@@ -88,6 +88,23 @@ def inprocess_available(settings: Settings) -> tuple[bool, str]:
     return True, "torch and portrait_core importable"
 
 
+def shipped_checkpoint(settings: Settings) -> str | None:
+    """The model shipped in ``portrait_core/assets`` of the in-process environment (found without importing
+    portrait_core), or None."""
+    _add_site_packages(settings.site_packages)
+    try:
+        spec = importlib.util.find_spec("portrait_core")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        assets = os.path.join(folder, "assets")
+        if os.path.isdir(assets):
+            found = sorted(f for f in os.listdir(assets) if f.endswith(".safetensors"))
+            if found:
+                return os.path.join(assets, found[0])
+    return None
+
+
 def environment_report(settings: Settings) -> str:
     """Human-readable lines for the preferences and the Model panel."""
     ok, why = inprocess_available(settings)

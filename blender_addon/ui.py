@@ -38,7 +38,13 @@ class BUSTO_PT_model(_BustoPanel, bpy.types.Panel):
         col = layout.column()
         col.prop(context.scene.busto, "checkpoint", text="Checkpoint")
         if not settings.checkpoint:
-            col.label(text="Using the model shipped with Busto", icon="INFO")
+            shipped = backend.shipped_checkpoint(settings)
+            if shipped:
+                col.label(text=f"Using the model shipped with Busto ({shipped.rsplit('/', 1)[-1]})", icon="INFO")
+            elif settings.backend.upper() == "SUBPROCESS":
+                col.label(text="Using the model shipped with the worker's Busto", icon="INFO")
+            else:
+                col.label(text="No checkpoint set and no model shipped: choose one", icon="ERROR")
         row = col.row()
         row.label(text=f"Device: {settings.device.upper()}")
         row.label(text=f"Backend: {settings.backend.title()}")

@@ -144,6 +144,11 @@ def test_panels_draw_without_and_with_an_avatar(addon, bpy_module, recorder):
     bpy = bpy_module
     layouts = _draw_all(bpy, recorder)
     assert "busto.load_model" in layouts["BUSTO_PT_model"].operators()
+    assert not any("no model shipped" in t for t in layouts["BUSTO_PT_model"].texts())  # a checkpoint is set
+    bpy.context.scene.busto.checkpoint = ""
+    texts = _draw_all(bpy, recorder)["BUSTO_PT_model"].texts()
+    shipped = addon.backend.shipped_checkpoint(addon.backend.Settings())
+    assert any(("Using the model shipped" if shipped else "no model shipped") in t for t in texts), texts
     assert "busto.sample_avatar" in layouts["BUSTO_PT_avatar"].operators()
     assert "No avatar yet" in layouts["BUSTO_PT_avatar"].texts()
     assert "busto.setup_render" in layouts["BUSTO_PT_render"].operators()
