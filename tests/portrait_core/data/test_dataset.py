@@ -188,3 +188,21 @@ def test_samplers_tables_mirror_fallback_and_npz(synth_dataset, tmp_path):
     with pytest.raises(ValueError, match="meta"):
         np.savez(tmp_path / "bad.npz", camera_pose=np.zeros((2, 43)))
         LabelSampler.load(tmp_path / "bad.npz")
+
+
+def test_cli_validate_stats_pack(synth_dataset, tmp_path, capsys):
+    from portrait_core.data.__main__ import main
+
+    root, _ = synth_dataset
+    assert main(["validate", str(root), "--images"]) == 0
+    bad = _broken_copy(root, tmp_path / "bad")
+    assert main(["validate", str(bad), "--images"]) == 1
+    out = capsys.readouterr().out
+    assert "images[2].camera" in out and "000005.png" in out
+    assert main(["stats", str(root), "--out", str(tmp_path / "stats")]) == 0
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "stats" / "contact_sheet.png")
+    assert sheet.size[0] >= 8 * 64 and Image.open(tmp_path / "stats" / "histograms.png").size[0] > 600
+    assert main(["pack", str(root), "--out", str(tmp_path / "p.zip")]) == 0
+    assert main(["validate", str(tmp_path / "p.zip")]) == 0
