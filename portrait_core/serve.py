@@ -121,6 +121,8 @@ class Session:
         self.info: dict = {}
         self.device = "cpu"
         self._avatars: OrderedDict[str, object] = OrderedDict()
+        #: how often the model was loaded, avatars baked and frames rendered (a render farm checks "load once")
+        self.stats = {"loads": 0, "bakes": 0, "frames": 0}
 
     # -- dispatch
     def handle(self, op: str, params: dict, arrays: dict[str, np.ndarray], progress: Progress = _noop,
@@ -141,7 +143,7 @@ class Session:
         import torch
 
         return {"protocol": PROTOCOL_VERSION, "torch": torch.__version__, "python": sys.version.split()[0],
-                "cuda": bool(torch.cuda.is_available())}, {}
+                "cuda": bool(torch.cuda.is_available()), "stats": dict(self.stats)}, {}
 
     def op_load(self, params, arrays, progress):
         import torch
@@ -159,6 +161,7 @@ class Session:
             self.generator = None
             self._avatars.clear()
             self.generator = load_generator(path, device=device)  # raises CheckpointError naming the file
+            self.stats["loads"] += 1
             self.device = device
             cfg = self.generator.cfg
             sr = cfg.superres.scale if (cfg.superres.enabled and self.generator.superres is not None) else 1
@@ -199,6 +202,7 @@ class Session:
             betas = torch.tensor([spec["body_shape"]], dtype=torch.float32, device=self.device)
             sr = spec["super_resolve"] and g.superres is not None
             avatar = g.make_avatar(latents, betas, truncation=spec["truncation"], super_resolve=sr)
+            self.stats["bakes"] += 1
             self._avatars[key] = avatar
             while len(self._avatars) > MAX_AVATARS:
                 self._avatars.popitem(last=False)
@@ -264,6 +268,7 @@ class Session:
         size = int(params.get("size") or self.info["output_resolution"])
         rgba = self._render(avatar, arrays["pose"], arrays["expression"], arrays["cam2world"], arrays["intrinsics"],
                             size)
+        self.stats["frames"] += len(rgba)
         return {}, {"rgba": rgba}
 
     def op_extract(self, params, arrays, progress):

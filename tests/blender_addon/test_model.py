@@ -268,9 +268,12 @@ def test_frame_range_in_process_and_in_a_fresh_process(animated, bpy_module, add
         t = time.perf_counter()
         bpy.ops.render.render(animation=True)
         print("RENDER_SECONDS", time.perf_counter() - t)
+        (b,) = blender_addon.backend._BACKENDS.values()
+        print("STATS", b._session.stats)
     """)
     r = run_python(code, env={"OMP_NUM_THREADS": "2"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "STATS {'loads': 1, 'bakes': 1, 'frames': 2}" in r.stdout  # the model loads once per process
     for f in (3, 4):
         assert np.array_equal(_png(bpy, fresh / f"frame_{f:04d}.png"), animated["frames"][f - 1]), f
 
