@@ -24,10 +24,12 @@ inside :func:`run` so that ``python -m portrait_core --help`` stays light.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -442,7 +444,10 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
 
     # 1. Blender + add-on ----------------------------------------------------------------------------
     with step("Start Blender, register the add-on") as s:
-        os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="busto-demo-blender-"))
+        if "BLENDER_USER_RESOURCES" not in os.environ:  # keep the user's Blender config out of it
+            user = tempfile.mkdtemp(prefix="busto-demo-blender-")
+            os.environ["BLENDER_USER_RESOURCES"] = user
+            atexit.register(shutil.rmtree, user, ignore_errors=True)
         import bpy
 
         import blender_addon
@@ -788,7 +793,8 @@ def _main(args: argparse.Namespace, console) -> int:
     args._redirect = True
     t0 = time.perf_counter()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=True, disable=args.quiet)
+                        TimeElapsedColumn(), console=console, transient=True, disable=args.quiet,
+                        redirect_stdout=False, redirect_stderr=False)  # Python prints go to demo.log too
     try:
         with progress:
             report = run(args, console, progress)
