@@ -344,6 +344,53 @@ def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2wo
 def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool,
             level: float | str = 0.5,
             morphs: int = 0, progress: Progress = _noop, should_stop=None) -> dict:
-    return get_backend(settings).request("extract", None, progress, should_stop, avatar=spec.to_json(),
-                                         resolution=int(resolution), decimate=int(decimate), colors=bool(colors),
-                                         level=level if level == "auto" else float(level), morphs=int(morphs))
+    """Mesh + rig (+ morphs) of an avatar. Results are cached in ``settings.cache_dir/meshes`` (keyed by the
+    checkpoint file's path, size and modification time, the avatar and the options), so extracting the same avatar
+    again, e.g. after reopening a .blend, is instant."""
+    params = {"avatar": spec.to_json(), "resolution": int(resolution), "decimate": int(decimate),
+              "colors": bool(colors), "level": level if level == "auto" else float(level), "morphs": int(morphs)}
+    path = _mesh_cache_path(settings, params)
+    if path is not None and os.path.isfile(path):
+        try:
+            return _load_cached(path)
+        except Exception:  # a damaged cache entry: extract again
+            pass
+    out = get_backend(settings).request("extract", None, progress, should_stop, **params)
+    if path is not None:
+        _save_cached(path, out)
+    return out
+
+
+def _mesh_cache_path(settings: Settings, params: dict) -> str | None:
+    import hashlib
+    import json
+
+    if not settings.cache_dir or not settings.checkpoint or not os.path.isfile(settings.checkpoint):
+        return None  # the shipped default lives in the worker's environment: no stable key here
+    st = os.stat(settings.checkpoint)
+    key = json.dumps({"ckpt": os.path.abspath(settings.checkpoint), "size": st.st_size, "mtime": st.st_mtime_ns,
+                      **params}, sort_keys=True)
+    return os.path.join(settings.cache_dir, "meshes", hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz")
+
+
+def _save_cached(path: str, out: dict) -> None:
+    import json
+
+    arrays = {k: v for k, v in out.items() if isinstance(v, np.ndarray)}
+    meta = {k: v for k, v in out.items() if not isinstance(v, np.ndarray)}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # caching is an optimisation; a read-only cache folder must not fail the extraction
+
+
+def _load_cached(path: str) -> dict:
+    import json
+
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files if k != "__meta__"}
+        out.update(json.loads(bytes(z["__meta__"]).decode()))
+    return out

@@ -42,7 +42,7 @@ class BustoPreferences(bpy.types.AddonPreferences):
                     "Blender's import path for the in-process backend")
     cache_dir: StringProperty(
         name="Cache folder", subtype="DIR_PATH", default="",
-        description="Where extracted meshes and previews are written (empty: the extension's user folder)")
+        description="Extracted meshes are cached here (empty: the extension's user folder)")
 
     def draw(self, context):
         draw_preferences(self.layout, self)

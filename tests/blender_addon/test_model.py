@@ -80,9 +80,13 @@ def test_operators_end_to_end(addon, bpy_module):
     posed = np.array([v.co for v in mesh.evaluated_get(dg).to_mesh().vertices])
     moved = np.linalg.norm(posed - rest, axis=1)
     assert moved.max() > 0.02 and np.median(moved) < moved.max()  # the head moves, not everything
-    # re-extracting replaces the mesh
+    # re-extracting replaces the mesh (from the cache folder this time)
     old_name = mesh.name
+    cache = Path(addon.prefs.resolve(bpy.context, None, rig).cache_dir) / "meshes"
+    assert list(cache.glob("*.npz"))
+    t0 = time.perf_counter()
     assert bpy.ops.busto.extract_mesh() == {"FINISHED"}
+    assert time.perf_counter() - t0 < 1.0
     assert rig.busto.mesh is not None and len([o for o in rig.children if o.type == "MESH"]) == 1
     assert rig.busto.mesh.name == old_name
     assert bpy.ops.busto.reset_pose() == {"FINISHED"}
