@@ -358,6 +358,7 @@ class PHQ360(Source):
         self.label_file = f"{self.root}:dataset.json" if self._zip else str(self.root / "dataset.json")
         self.mask_root = Path(masks) if masks else None
         self._mask_zip = zipfile.ZipFile(self.mask_root) if self.mask_root and self.mask_root.is_file() else None
+        self._pid = os.getpid()
         try:
             text = (self._zip.read("dataset.json") if self._zip else (self.root / "dataset.json").read_bytes()).decode()
         except (KeyError, FileNotFoundError):
@@ -450,10 +451,22 @@ class PHQ360(Source):
         if rel.startswith("@mask/"):
             return rel[6:] in self._mask_names.values()
         if self._zip is not None:
-            return rel in set(self._zip.namelist())
+            if getattr(self, "_names", None) is None:
+                self._names = set(self._zip.namelist())
+            return rel in self._names
         return (self.root / rel).is_file()
 
+    def _reopen_after_fork(self) -> None:
+        """zip handles share a file offset across fork(): each process opens its own."""
+        if getattr(self, "_pid", None) != os.getpid():
+            if self._zip is not None:
+                self._zip = zipfile.ZipFile(self.root)
+            if self._mask_zip is not None:
+                self._mask_zip = zipfile.ZipFile(self.mask_root)
+            self._pid = os.getpid()
+
     def _read(self, rel: str) -> bytes:
+        self._reopen_after_fork()
         if rel.startswith("@mask/"):
             if self._mask_zip is not None:
                 return self._mask_zip.read(rel[6:])
@@ -463,7 +476,20 @@ class PHQ360(Source):
         return (self.root / rel).read_bytes()
 
     def __getstate__(self):
-        raise TypeError("PHQ360 sources are not picklable; convert to Busto's format for multi-worker loading")
+        """Picklable for DataLoader workers: zip handles are reopened in the receiving process."""
+        d = dict(self.__dict__)
+        d["_zip_paths"] = (str(self.root) if self._zip is not None else None,
+                           str(self.mask_root) if self._mask_zip is not None else None)
+        d["_zip"] = d["_mask_zip"] = None
+        return d
+
+    def __setstate__(self, d):
+        paths = d.pop("_zip_paths")
+        self.__dict__.update(d)
+        self._zip = zipfile.ZipFile(paths[0]) if paths[0] else None
+        self._mask_zip = zipfile.ZipFile(paths[1]) if paths[1] else None
+        self._names = None
+        self._pid = os.getpid()
 
 
 # --- detection and conversion ------------------------------------------------------------------------------------

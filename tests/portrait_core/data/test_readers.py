@@ -175,3 +175,19 @@ def test_open_source_errors(tmp_path):
     (tmp_path / "x" / "labels.json").write_text("{not json")
     with pytest.raises(LabelError, match=r"labels.json: \(json\): not valid JSON at line 1"):
         open_source(tmp_path / "x")
+
+
+def test_archives_load_in_dataloader_workers(synth_dataset, tmp_path):
+    """Packed zips and 360PHQ zips (with their mask zip) work with multi-process DataLoaders."""
+    from portrait_core.data.dataset import PortraitDataset
+    from portrait_core.data.pack import pack_dataset
+
+    root, _ = synth_dataset
+    packed, _ = pack_dataset(root, tmp_path / "p.zip")
+    _make_phq(root, tmp_path / "phq")
+    for ds in (PortraitDataset(packed, mirror=True),
+               PortraitDataset(tmp_path / "phq" / "360PHQ-32.zip", masks=str(tmp_path / "phq" / "360PHQ-32-mask.zip"),
+                               face_resolution=16)):
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+        n = sum(len(b["image"]) for b in loader)
+        assert n == len(ds)
