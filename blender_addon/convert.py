@@ -35,6 +35,7 @@ __all__ = [
     "euler_zyx_to_matrix", "matrix_to_euler_zyx", "continuous_quaternions",
     "pose_code_to_bone_quaternions", "bone_quaternions_to_pose_code",
     "blender_camera_to_cv", "cv_to_blender_camera", "blender_intrinsics", "orbit_camera_cv",
+    "projection_to_intrinsics", "lens_for_fov", "bone_matrices_to_pose_code",
     "square_render_plan", "resize_bilinear", "srgb_to_linear", "linear_to_srgb",
     "official_keyframes_to_pose_code", "interpolate_keyframes", "official_keyframes_to_bone_quaternions",
 ]
@@ -259,6 +260,17 @@ def blender_intrinsics(lens: float, sensor_width: float, sensor_height: float, s
     cx_px = width / 2.0 - shift_x * fitted_px
     cy_px = height / 2.0 + shift_y * fitted_px
     return np.array([[f_px / width, 0.0, cx_px / width], [0.0, f_px / height, cy_px / height], [0.0, 0.0, 1.0]])
+
+
+def projection_to_intrinsics(window_matrix: np.ndarray) -> np.ndarray:
+    """OpenGL perspective projection (Blender's ``region_3d.window_matrix`` or ``Object.calc_matrix_camera``)
+    -> normalised OpenCV intrinsics [3, 3] for the same view. Orthographic projections raise ValueError."""
+    P = np.asarray(window_matrix, dtype=np.float64)
+    if abs(P[3, 3]) > 1e-9 or abs(P[3, 2] + 1.0) > 1e-6:
+        raise ValueError("the view is orthographic; the neural renderer needs a perspective view")
+    return np.array([[P[0, 0] / 2.0, 0.0, 0.5 - P[0, 2] / 2.0],
+                     [0.0, P[1, 1] / 2.0, 0.5 + P[1, 2] / 2.0],
+                     [0.0, 0.0, 1.0]])
 
 
 def lens_for_fov(fov_deg: float, sensor_width: float = 36.0) -> float:

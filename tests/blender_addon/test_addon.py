@@ -368,3 +368,22 @@ def test_blender_camera_projects_like_the_generator_camera(addon, bpy_module, fi
     v = 1.0 - (pix[:, 1] + 0.5) / size[1]
     assert (depth.numpy() > 0).all()
     assert np.abs(np.stack([u, v], -1) - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("fit,size,shift", [("AUTO", (96, 64), (0.05, -0.02)), ("VERTICAL", (64, 96), (0.0, 0.1))])
+def test_viewport_projection_gives_the_camera_intrinsics(addon, bpy_module, fit, size, shift):
+    bpy = bpy_module
+    cv = addon.convert
+    cam_data = bpy.data.cameras.new("cam")
+    cam_data.lens, cam_data.sensor_fit = 70.0, fit
+    cam_data.shift_x, cam_data.shift_y = shift
+    cam = bpy.data.objects.new("cam", cam_data)
+    bpy.context.scene.collection.objects.link(cam)
+    P = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=size[0], y=size[1]))
+    ref = cv.blender_intrinsics(70.0, cam_data.sensor_width, cam_data.sensor_height, fit, *size, *shift)
+    assert np.allclose(cv.projection_to_intrinsics(P), ref, atol=1e-5)
+    ortho = P.copy()
+    ortho[3] = [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="orthographic"):
+        cv.projection_to_intrinsics(ortho)
+

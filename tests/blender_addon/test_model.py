@@ -448,3 +448,26 @@ def test_engine_composites_several_avatars_and_reports_errors(addon, bpy_module,
     diff = np.abs(both - one).max(-1)
     cols = np.nonzero(diff.max(0) > 2 / 255)[0]
     assert len(cols) > 0 and cols.mean() > 32  # the second avatar appears only where it stands
+
+
+def test_viewport_preview_renders_in_a_thread(addon, bpy_module):
+    bpy = bpy_module
+    eng, cv, K = addon.engine, addon.convert, addon.constants
+    _sample(bpy)
+    dg = bpy.context.evaluated_depsgraph_get()
+    cam_world = cv.cv_to_blender_camera(cv.orbit_camera_cv(math.pi / 2, math.pi / 2, K.PORTRAIT_RADIUS,
+                                                           K.PORTRAIT_LOOK_AT))
+    Kn = cv.blender_intrinsics(cv.lens_for_fov(12.0), 36, 24, "AUTO", 48, 32)
+    items = eng.rig_inputs(dg, cam_world, Kn)
+    state = {}
+    assert eng.request_viewport_preview(state, items, 48, 32)
+    assert not eng.request_viewport_preview(state, items, 48, 32)  # busy or same picture: no second render
+    state["thread"].join(timeout=120)
+    assert state.get("error", "") == "" and state["image"].shape == (32, 48, 4)
+    assert not eng.request_viewport_preview(state, items, 48, 32)  # unchanged view: nothing to do
+    rgb, alpha = eng.composite(items, 48, 32)
+    assert np.allclose(state["image"][..., :3], rgb + (1 - alpha), atol=1e-6)
+    items[0]["pose"] = items[0]["pose"] + 0.1
+    assert eng.request_viewport_preview(state, items, 48, 32)  # the pose changed: a new preview
+    state["thread"].join(timeout=120)
+    assert eng.viewport_size(1920, 1080) == (160, 90)
