@@ -189,6 +189,9 @@ def validate_record(rec: Any, where: str, file: str = LABELS_FILE) -> list[Probl
     for key in FILE_FIELDS:
         if key in rec and rec[key] is not None and not isinstance(rec[key], str):
             out.append(Problem(file, f"{where}.{key}", f"expected a relative path string, got {rec[key]!r}"))
+    mesh = rec.get("mesh")
+    if mesh is not None and not (isinstance(mesh, dict) and all(isinstance(v, str) for v in mesh.values())):
+        out.append(Problem(file, f"{where}.mesh", f"expected {{'posed': path, 'canonical': path}}, got {mesh!r}"))
     if "name" in rec and not isinstance(rec["name"], str):
         out.append(Problem(file, f"{where}.name", f"expected a string, got {rec['name']!r}"))
     angles = rec.get("camera_angles")
@@ -259,6 +262,10 @@ def validate_labels(root: str | os.PathLike, check_files: bool = True, check_ima
                         src.read_png(rel)
                     except Exception as e:  # noqa: BLE001 - reported, not swallowed
                         problems.append(Problem(rel, f"images[{i}].{key}", f"cannot be decoded: {e}"))
+            mesh = rec.get("mesh")
+            for key, rel in (mesh.items() if isinstance(mesh, dict) else ()):
+                if isinstance(rel, str) and not src.has_file(rel):
+                    problems.append(Problem(src.label_file, f"images[{i}].mesh.{key}", f"file {rel!r} does not exist"))
     return problems
 
 
