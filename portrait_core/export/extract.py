@@ -267,7 +267,7 @@ def clean_mesh(
     min_component_fraction: float = 0.05,
     max_components: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Merge duplicate vertices, drop degenerate/duplicate faces, keep the big components, fix normals.
+    """Merge duplicate vertices, drop degenerate/duplicate faces, keep the big components, orient outwards.
 
     A connected component is kept when it has at least ``min_component_fraction`` of the largest component's
     faces (and, with ``max_components``, only the largest that many). Returns (vertices float64, faces int64).
@@ -296,8 +296,13 @@ def clean_mesh(
             keep = keep[:max_components]
         m.update_faces(np.isin(flabel, keep))
         m.remove_unreferenced_vertices()
-    trimesh.repair.fix_normals(m, multibody=True)
-    return np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int64)
+    v = np.asarray(m.vertices, dtype=np.float64)
+    f = np.asarray(m.faces, dtype=np.int64)
+    # marching cubes of a larger-inside field winds every surface outwards (inner walls of cavities face the cavity);
+    # only a globally inverted result (a smaller-inside field) is flipped
+    if np.einsum("ij,ij->", v[f[:, 0]], np.cross(v[f[:, 1]], v[f[:, 2]])) < 0:
+        f = f[:, ::-1].copy()
+    return v, f
 
 
 def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, face_count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -320,11 +325,11 @@ def vertex_colors(
     offset: float = 0.0,
 ) -> np.ndarray:
     """Colours seen by an eye on the outward normal: ``color_fn(v + offset * n, -n)`` -> [V,3] float32 in [0,1]."""
-    v = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
-    n = torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))
+    vt = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32))
+    nt = torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))
     out = []
-    for s in range(0, len(v), chunk_size):
-        vs, ns = v[s:s + chunk_size], n[s:s + chunk_size]
+    for s in range(0, len(vt), chunk_size):
+        vs, ns = vt[s:s + chunk_size], nt[s:s + chunk_size]
         rgb = color_fn(vs + offset * ns, -ns).reshape(-1, 3).to(torch.float32)
         out.append(rgb.cpu())
     rgb = torch.cat(out).numpy() if out else np.zeros((0, 3), np.float32)

@@ -115,3 +115,13 @@ def test_bad_fields_and_arguments():
         extract_mesh_from_field(sphere_field(0.1), ((0, 0, 0), (1, -1, 1)), 16, 0.0)
     with pytest.raises(ValueError, match="resolution"):
         extract_mesh_from_field(sphere_field(0.1), BOX, 1, 0.0)
+
+
+def test_hollow_shell_keeps_inner_wall_facing_the_cavity():
+    shell = lambda p: torch.minimum(0.25 - p.norm(dim=-1), p.norm(dim=-1) - 0.15)  # noqa: E731
+    m = extract_mesh_from_field(shell, BOX, 64, 0.0)
+    r = np.linalg.norm(m.vertices, axis=1)
+    radial = (m.normals * m.vertices).sum(1) / r
+    assert np.all(radial[r > 0.2] > 0.9) and np.all(radial[r < 0.2] < -0.9)
+    exact = 4.0 / 3.0 * math.pi * (0.25**3 - 0.15**3)
+    assert abs(m.volume() - exact) / exact < 0.02
