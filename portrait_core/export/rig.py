@@ -311,14 +311,14 @@ def build_rig_from_arrays(
 
 
 @torch.no_grad()
-def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, *, surface: bool = True,
+def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, *, surface: bool = False,
               **transfer_kw) -> Rig:
     """Rig for a canonical-space mesh from a ``BodyModel`` and body shape ``betas`` [10] or [1,10].
 
     Skin weights come from the body's upper-body part (``body.upper_body_mask``, the vertices the generator's
-    inverse LBS uses) in the canonical pose of these betas: with ``surface`` (default) the SMPL weights at the
-    closest point of that surface, else those of the nearest vertices; then smoothed over the mesh, top-4,
-    renormalised. See :func:`transfer_weights` for the options.
+    inverse LBS uses) in the canonical pose of these betas: by default those of the nearest vertex (the generator's
+    own rule), with ``surface`` the SMPL weights interpolated at the closest point of that surface (continuous,
+    ~6x slower); then smoothed over the mesh, top-4, renormalised. See :func:`transfer_weights` for the options.
     """
     if betas is None:
         betas = torch.zeros(1, 10)

@@ -106,3 +106,24 @@ def test_morphs_from_displacement_are_deltas():
     m = morphs_from_displacement(fn, v, names, E)
     assert list(m) == names
     assert np.allclose(m["jaw_open"], v * 0.02, atol=1e-7)
+
+
+def test_surface_weights_interpolate_the_body(body):
+    from portrait_core.export.rig import closest_point_barycentric, surface_weights
+
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 500, 3))
+    p = rng.normal(size=(500, 3)) * 2
+    bary, d2 = closest_point_barycentric(p, a, b, c)
+    u, v = np.meshgrid(np.linspace(0, 1, 120), np.linspace(0, 1, 120))
+    keep = u + v <= 1
+    u, v = u[keep], v[keep]
+    grid = a[:, None] * (1 - u - v)[None, :, None] + b[:, None] * u[None, :, None] + c[:, None] * v[None, :, None]
+    brute = ((grid - p[:, None]) ** 2).sum(-1).min(1)
+    assert np.all(d2 <= brute + 1e-12) and np.allclose(bary.sum(1), 1) and bary.min() >= -1e-12
+    V = body.canonical().vertices[0].double().numpy()
+    F = body.faces.numpy()
+    W = body.lbs_weights.double().numpy()
+    mid = V[F[:50]].mean(1)  # triangle centroids: the weights are the mean of the corners'
+    assert np.allclose(surface_weights(V[:200], V, F, W), W[:200], atol=1e-9)
+    assert np.allclose(surface_weights(mid, V, F, W), W[F[:50]].mean(1), atol=1e-9)
