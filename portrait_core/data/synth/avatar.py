@@ -322,9 +322,9 @@ class AvatarFactory:
         hair_canon = self._hair_geometry(style, p, centre, surf_pts, v_body, f_canon)
         hair_weights = self._hair_weights(hair_canon, v_body, joints)
 
-        cloth = self._cloth_mask(v_body, joints, p)
-        body_col = np.tile(p.skin, (len(v_body), 1))
-        body_col[cloth] = p.cloth
+        cloth_value = self._cloth_mask(v_body, joints, p)
+        cloth = cloth_value > 0.5
+        body_col = np.tile(p.skin, (len(v_body), 1))  # the garment colour comes from the material
         # scalp under the hair takes the hair colour (hides gaps between hair and head)
         d = v_body - centre
         r = np.linalg.norm(d, axis=1).clip(1e-9)
@@ -336,7 +336,7 @@ class AvatarFactory:
         hair_col = np.tile(p.hair_colour, (len(hair_canon), 1))
         return BakedIdentity(
             params=p, betas_t=betas, identity_t=ident, body_colours=body_col, body_canon=v_body,
-            cloth_mask=cloth.astype(np.float64), body_hidden=hidden, face_colours=face_col, face_canon_neutral=f_canon,
+            cloth_mask=cloth_value, body_hidden=hidden, face_colours=face_col, face_canon_neutral=f_canon,
             hair_canon=hair_canon, hair_weights=hair_weights, hair_colours=hair_col, face_centre=T_face[:3, 3],
         )
 
@@ -447,8 +447,12 @@ class AvatarFactory:
         w[:, C.HEAD] += alpha
         return w / w.sum(1, keepdims=True)
 
-    def _cloth_mask(self, v: np.ndarray, joints: np.ndarray, p: IdentityParams) -> np.ndarray:
-        """Shirt region of the canonical body: below a neckline (crew, V or scoop), optionally sleeveless."""
+    def _cloth_mask(self, v: np.ndarray, joints: np.ndarray, p: IdentityParams, soft: float = 0.012) -> np.ndarray:
+        """Shirt region of the canonical body: below a neckline (crew, V or scoop), optionally sleeveless.
+
+        Returns a soft value per vertex, 0.5 + signed distance / (2 ``soft``) clipped to [0, 1] (> 0.5 = cloth), so
+        the renderer can cut a smooth edge at the interpolated 0.5 level.
+        """
         x, y, z = v[:, 0], v[:, 1], v[:, 2]
         y0 = joints[C.NECK, 1] - 0.035
         front = np.clip(z / 0.06, 0, 1)
@@ -459,10 +463,12 @@ class AvatarFactory:
         else:
             line = y0 - front * 0.06 * np.clip(1 - (x / 0.12) ** 2, 0, 1)
         line = line + 0.08 * _smoothstep(0.065, 0.10, np.abs(x))  # away from the neck the shirt covers the shoulders
-        cloth = (y < line) & ~self.head_vertex
+        sd = line - y
         if not p.sleeves:
-            cloth &= np.abs(x) < joints[C.LEFT_SHOULDER, 0] + 0.02
-        return cloth
+            sd = np.minimum(sd, joints[C.LEFT_SHOULDER, 0] + 0.02 - np.abs(x))
+        value = np.clip(0.5 + sd / (2 * soft), 0.0, 1.0)
+        value[self.head_vertex] = 0.0
+        return value
 
     def _face_regions(self) -> dict[str, np.ndarray]:
         """Per-vertex feature regions of the face mesh, from the mean face's landmarks (x, y in the face frame).

@@ -75,12 +75,14 @@ def write_avatar_meshes(folder: Path, name: str, factory, baked, view, posed) ->
     folder.mkdir(parents=True, exist_ok=True)
     style = baked.params.hair_style
     hair_f = factory.hair_faces[style]
-    parts = [(posed.body, factory.body_faces, baked.body_colours), (posed.face, factory.face_faces, baked.face_colours),
+    body_col = baked.body_colours.copy()
+    body_col[baked.cloth_mask > 0.5] = baked.params.cloth  # garment base colour (the pattern is shader-only)
+    parts = [(posed.body, factory.body_faces, body_col), (posed.face, factory.face_faces, baked.face_colours),
              (posed.hair, hair_f, baked.hair_colours)]
     write_ply(folder / f"{name}_posed.ply", *merge(parts))
     canon_view = replace(view, pose=np.zeros_like(view.pose))
     canon = factory.pose(baked, canon_view, expression_zero=True)
-    parts = [(canon.body, factory.body_faces, baked.body_colours), (canon.face, factory.face_faces, baked.face_colours),
+    parts = [(canon.body, factory.body_faces, body_col), (canon.face, factory.face_faces, baked.face_colours),
              (canon.hair, hair_f, baked.hair_colours)]
     write_ply(folder / f"{name}_canonical.ply", *merge(parts))
     return {"posed": f"meshes/{name}_posed.ply", "canonical": f"meshes/{name}_canonical.ply"}

@@ -104,7 +104,8 @@ def _bake(identity_index: int):
     stripes = 1.0 if params.pattern == "stripes" else 0.0
     checks = 1.0 if params.pattern == "checks" else 0.0
     scene.set_pattern("body", stripes=stripes, checks=checks, freq=params.pattern_freq,
-                      direction=tuple(params.pattern_dir), color_srgb=tuple(params.cloth2))
+                      direction=tuple(params.pattern_dir), color_srgb=tuple(params.cloth2),
+                      cloth_srgb=tuple(params.cloth))
     _W["baked_key"], _W["baked"] = identity_index, baked
     return baked
 

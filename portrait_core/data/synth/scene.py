@@ -130,9 +130,9 @@ class StudioScene:
                  specular: float = 0.3, sheen: float = 0.0, hideable: bool = False) -> bpy.types.Material:
         """A Principled material whose base colour is the 'Col' colour attribute.
 
-        ``pattern``: mixes in a second colour (node 'pattern_rgb') by a procedural stripe/check mask evaluated on
-        the per-vertex canonical position attribute 'canon' (so the pattern follows the pose) and gated by the
-        per-vertex 'cloth' attribute. Parameters live in Value nodes: 'stripes', 'checks', 'freq', and the
+        ``pattern``: a garment where the per-vertex 'cloth' attribute exceeds 0.5: colour 'cloth_rgb' mixed with
+        'pattern_rgb' by a procedural stripe/check mask evaluated on the per-vertex canonical position attribute
+        'canon' (so the pattern follows the pose). Parameters live in Value nodes: 'stripes', 'checks', 'freq', and the
         stripe direction vector in 'dir'. ``streaks``: a stretched noise along 'canon' darkens strands of hair.
         ``hideable``: the per-vertex 'hide' attribute (0..1) mixes in a transparent shader (used to hide the body's
         head where the 3DMM face covers it).
@@ -224,22 +224,36 @@ class StudioScene:
         cy = math("LESS_THAN", math("FRACT", math("MULTIPLY", sep.outputs[1], freq)), 0.5)
         check = math("ABSOLUTE", math("SUBTRACT", cx, cy))
         mask = math("ADD", math("MULTIPLY", stripe, value("stripes", 0.0)), math("MULTIPLY", check, value("checks", 0.0)))
+        # 'cloth' is a soft per-vertex value (0.5 on the garment's edge); its interpolated 0.5 level set gives a
+        # smooth, sharp edge across the (coarse) body triangles
         cloth = nt.nodes.new("ShaderNodeAttribute")
         cloth.attribute_type = "GEOMETRY"
         cloth.attribute_name = "cloth"
-        fac = math("MULTIPLY", mask, cloth.outputs["Fac"])
-        rgb = nt.nodes.new("ShaderNodeRGB")
-        rgb.name = "pattern_rgb"
-        mix = nt.nodes.new("ShaderNodeMix")
-        mix.data_type = "RGBA"
-        nt.links.new(fac, mix.inputs["Factor"])
-        nt.links.new(base, mix.inputs["A"])
-        nt.links.new(rgb.outputs[0], mix.inputs["B"])
-        return mix.outputs["Result"]
+        edge = nt.nodes.new("ShaderNodeMapRange")
+        edge.inputs["From Min"].default_value = 0.46
+        edge.inputs["From Max"].default_value = 0.54
+        edge.clamp = True
+        nt.links.new(cloth.outputs["Fac"], edge.inputs["Value"])
+
+        def mix_rgb(fac, a, b):
+            m = nt.nodes.new("ShaderNodeMix")
+            m.data_type = "RGBA"
+            nt.links.new(fac, m.inputs["Factor"])
+            nt.links.new(a, m.inputs["A"])
+            nt.links.new(b, m.inputs["B"])
+            return m.outputs["Result"]
+
+        cloth_rgb = nt.nodes.new("ShaderNodeRGB")
+        cloth_rgb.name = "cloth_rgb"
+        pattern_rgb = nt.nodes.new("ShaderNodeRGB")
+        pattern_rgb.name = "pattern_rgb"
+        garment = mix_rgb(mask, cloth_rgb.outputs[0], pattern_rgb.outputs[0])
+        return mix_rgb(edge.outputs["Result"], base, garment)
 
     def set_pattern(self, material: str, *, stripes: float, checks: float, freq: float,
-                    direction: tuple[float, float, float], color_srgb: tuple[float, float, float]) -> None:
-        """Set the procedural cloth pattern (see :meth:`material`); ``freq`` in cycles per metre."""
+                    direction: tuple[float, float, float], color_srgb: tuple[float, float, float],
+                    cloth_srgb: tuple[float, float, float]) -> None:
+        """Set the garment colour and its procedural pattern (see :meth:`material`); ``freq`` in cycles per metre."""
         nodes = self.materials[material].node_tree.nodes
         nodes["stripes"].outputs[0].default_value = float(stripes)
         nodes["checks"].outputs[0].default_value = float(checks)
@@ -248,6 +262,8 @@ class StudioScene:
             nodes["dir"].inputs[k].default_value = float(direction[k])
         lin = srgb_to_linear(np.asarray(color_srgb))
         nodes["pattern_rgb"].outputs[0].default_value = (*lin.tolist(), 1.0)
+        lin = srgb_to_linear(np.asarray(cloth_srgb))
+        nodes["cloth_rgb"].outputs[0].default_value = (*lin.tolist(), 1.0)
 
     # --- meshes ------------------------------------------------------------------------------------------
 
