@@ -381,11 +381,10 @@ def write_video(frame_paths: list[Path], path: Path, fps: int) -> int:
 class _Blender:
     """The Blender side of the demo: every step goes through the add-on's operators (``bpy.ops.busto.*``)."""
 
-    def __init__(self, log):
+    def __init__(self):
         import bpy
 
         self.bpy = bpy
-        self.log = log
 
     def op(self, idname: str, **kw) -> None:
         """Run an add-on operator; its ERROR report becomes a DemoError naming the operator."""
@@ -413,10 +412,10 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
     """The demo. ``console``/``progress``: rich objects (or None); returns the report of what was made."""
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "frames").mkdir(exist_ok=True)
-    for old in (out / "frames").glob("*.png"):
-        old.unlink()
-    (out / "compare").mkdir(exist_ok=True)
+    for sub in ("frames", "compare"):  # no stale images from an earlier run
+        (out / sub).mkdir(exist_ok=True)
+        for old in (out / sub).glob("*.png"):
+            old.unlink()
     log_path = out / "demo.log"
     log_path.write_text("")
     report = Report()
@@ -454,16 +453,16 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
 
         ckpt = args.checkpoint.resolve() if args.checkpoint is not None else default_checkpoint()
         if ckpt is None:
-            ckpt = random_init_checkpoint(out / RANDOM_INIT_NAME, args.seed)
+            ckpt = random_init_checkpoint(out / RANDOM_INIT_NAME, seed=0)
             report.files[RANDOM_INIT_NAME] = f"random-init '{FALLBACK_PRESET}' generator (no shipped checkpoint)"
             report.notes.append(f"No trained checkpoint is shipped in portrait_core/assets yet: the demo uses a "
-                                f"random-init '{FALLBACK_PRESET}' generator ({RANDOM_INIT_NAME}); its avatar is "
-                                f"noise in an SMPL-shaped silhouette.")
+                                f"random-init '{FALLBACK_PRESET}' generator ({RANDOM_INIT_NAME}); its avatar is a "
+                                f"blurry blob, not a face, and expressions do not change it.")
         trained = checkpoint_is_trained(ckpt)
         bpy.ops.wm.read_factory_settings(use_empty=True)
         blender_addon.register()
         registered = True
-        B = _Blender(log_path)
+        B = _Blender()
         sc = bpy.context.scene
         sc.busto.checkpoint = str(ckpt)
         sc.busto.super_resolve = not args.no_sr
