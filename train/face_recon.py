@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FORMAT = "busto-face-recon"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 NUM_LANDMARKS = 68
 #: The leading expression components carry named, large deformations (jaw_open, smile, brow_raise, blink, pucker,
 #: frown, brow_furrow, cheek_puff in the synthetic 3DMM); the rest are small detail modes.

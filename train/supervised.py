@@ -48,6 +48,8 @@ from portrait_core import conventions as C
 from portrait_core.assets import DefaultSamplers
 from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS, appearance_code, clothing_colour_stats
 from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator, save_generator
+from portrait_core.generator import rendering as R
+from portrait_core.generator.generator import SceneFields
 from portrait_core.geometry.camera import Camera
 from train import losses as L
 
@@ -233,7 +235,6 @@ class SupervisedConfig:
     w_smooth_expression: float = 1.0
     w_minimal_deformation: float = 0.1
     w_smooth_pose: float = 1.0
-    pose_reg_every: int = 4
     reg_points: int = 128
     smooth_jitter: float = 0.01
     holdout: int = 16
@@ -272,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
                  "smooth_pose"):
         p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
                        dest=f"w_{name}")
-    p.add_argument("--pose-reg-every", type=int, default=d.pose_reg_every)
     p.add_argument("--reg-points", type=int, default=d.reg_points)
     p.add_argument("--holdout", type=int, default=d.holdout, help="identities held out for evaluation")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -284,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=d.init, help="initialise from a generator checkpoint (.safetensors)")
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N records (0: all)")
     p.add_argument("--eval-only", action="store_true", help="evaluate OUT/generator.safetensors and exit")
+    p.add_argument("--export", default="", metavar="DIR",
+                   help="with --eval-only: also write DIR/default.safetensors (the metrics added to its info) and "
+                        "DIR/default_samplers.safetensors")
     return p
 
 
@@ -321,6 +324,39 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
     return out
 
 
+def pose_entries(G: Generator, body_shape: Tensor, pose: Tensor) -> Tensor:
+    """The label-only part of ``Generator.pose_volume``: inverse-LBS affine entries on the posed-space grid,
+    [B, 12, G, G, G] (no learnable parameters, so they are cached per record)."""
+    g = G.cfg.render.pose_grid
+    nodes = R.grid_points(G.pose_box_centre, G.cfg.pose.box_half_extent, g)
+    b = pose.shape[0]
+    with torch.no_grad():
+        state = G.body.posed(body_shape, pose)
+        transforms = G.body.inverse_lbs(state, nodes.reshape(1, -1, 3).expand(b, -1, -1).contiguous())
+        entries = R.affine_entries(transforms.to(nodes.dtype)).reshape(b, g, g, g, 12).permute(0, 4, 1, 2, 3)
+    return entries.contiguous()
+
+
+def pose_volume_from_entries(G: Generator, entries: Tensor) -> Tensor:
+    """``Generator.pose_volume`` from cached :func:`pose_entries` (the learnable smoother is applied here; the
+    tests check that this equals ``G.pose_volume``)."""
+    g = G.cfg.render.pose_grid
+    nodes = R.grid_points(G.pose_box_centre, G.cfg.pose.box_half_extent, g)
+    smoothed = G.pose_smoother(entries).permute(0, 2, 3, 4, 1)
+    displacement = R.apply_affine(smoothed, nodes.expand(entries.shape[0], -1, -1, -1, -1)) - nodes
+    return displacement.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def training_scene(G: Generator, latents: Latents, controls: Controls, entries: Tensor | None = None) -> SceneFields:
+    """The differentiable scene of ``Generator.forward`` (network radiance, direct manifold, per-frame pose and
+    expression grids), built once so that the portrait and the face camera share it."""
+    if entries is None:
+        entries = pose_entries(G, controls.body_shape, controls.pose)
+    return SceneFields(pose_volume=pose_volume_from_entries(G, entries),
+                       expression_offsets=G.expression_offsets_fn(latents.identity, controls.expression),
+                       manifold=G.manifold, radiance=G.network_radiance_fn(G.radiance_styles(latents)))
+
+
 def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tensor], step: int,
                       gen: torch.Generator) -> dict[str, Tensor]:
     """Unweighted loss terms of one step plus ``total`` (weighted)."""
@@ -344,15 +380,17 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
         mask = mask.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     else:
         image, mask = downsample(image, res), downsample(mask, res)
-    out = G(latents, controls, cam, resolution=res)
+    scene = training_scene(G, latents, controls, batch.get("pose_entries"))
+    out = G.render_scene(scene, cam, res)
     terms = {"image": (out.image_lr - image).abs().mean(), "alpha": (out.alpha_lr - mask).abs().mean(),
              "grad": image_gradient_l1(out.image_lr, image)}
     if cfg.w_face > 0:
-        face_out = G(latents, controls, face_camera(batch["face_camera"]), resolution=cfg.face_resolution)
+        face_out = G.render_scene(scene, face_camera(batch["face_camera"]), cfg.face_resolution)
         terms["face"] = (face_out.image_lr - downsample(batch["face"], cfg.face_resolution)).abs().mean()
-    pose_reg = cfg.w_smooth_pose > 0 and cfg.pose_reg_every > 0 and step % cfg.pose_reg_every == 0
-    terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"],
-                                          batch["pose"] if pose_reg else None, cfg.reg_points, cfg.smooth_jitter, gen))
+    terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,
+                                          cfg.reg_points, cfg.smooth_jitter, gen))
+    if cfg.w_smooth_pose > 0:
+        terms["smooth_pose"] = L.grid_smoothness(scene.pose_volume)
     total = sum(getattr(cfg, f"w_{k}") * v for k, v in terms.items())
     terms["total"] = total
     terms["patch"] = torch.tensor(float(use_patch))
@@ -509,6 +547,7 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     perm, pos = torch.randperm(data.train_index.numel(), generator=gen), 0
     deadline = t0 + cfg.minutes * 60 if cfg.minutes > 0 else math.inf
     log_file = open(out / "log.jsonl", "a")
+    entry_cache: dict[int, Tensor] = {}
 
     def save(final: bool = False) -> None:
         wall = wall_before + time.time() - t0
@@ -535,7 +574,13 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         warm = min(1.0, (step + 1) / 20)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * scale * warm
-        terms = supervised_losses(G, cfg, data.batch(idx), step, gen)
+        bt = data.batch(idx)
+        missing = [i for i in idx.tolist() if i not in entry_cache]
+        if missing:
+            fresh = pose_entries(G, data.body_shape[missing], data.pose[missing])
+            entry_cache.update(zip(missing, fresh.half()))
+        bt["pose_entries"] = torch.stack([entry_cache[i] for i in idx.tolist()]).float()
+        terms = supervised_losses(G, cfg, bt, step, gen)
         bad = L.all_finite(terms)
         if bad is not None:
             raise FloatingPointError(f"step {step}: loss {bad} is not finite")
@@ -544,7 +589,7 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 10.0)
         opt.step()
         step += 1
-        last = {k: round(float(v), 5) for k, v in terms.items()}
+        last = {k: float(f"{float(v.detach()):.5g}") for k, v in terms.items()}
         last["seconds"] = round(time.time() - ts, 2)
         log_file.write(json.dumps({"step": step, **last}) + "\n")
         log_file.flush()
@@ -563,8 +608,8 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    eval_only = a.eval_only
-    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k != "eval_only"})
+    eval_only, export = a.eval_only, a.export
+    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k not in ("eval_only", "export")})
     if eval_only:
         torch.set_num_threads(max(1, cfg.threads))
         data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)
@@ -575,6 +620,17 @@ def main(argv: list[str] | None = None) -> int:
                                                      super_resolve=True)
         print(json.dumps(res, indent=1))
         (Path(cfg.out) / "eval.json").write_text(json.dumps(res, indent=1))
+        if export:
+            from portrait_core.assets import DEFAULT_CHECKPOINT, DEFAULT_SAMPLERS
+
+            info = dict(G.checkpoint_info)
+            info["heldout"] = res
+            info["samplers"] = DEFAULT_SAMPLERS
+            dest = Path(export)
+            save_generator(dest / DEFAULT_CHECKPOINT, G, info=info)
+            DefaultSamplers.load(Path(cfg.out) / "samplers.safetensors").save(dest / DEFAULT_SAMPLERS)
+            print(f"exported {dest / DEFAULT_CHECKPOINT} ({(dest / DEFAULT_CHECKPOINT).stat().st_size / 2**20:.2f} "
+                  f"MiB) and {dest / DEFAULT_SAMPLERS}")
         return 0
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

