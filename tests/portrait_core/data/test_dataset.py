@@ -206,3 +206,25 @@ def test_cli_validate_stats_pack(synth_dataset, tmp_path, capsys):
     assert sheet.size[0] >= 8 * 64 and Image.open(tmp_path / "stats" / "histograms.png").size[0] > 600
     assert main(["pack", str(root), "--out", str(tmp_path / "p.zip")]) == 0
     assert main(["validate", str(tmp_path / "p.zip")]) == 0
+
+
+def test_sampler_from_official_tables(synth_dataset):
+    """The release's sampler tables ((pitch, yaw, ZYX Eulers), id+betas, expression) give Busto labels."""
+    from portrait_core.data.samplers import LabelSampler
+    from portrait_core.geometry.rotations import axis_angle_to_matrix, matrix_to_euler_zyx
+
+    root, _ = synth_dataset
+    recs = json.loads((root / "labels.json").read_text())["images"]
+    pose = torch.tensor([r["pose"] for r in recs], dtype=torch.float64)
+    cj = np.concatenate([[[r["camera_angles"]["pitch"], r["camera_angles"]["yaw"]] for r in recs],
+                         matrix_to_euler_zyx(axis_angle_to_matrix(pose)).numpy().reshape(-1, 18)], 1)
+    ids = np.array([r["identity"] + r["body_shape"] for r in recs])
+    exp = np.array([r["expression"] for r in recs])
+    s = LabelSampler.from_official_tables(cj, ids, exp)
+    out = s.sample(16, torch.Generator().manual_seed(0))
+    cams = np.array([r["camera"] for r in recs])
+    for c, p in zip(out["camera"].numpy(), out["pose"].numpy()):
+        i = int(np.argmin(np.abs(cams - c).sum(1)))
+        assert np.allclose(cams[i], c, atol=1e-5) and np.allclose(recs[i]["pose"], p, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[N, 20\]"):
+        LabelSampler.from_official_tables(cj[:, :19], ids, exp)
