@@ -18,8 +18,8 @@ Every bufferView starts on a 4-byte boundary.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def build_gltf(
     indices = b.add(np.asarray(mesh.faces, np.uint32).reshape(-1), _UINT, "SCALAR", target=_ELEMENT_ARRAY_BUFFER,
                     minmax=True)
     targets, names = [], []
-    for k, (mname, delta) in enumerate((morphs or {}).items()):
+    for mname, delta in (morphs or {}).items():
         delta = np.asarray(delta, dtype=np.float32)
         if delta.shape != (V, 3):
             raise ValueError(f"morph {mname!r} must be [{V},3], got {delta.shape}")

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from portrait_core.conventions import POSE_JOINT_NAMES, UPPER_BODY_CHAIN, SMPL_JOINT_NAMES
+from portrait_core.conventions import POSE_JOINT_NAMES, SMPL_JOINT_NAMES, UPPER_BODY_CHAIN
 from portrait_core.export.extract import EmptyFieldError, Mesh
 from portrait_core.export.gltf import Animation, srgb_to_linear, write_glb, write_mesh
 from portrait_core.export.rig import morph_basis, morph_weights
