@@ -242,11 +242,14 @@ def _skin(ob, rig, data: dict) -> None:
 
 # --------------------------------------------------------------------------------------------- keyframes
 def channelbag(ob):
-    """The F-curves of ``ob``'s action for its slot (Blender 5.0 layered actions)."""
+    """The F-curves of ``ob``'s action for its slot (layered actions, Blender 4.4+; 5.0 removed
+    ``Action.fcurves``). On Blender 4.2/4.3 the action itself holds the F-curves."""
     ad = ob.animation_data
     if ad is None or ad.action is None:
         return None
-    return anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
+    if hasattr(anim_utils, "action_get_channelbag_for_slot") and hasattr(ad, "action_slot"):
+        return anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
+    return ad.action
 
 
 def key_pose(ob, pose: np.ndarray, frames, interpolation: str = "BEZIER") -> None:

@@ -65,7 +65,7 @@ def test_operators_end_to_end(addon, bpy_module):
     assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
     assert len([o for o in bpy.data.objects if o.type == "ARMATURE"]) == 2
     # geometry: mesh bound to the rig with the exported skin weights
-    sp.mesh_resolution, sp.mesh_auto_level = 40, True  # a random-init model: half its peak occupancy
+    sp.mesh_resolution, sp.mesh_auto_level, sp.mesh_morphs = 40, True, 0  # auto: half the peak occupancy
     assert bpy.ops.busto.extract_mesh() == {"FINISHED"}
     mesh = rig.busto.mesh
     assert mesh is not None and mesh.parent == rig and len(mesh.data.vertices) > 100
@@ -101,9 +101,6 @@ def test_operators_end_to_end(addon, bpy_module):
     rig.busto.body_shape[0] = 2.0
     assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
     assert np.linalg.norm(np.array(rig.data.bones["left_shoulder"].head_local) - shoulder) > 1e-3
-    rig.busto.body_shape[0] = 0.0
-    assert bpy.ops.busto.sample_avatar(new_avatar=False) == {"FINISHED"}
-    assert np.allclose(np.array(rig.data.bones["left_shoulder"].head_local), shoulder, atol=1e-6)
     # a failing extraction (here: the avatar's checkpoint is gone) is a clear report and changes nothing
     ckpt = rig.busto.checkpoint
     rig.busto.checkpoint = ckpt + ".moved"
