@@ -46,13 +46,11 @@ def test_avatar_mesh_is_inside_the_box_and_coloured(avatar, mesh):
     assert (inside >= outside).float().mean() > 0.9 and float(outside.median()) <= level + 1e-6
 
 
-def test_untrained_avatar_at_nominal_level_is_a_clear_error(avatar, tmp_path):
-    top = float(avatar.density_field(torch.zeros(1, 3)).max())
-    if top >= 0.5:
-        pytest.skip("this random init reaches the nominal level")
+def test_level_above_the_field_is_a_clear_error_and_writes_nothing(avatar, tmp_path):
+    # occupancy never exceeds 1, so no surface exists at 1.5
     with pytest.raises(EmptyFieldError, match="no surface"):
-        export_avatar(avatar, tmp_path / "a.glb", resolution=32, morphs=0)
-    assert not (tmp_path / "a.glb").exists()
+        export_avatar(avatar, tmp_path / "a.glb", resolution=32, morphs=0, level=1.5)
+    assert not list(tmp_path.iterdir())
 
 
 def test_morphs_follow_the_expression_deformation(avatar, mesh):
