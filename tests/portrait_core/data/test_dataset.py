@@ -15,6 +15,8 @@ from portrait_core.data.dataset import PortraitDataset
 from portrait_core.data.labels import LabelError
 from portrait_core.data.mirror import IBUG68_MIRROR, mirror_camera25, mirror_matrices, mirror_pose
 
+pytestmark = pytest.mark.blender  # the shared fixture dataset is rendered with bpy
+
 
 def test_items_shapes_ranges_and_resize(synth_dataset):
     root, _ = synth_dataset

@@ -23,6 +23,8 @@ from portrait_core.geometry.rotations import (
     matrix_to_euler_zyx,
 )
 
+pytestmark = pytest.mark.blender  # the shared fixture dataset is rendered with bpy
+
 FIELDS = ("camera", "face_camera", "pose", "expression", "identity", "body_shape")
 
 

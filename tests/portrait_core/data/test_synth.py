@@ -13,6 +13,8 @@ from PIL import Image
 from portrait_core.data.labels import validate_labels
 from portrait_core.data.mirror import IBUG68_MIRROR, mirror_camera25, mirror_pose
 
+pytestmark = pytest.mark.blender  # the shared fixture dataset is rendered with bpy
+
 
 def _records(root):
     return json.loads((root / "labels.json").read_text())["images"]
