@@ -39,7 +39,7 @@ def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
     if (p / "labels.json").exists():
         return p
     cmd = [sys.executable, "-m", "portrait_core.data", "synth", "--out", str(p), "--count", str(count),
-           "--resolution", str(resolution)]
+           "--resolution", str(resolution), "--meshes"]
     if count <= 0:
         raise DataError(f"dataset {p} not found (no labels.json). Create one with: {' '.join(cmd[1:])} "
                         f"(or point data.root=... at a Busto-format dataset)")

@@ -488,9 +488,10 @@ def train_step(st: TrainState, ctx: Context) -> dict[str, float]:
 
 
 def _check_finite(step: int, losses: dict[str, Tensor]) -> None:
+    """Raise on every rank if any rank has a non-finite loss (a lone raise would dead-lock the others)."""
     bad = L.all_finite(losses)
-    if bad is not None:
-        raise NonFiniteLossError(bad, step)
+    if dist.any_flag(bad is not None):
+        raise NonFiniteLossError(bad or "<a loss on another rank>", step)
 
 
 def _inject_nan(step: int, losses: dict[str, Tensor]) -> None:
