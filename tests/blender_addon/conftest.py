@@ -17,8 +17,9 @@ def bpy_module():
     return pytest.importorskip("bpy", reason="the bpy module (Blender 5.0.1) is not installed")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registered(bpy_module):
+    """Registered for one test module at a time, so other packages' bpy tests see a Blender without it."""
     import blender_addon
 
     blender_addon.register()
