@@ -9,6 +9,7 @@ phq360 (360-degree mode with pose self-learning). Overrides use dotted keys of T
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -25,10 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="'auto': continue the newest run of this preset (or run.name); or a run/checkpoint folder")
     a = p.parse_args(argv)
     try:
-        from train import dist
-
         cfg = parse_overrides(preset(a.preset), a.overrides)
-        world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.validate(world)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -38,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from train.loop import train
 
-    del dist
     return train(cfg, resume=a.resume)
 
 

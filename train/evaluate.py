@@ -87,8 +87,12 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
     m = report["metrics"]
     log(f"rendered {images} images in {time.time() - t0:.1f}s")
     if "fid" in metrics or "kid" in metrics:
-        from portrait_core.metrics.fid import (InceptionUnavailable, frechet_distance, inception_features,
-                                               kernel_inception_distance)
+        from portrait_core.metrics.fid import (
+            InceptionUnavailable,
+            frechet_distance,
+            inception_features,
+            kernel_inception_distance,
+        )
 
         try:
             fr, ff = inception_features(reals, device=device), inception_features(fakes, device=device)

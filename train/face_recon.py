@@ -225,7 +225,7 @@ def fit(data: FaceReconData, steps: int = 300, batch: int = 32, lr: float = 2e-3
         opt.step()
         sched.step()
         if log is not None and (step % 50 == 0 or step == steps - 1):
-            log(f"face_recon step {step}/{steps} loss {float(loss):.4f} ({time.time() - t0:.1f}s)")
+            log(f"face_recon step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.1f}s)")
     net = net.cpu().eval()
     report = evaluate(net, val, tr) if n_val else {}
     report.update(train_images=len(tr), val_images=n_val, steps=steps)

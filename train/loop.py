@@ -29,17 +29,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
+from train import data as tdata
 from train import dist
 from train import losses as L
 from train import schedules as S
 from train.config import TrainConfig, from_dict, to_json
-from train import data as tdata
 from train.data import FakeInputs, GlobalOrder, LabelTable, RealStream, ensure_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, build_generator, load_generator, save_generator
 from train.networks import NECK_HEAD, Discriminator, PoseBranch, ema_update, label_pitch_yaw
@@ -351,7 +350,7 @@ def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
 
 def deformation_regularisers(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
     """3DMM imitation, expression smoothness, minimal deformation and pose-deformation smoothness."""
-    cfg, lc = st.cfg, st.cfg.loss
+    lc = st.cfg.loss
     G = st.G
     inp = fakes.inputs
     b = inp.identity.shape[0]

@@ -99,8 +99,14 @@ class Logger:
             except ImportError:
                 self.info("tensorboard is not installed: TensorBoard logging is off")
         if progress and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

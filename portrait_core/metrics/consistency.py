@@ -8,7 +8,6 @@ those pixels, plus the fraction of A's pixels that were compared.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
