@@ -468,3 +468,35 @@ def test_viewport_preview_renders_in_a_thread(addon, bpy_module):
     assert eng.request_viewport_preview(state, items, 48, 32)  # the pose changed: a new preview
     state["thread"].join(timeout=120)
     assert eng.viewport_size(1920, 1080) == (160, 90)
+
+
+def test_installed_extension_renders_in_a_fresh_blender(bpy_module, tiny_checkpoint, tmp_path, run_python):
+    """The built zip, installed as bl_ext.user_default.busto in a new process, runs the workflow and F12."""
+    import subprocess
+
+    cli = Path(bpy_module.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    b = subprocess.run([sys.executable, str(cli), "build", "--source-dir", str(ROOT / "blender_addon"),
+                        "--output-dir", str(tmp_path)], capture_output=True, text=True)
+    assert b.returncode == 0, b.stderr
+    (z,) = tmp_path.glob("busto-*.zip")
+    code = textwrap.dedent(f"""
+        import bpy
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.extensions.package_install_files(filepath={str(z)!r}, repo="user_default", enable_on_install=True)
+        prefs = bpy.context.preferences.addons["bl_ext.user_default.busto"].preferences
+        prefs.checkpoint = {str(tiny_checkpoint)!r}
+        prefs.backend = "INPROCESS"
+        sc = bpy.context.scene
+        sc.busto.new_seed = 2
+        assert bpy.ops.busto.sample_avatar() == {{"FINISHED"}}
+        assert bpy.ops.busto.add_camera(kind="PORTRAIT") == {{"FINISHED"}}
+        assert bpy.ops.busto.setup_render(resolution=32) == {{"FINISHED"}}
+        sc.render.filepath = {str(tmp_path / "f12.png")!r}
+        bpy.ops.render.render(write_still=True)
+        import sys
+        print("MODULE", [m for m in sys.modules if m.endswith("busto.engine")])
+    """)
+    r = run_python(code, env={"BLENDER_USER_RESOURCES": str(tmp_path / "user")})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "bl_ext.user_default.busto.engine" in r.stdout
+    assert (tmp_path / "f12.png").is_file()
