@@ -170,6 +170,14 @@ class RenderConfig:
     """alpha = (1 - exp(-alpha_delta * softplus(sigma))) * valid."""
     chunk_size: int = 65536
     """Points per chunk for network evaluation without gradients (bakes, export fields)."""
+    train_manifold: Literal["direct", "grid"] = "direct"
+    """Training path: evaluate the manifold MLP at every ray sample ('direct', the official way) or on the
+    manifold grid, differentiably, and read it trilinearly like an avatar does ('grid': cost independent of batch
+    size and resolution)."""
+    train_radiance: Literal["direct", "textures"] = "direct"
+    """Training path, low-resolution image: radiance network at the (valid) ray intersections ('direct', the
+    official way) or through level textures baked differentiably inside the call, read like an avatar does
+    ('textures': radiance cost per identity = K * T^2 points, independent of the ray resolution)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,10 @@ def _validate(cfg: GeneratorConfig) -> None:
                  "chunk_size"):
         if getattr(cfg.render, name) < 2:
             problems.append(f"render.{name} must be >= 2, got {getattr(cfg.render, name)}")
+    if cfg.render.train_manifold not in ("direct", "grid"):
+        problems.append(f"render.train_manifold must be 'direct' or 'grid', got {cfg.render.train_manifold!r}")
+    if cfg.render.train_radiance not in ("direct", "textures"):
+        problems.append(f"render.train_radiance must be 'direct' or 'textures', got {cfg.render.train_radiance!r}")
     for name in ("manifold_grid", "expression_grid"):
         v = getattr(cfg.render, name)
         if v != 0 and v < 2:
@@ -242,7 +254,8 @@ def _small() -> GeneratorConfig:
         pose=PoseDeformConfig(kernel_size=3, passes=2),
         superres=SuperResConfig(scale=2, nf=32, nb=1, gc=16, up_channels=(32,), mapping=MappingConfig(hidden=128)),
         render=RenderConfig(resolution=64, samples_per_ray=32, texture_resolution=64, bake_samples=64,
-                            manifold_grid=64, expression_grid=20, pose_grid=16, prior_grid=40),
+                            manifold_grid=48, expression_grid=20, pose_grid=16, prior_grid=40,
+                            train_manifold="grid"),
     )
 
 

@@ -360,13 +360,19 @@ class Generator(nn.Module):
         return radiance
 
     def network_radiance_fn(self, radiance_styles: Tensor) -> RadianceFn:
-        """Radiance by evaluating the FiLM-SIREN at the canonical hits (differentiable)."""
+        """Radiance by evaluating the FiLM-SIREN at the valid canonical hits (differentiable; invalid hits get
+        zeros, their alpha is 0 anyway)."""
+        n_feat = self.cfg.radiance.feature_dim
 
         def radiance(hits: Tensor, valid: Tensor):
-            b, p, n_levels, _ = hits.shape
-            rgb, sigma, feats = self.canonical_radiance(hits.reshape(b, -1, 3), radiance_styles)
-            alpha = R.alpha_from_sigma(sigma[..., 0].reshape(b, p, n_levels), valid, self.cfg.render.alpha_delta)
-            return rgb.reshape(b, p, n_levels, 3), alpha, feats.reshape(b, p, n_levels, -1)
+            b = hits.shape[0]
+            out = hits.new_zeros(*hits.shape[:-1], 4 + n_feat)  # rgb, sigma, features
+            for i in range(b):  # per identity: its own styles, only the valid hits
+                rgb, sigma, feats = self.canonical_radiance(hits[i][valid[i]][None], radiance_styles[i:i + 1])
+                out = out.index_put((torch.full_like(valid[i].nonzero()[:, 0], i), *valid[i].nonzero().unbind(-1)),
+                                    torch.cat([rgb, sigma, feats], -1)[0])
+            alpha = R.alpha_from_sigma(out[..., 3], valid, self.cfg.render.alpha_delta)
+            return out[..., :3], alpha, out[..., 4:]
 
         return radiance
 
@@ -424,10 +430,12 @@ class Generator(nn.Module):
                 super_resolve: bool = False, resolution: int | None = None) -> RenderOutput:
         """Training path: render a batch (B identities x their controls x their cameras), differentiable.
 
-        Radiance is evaluated directly at the canonical intersections for the low-resolution image. With
-        ``super_resolve`` the level textures are baked (differentiably) for each sample, super-resolved, and read
-        at the bilinearly upsampled intersections, exactly as an avatar does. The manifold field is evaluated
-        directly; pose and expression deformations use their per-frame grids (as avatars do).
+        Low-resolution radiance: the network at the valid canonical intersections (``render.train_radiance =
+        'direct'``) or lookups in level textures baked differentiably in this call ('textures'). With
+        ``super_resolve`` the level textures are baked for each sample, super-resolved, and read at the bilinearly
+        upsampled intersections, exactly as an avatar does. The manifold field: the MLP at every sample ('direct')
+        or its differentiable grid ('grid'). Pose and expression deformations use their per-frame grids, as
+        avatars do. With 'grid' and 'textures' (the ``small`` preset) this is the avatar computation itself.
         """
         latents = latents.validate("Generator.forward: latents")
         controls = controls.validate("Generator.forward: controls")
@@ -437,16 +445,19 @@ class Generator(nn.Module):
         camera = _camera_for_batch("Generator.forward", camera, b)
         radiance_styles = self.radiance_styles(latents, truncation)
         state = self.body.posed(controls.body_shape, controls.pose)
-        radiance_hr = None
-        if super_resolve:
+        rc = self.cfg.render
+        textures = radiance_hr = None
+        if super_resolve or rc.train_radiance == "textures":
             textures = self.bake_textures(radiance_styles)
+        if super_resolve:
             hr_textures = self.super_resolve_textures(textures, self.superres_styles(latents, truncation))
             radiance_hr = self.texture_radiance_fn(hr_textures)
         scene = SceneFields(
             pose_volume=self.pose_volume(state),
             expression_offsets=self.expression_offsets_fn(latents.identity, controls.expression),
-            manifold=self.manifold,
-            radiance=self.network_radiance_fn(radiance_styles),
+            manifold=self.baked_manifold_fn() if rc.train_manifold == "grid" else self.manifold,
+            radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
+                      else self.network_radiance_fn(radiance_styles)),
             radiance_hr=radiance_hr,
         )
         return self.render_scene(scene, camera, resolution, super_resolve)

@@ -262,3 +262,20 @@ def test_export_fields(trained_like):
     # the forward displacement inverts the backward offsets: moved + Delta(moved) = pts
     assert torch.allclose(moved + avatar.expression_deformation(moved, expr), pts, atol=1e-4)
     assert delta.shape == (20, 3)
+
+
+def test_grid_and_texture_training_path_is_the_avatar_computation():
+    torch.manual_seed(8)
+    g = Generator(generator_config("tiny", render={"train_manifold": "grid", "train_radiance": "textures"}))
+    randomise_zero_inits(g)
+    latents = Latents.sample(1, seed=3)
+    controls = _controls(1, seed=9, pose_scale=0.2)
+    camera = Camera.portrait(yaw=1.3)
+    out = g(latents, controls, camera, truncation=0.7, super_resolve=True)
+    with torch.no_grad():
+        cached = g.make_avatar(latents, truncation=0.7).render(controls.pose, controls.expression, camera)
+    assert torch.allclose(out.image, cached.image, atol=1e-5)
+    assert torch.allclose(out.image_lr, cached.image_lr, atol=1e-5)
+    (out.image.square().mean() + out.image_lr.square().mean()).backward()
+    for name in ("manifold", "radiance", "deform", "smoother", "mapping"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.param_groups()[name]), name
