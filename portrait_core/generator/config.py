@@ -253,7 +253,7 @@ def _small() -> GeneratorConfig:
         expression=ExpressionDeformConfig(width=64, mapping=MappingConfig(hidden=64)),
         pose=PoseDeformConfig(kernel_size=3, passes=2),
         superres=SuperResConfig(scale=2, nf=32, nb=1, gc=16, up_channels=(32,), mapping=MappingConfig(hidden=128)),
-        render=RenderConfig(resolution=64, samples_per_ray=32, texture_resolution=64, bake_samples=64,
+        render=RenderConfig(resolution=64, samples_per_ray=24, texture_resolution=64, bake_samples=64,
                             manifold_grid=48, expression_grid=20, pose_grid=16, prior_grid=40,
                             train_manifold="grid"),
     )
