@@ -280,6 +280,11 @@ def portrait_camera(label: Tensor) -> Camera:
     return cam.with_near_far(r - C.PORTRAIT_DEPTH_HALF_RANGE, r + C.PORTRAIT_DEPTH_HALF_RANGE)
 
 
+def front_facing(labels: Tensor) -> Tensor:
+    """Cameras in front of the subject (camera centre z > 0, i.e. within 90 degrees of frontal yaw): bool [B]."""
+    return labels[:, 11] > 0
+
+
 def _rgba(out) -> tuple[Tensor, Tensor]:
     return torch.cat([out.image, out.alpha * 2 - 1], 1), torch.cat([out.image_lr, out.alpha_lr * 2 - 1], 1)
 
@@ -290,8 +295,10 @@ def _camera_targets(labels: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ step functions
-def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes, do_r1: bool) -> dict[str, Tensor]:
-    """One discriminator update on detached fakes and reals (+ lazy R1 on every discriminator)."""
+def d_losses(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
+             do_r1: bool) -> dict[str, Tensor]:
+    """The discriminators' loss terms on detached fakes and reals (+ lazy R1 on every discriminator); the weighted
+    sum is ``D/total``."""
     cfg, lc = st.cfg, st.cfg.loss
     st.D.requires_grad_(True)
     frac = cfg.model.torso_fraction
@@ -312,7 +319,11 @@ def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
             real_x, fake_x, real_cam, fake_cam = inputs[name]
             real_x = real_x.detach().requires_grad_(do_r1 and lc.r1_gamma > 0)
             out_r, out_f = D(real_x, real_cam), D(fake_x, fake_cam)
-            adv = L.d_logistic(out_r.logit, out_f.logit)
+            real_w = None
+            if name == "face" and cfg.pose.full_yaw:
+                # back views have no face: their "face crops" (the back of the head) are not face reals
+                real_w = front_facing(reals["camera"]).to(out_r.logit.dtype)
+            adv = L.d_logistic(out_r.logit, out_f.logit, real_w)
             losses[f"D/{name}/adv"] = adv
             total = total + adv
             if name == "whole":
@@ -334,10 +345,17 @@ def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
                 losses[f"D/{name}/r1"] = r1
                 total = total + r1_scale * r1
     losses["D/total"] = total
+    return losses
+
+
+def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes, do_r1: bool) -> dict[str, Tensor]:
+    """One discriminator update (Adam, per-D gradient clipping)."""
+    cfg = st.cfg
+    losses = d_losses(st, ctx, reals, fakes, do_r1)
     _inject_nan(st.step, losses)
     _check_finite(st.step, losses)
     st.opt_D.zero_grad(set_to_none=True)
-    st.scaler_D.scale(total).backward()
+    st.scaler_D.scale(losses["D/total"]).backward()
     dist.allreduce_grads(st.D.parameters(), ctx.world)
     st.scaler_D.unscale_(st.opt_D)
     if cfg.optim.grad_clip > 0:
@@ -385,9 +403,10 @@ def deformation_regularisers(st: TrainState, ctx: Context, fakes: Fakes) -> dict
     return out
 
 
-def g_step(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
-    """One generator update: weighted adversarial terms from the three Ds, camera/pose regression, 3DMM landmark
-    and expression terms through the frozen face reconstruction net, deformation regularisers, pose prior."""
+def g_losses(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
+    """The generator's loss terms: weighted adversarial terms from the three Ds, camera/pose regression, 3DMM
+    landmark and expression terms through the frozen face reconstruction net, deformation regularisers, pose prior
+    (stage 2: adversarial + cross-resolution consistency). The weighted sum is ``G/total``."""
     cfg, lc = st.cfg, st.cfg.loss
     st.D.requires_grad_(False)
     frac = cfg.model.torso_fraction
@@ -444,10 +463,17 @@ def g_step(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
             losses["G/consistency"] = cons
             total = total + lc.consistency * cons
     losses["G/total"] = total
+    return losses
+
+
+def g_step(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
+    """One generator update (Adam, global gradient clipping) of the stage's trainable parameters."""
+    cfg = st.cfg
+    losses = g_losses(st, ctx, fakes)
     _inject_nan(st.step, losses)
     _check_finite(st.step, losses)
     st.opt_G.zero_grad(set_to_none=True)
-    st.scaler_G.scale(total).backward()
+    st.scaler_G.scale(losses["G/total"]).backward()
     params = [p for g in st.opt_G.param_groups for p in g["params"]]
     dist.allreduce_grads(params, ctx.world)
     st.scaler_G.unscale_(st.opt_G)

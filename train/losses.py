@@ -12,9 +12,13 @@ from torch import Tensor
 
 
 # ------------------------------------------------------------------------------------------ adversarial
-def d_logistic(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """Non-saturating discriminator loss: softplus(D(fake)) + softplus(-D(real)), means over the batch."""
-    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+def d_logistic(real_logits: Tensor, fake_logits: Tensor, real_weights: Tensor | None = None) -> Tensor:
+    """Non-saturating discriminator loss: softplus(D(fake)) + softplus(-D(real)), means over the batch.
+    ``real_weights`` [B] (0/1) excludes reals (weighted mean; all-zero weights drop the real term)."""
+    real = F.softplus(-real_logits)
+    if real_weights is None:
+        return F.softplus(fake_logits).mean() + real.mean()
+    return F.softplus(fake_logits).mean() + (real * real_weights).sum() / real_weights.sum().clamp_min(1.0)
 
 
 def g_nonsaturating(fake_logits: Tensor) -> Tensor:

@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=d.init, help="initialise from a generator checkpoint (.safetensors)")
     p.add_argument("--limit", type=int, default=d.limit, help="use only the first N records (0: all)")
     p.add_argument("--eval-only", action="store_true", help="evaluate OUT/generator.safetensors and exit")
+    p.add_argument("--eval-images", type=int, default=0, help="with --eval-only: evaluate only the first N "
+                   "held-out images (0: all)")
     p.add_argument("--export", default="", metavar="DIR",
                    help="with --eval-only: also write DIR/default.safetensors (the metrics added to its info) and "
                         "DIR/default_samplers.safetensors")
@@ -608,18 +610,19 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    eval_only, export = a.eval_only, a.export
-    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k not in ("eval_only", "export")})
+    eval_only, export, eval_images = a.eval_only, a.export, a.eval_images
+    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k not in ("eval_only", "export", "eval_images")})
     if eval_only:
         torch.set_num_threads(max(1, cfg.threads))
         data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)
         G = load_generator(Path(cfg.out) / "generator.safetensors")
-        res = {"ray": evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution)}
+        held = data.heldout_index[:eval_images] if eval_images else data.heldout_index
+        res = {"ray": evaluate_heldout(G, data, held, cfg.eval_resolution)}
         if G.superres is not None:
-            res["super_resolved"] = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution,
-                                                     super_resolve=True)
+            res["super_resolved"] = evaluate_heldout(G, data, held, cfg.eval_resolution, super_resolve=True)
+        res["step"] = G.checkpoint_info.get("step")
         print(json.dumps(res, indent=1))
-        (Path(cfg.out) / "eval.json").write_text(json.dumps(res, indent=1))
+        (Path(cfg.out) / "eval_heldout.json").write_text(json.dumps(res, indent=1))
         if export:
             from portrait_core.assets import DEFAULT_CHECKPOINT, DEFAULT_SAMPLERS
 

@@ -126,3 +126,48 @@ def test_resolution_mismatch_is_a_clear_error(dataset_root, face_recon_ckpt, tmp
     cfg = parse_overrides(tiny_cfg(dataset_root, tmp_path, face_recon_ckpt), [bad])
     with pytest.raises(ValueError, match="must equal the generator's ray resolution 32"):
         prepare(cfg)
+
+
+def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckpt, tmp_path, dataset_reader):
+    from train.data import sample_fake_inputs
+    from train.loop import d_losses, g_losses, render_fakes
+
+    cfg = tiny_cfg(dataset_root, tmp_path, face_recon_ckpt, steps=1)
+    st, ctx = prepare(cfg)
+    # the expression head starts at zero (identity deformation), which blocks gradients to the deformation's
+    # mapping network at step 0 only; give it the small weights it has after a few steps
+    with torch.no_grad():
+        torch.nn.init.normal_(st.G.expression_deform.head.weight, std=1e-3)
+    inputs = sample_fake_inputs(ctx.table, 2, torch.Generator().manual_seed(0), mirror=False)
+    fakes = render_fakes(st, ctx, inputs)
+    losses = g_losses(st, ctx, fakes)
+    groups = st.G.param_groups()
+
+    def reached(loss, params):
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        return any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    expect = {  # loss -> (groups it must reach, groups it must not reach)
+        "G/imitation": ({"deform", "mapping"}, {"radiance", "manifold", "smoother"}),
+        "G/smooth_expression": ({"deform", "mapping"}, {"radiance", "manifold"}),
+        "G/minimal_deformation": ({"deform", "mapping"}, {"radiance", "manifold", "smoother"}),
+        "G/smooth_pose": ({"smoother"}, {"radiance", "deform"}),
+        "G/landmark": ({"radiance", "manifold"}, set()),
+        "G/face/adv": ({"radiance", "manifold", "smoother"}, set()),
+        "G/whole/adv": ({"radiance", "manifold"}, set()),
+        "G/torso/adv": ({"radiance"}, set()),
+    }
+    for name, (yes, no) in expect.items():
+        for g in yes:
+            assert reached(losses[name], groups[g]), f"{name} does not reach {g}"
+        for g in no:
+            assert not reached(losses[name], groups[g]), f"{name} reaches {g}"
+    assert not any(p.requires_grad for p in ctx.recon.parameters())
+    st.D.requires_grad_(True)
+    reals = {k: v for k, v in ctx.stream.next().items()}
+    dl = d_losses(st, ctx, reals, fakes, do_r1=True)
+    for name in ("whole", "face", "torso"):
+        assert reached(dl[f"D/{name}/r1"], list(st.D[name].parameters()))
+        others = [p for k in st.D if k != name for p in st.D[k].parameters()]
+        assert not reached(dl[f"D/{name}/adv"], others)
+    ctx.logger.close()
