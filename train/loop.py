@@ -636,7 +636,11 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
             resume_from = ck.resolve(src)
             stored = ck.load_state(resume_from)
             stored_cfg = from_dict(json.loads(stored["config"]))
-            cfg = _merge_resume_config(stored_cfg, cfg)
+            merged = _merge_resume_config(stored_cfg, cfg)
+            ignored = _differences(merged, cfg)
+            if ignored and rank == 0:
+                log(f"resume: keeping the checkpoint's config; ignoring command-line values for {', '.join(ignored)}")
+            cfg = merged
             run_dir = resume_from.parent.parent
         elif resume != "auto":
             raise ck.CheckpointError(f"--resume {resume}: nothing to resume")
@@ -664,6 +668,19 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
         logger.info(f"resumed from {resume_from} at step {st.step}")
     dist.broadcast_module_states([st.G, st.G_ema, st.D] + ([st.pose_branch] if st.pose_branch else []))
     return st, ctx
+
+
+def _differences(a, b, prefix: str = "") -> list[str]:
+    from dataclasses import fields, is_dataclass
+
+    out = []
+    for f in fields(a):
+        va, vb = getattr(a, f.name), getattr(b, f.name)
+        if is_dataclass(va):
+            out += _differences(va, vb, prefix + f.name + ".")
+        elif va != vb and f.name != "preset":
+            out.append(prefix + f.name)
+    return out
 
 
 def _merge_resume_config(stored: TrainConfig, cli: TrainConfig) -> TrainConfig:
