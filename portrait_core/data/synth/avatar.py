@@ -90,10 +90,11 @@ def _grid_faces(rows: int, cols: int, wrap: bool) -> np.ndarray:
 
 
 def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals [V, 3] of a triangle mesh."""
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], fn)
+    idx = f.ravel()
+    w = np.repeat(fn, 3, axis=0)
+    n = np.stack([np.bincount(idx, weights=w[:, c], minlength=len(v)) for c in range(3)], axis=1)
     return n / np.linalg.norm(n, axis=1, keepdims=True).clip(1e-12)
 
 
@@ -352,7 +353,7 @@ class AvatarFactory:
         tree = cKDTree(f_canon)
         v = v_body.copy()
         cand = self.head_vertex | (v[:, 1] > f_canon[:, 1].min() - 0.02)
-        for _ in range(3):
+        for _ in range(2):
             dist, nn = tree.query(v[cand])
             n = normals[nn]
             sd = ((v[cand] - f_canon[nn]) * n).sum(1)
