@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import landmarks_from_labels, project
+from data_helpers import landmarks_from_labels, project
 
 from portrait_core.data.dataset import PortraitDataset
 from portrait_core.data.labels import LabelError

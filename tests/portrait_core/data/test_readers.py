@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from helpers import landmarks_from_labels, project
+from data_helpers import landmarks_from_labels, project
 from PIL import Image
 
 from portrait_core import conventions as C

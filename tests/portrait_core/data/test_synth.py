@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import LANDMARKS, landmarks_from_labels, marker_centroids, project, run_in_worker
+from data_helpers import LANDMARKS, landmarks_from_labels, marker_centroids, project, run_in_worker
 from PIL import Image
 
 from portrait_core.data.labels import validate_labels
