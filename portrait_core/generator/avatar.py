@@ -34,7 +34,7 @@ class Avatar:
     [1, L, 4, sT, sT] or None, ``body_shape`` [1, 10], ``truncation``.
     """
 
-    def __init__(self, generator: "Generator", latents: Latents, body_shape: Tensor | None = None, *,
+    def __init__(self, generator: Generator, latents: Latents, body_shape: Tensor | None = None, *,
                  truncation: float = 0.7, super_resolve: bool = True):
         where = "make_avatar"
         latents = latents.validate(f"{where}: latents")

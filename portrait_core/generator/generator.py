@@ -14,8 +14,9 @@ joint J12, +Y up, subject faces +Z).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,7 @@ class Generator(nn.Module):
     held outside the state dict (they are not trained and a user may swap in the licensed SMPL/BFM files).
     """
 
-    def __init__(self, cfg: GeneratorConfig, body: "BodyModel | None" = None, face=None):
+    def __init__(self, cfg: GeneratorConfig, body: BodyModel | None = None, face=None):
         super().__init__()
         self.cfg = cfg
         latent_dim = cfg.identity_dim + cfg.noise_dim
@@ -108,7 +109,7 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ helpers held outside the state dict
     @property
-    def body(self) -> "BodyModel":
+    def body(self) -> BodyModel:
         return self._helpers["body"]
 
     @property
@@ -211,7 +212,7 @@ class Generator(nn.Module):
         self.superres_style_avg.copy_(sr_sum / n)
 
     # ------------------------------------------------------------------ stages (each usable on its own)
-    def pose_volume(self, state: "BodyState") -> Tensor:
+    def pose_volume(self, state: BodyState) -> Tensor:
         """Observed -> canonical-pose displacements on the posed-space grid: [B, 3, G, G, G] (metres).
 
         Inverse LBS (nearest valid posed vertex, ``BodyModel.inverse_lbs``) gives an affine map per grid node; the
@@ -464,7 +465,7 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ avatars and cameras
     def make_avatar(self, latents: Latents, body_shape: Tensor | None = None, *, truncation: float = 0.7,
-                    super_resolve: bool = True) -> "Avatar":
+                    super_resolve: bool = True) -> Avatar:
         """Bake one identity (mapping, textures, super-resolved textures, manifold grid, canonical body)."""
         from .avatar import Avatar
 

@@ -41,7 +41,7 @@ class Latents:
     noise: Tensor
 
     @classmethod
-    def sample(cls, batch: int = 1, seed: int | None = None, device: torch.device | str = "cpu") -> "Latents":
+    def sample(cls, batch: int = 1, seed: int | None = None, device: torch.device | str = "cpu") -> Latents:
         """Standard-normal identity and noise codes; the same ``seed`` gives the same latents on any machine."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         identity = torch.randn(batch, C.IDENTITY_DIM, generator=g)
@@ -52,15 +52,15 @@ class Latents:
     def batch_size(self) -> int:
         return self.identity.shape[0]
 
-    def validate(self, where: str = "Latents") -> "Latents":
+    def validate(self, where: str = "Latents") -> Latents:
         check_tensor(where, "identity", self.identity, (None, C.IDENTITY_DIM))
         check_tensor(where, "noise", self.noise, (self.identity.shape[0], C.NOISE_DIM))
         return self
 
-    def to(self, device=None, dtype=None) -> "Latents":
+    def to(self, device=None, dtype=None) -> Latents:
         return Latents(self.identity.to(device=device, dtype=dtype), self.noise.to(device=device, dtype=dtype))
 
-    def index(self, idx) -> "Latents":
+    def index(self, idx) -> Latents:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
         return Latents(self.identity[idx], self.noise[idx])
@@ -75,7 +75,7 @@ class Controls:
     body_shape: Tensor
 
     @classmethod
-    def neutral(cls, batch: int = 1, device: torch.device | str = "cpu") -> "Controls":
+    def neutral(cls, batch: int = 1, device: torch.device | str = "cpu") -> Controls:
         """Canonical pose, neutral expression, mean body shape."""
         return cls(torch.zeros(batch, *C.POSE_SHAPE, device=device), torch.zeros(batch, C.EXPRESSION_DIM, device=device),
                    torch.zeros(batch, C.BODY_SHAPE_DIM, device=device))
@@ -84,14 +84,14 @@ class Controls:
     def batch_size(self) -> int:
         return self.pose.shape[0]
 
-    def validate(self, where: str = "Controls") -> "Controls":
+    def validate(self, where: str = "Controls") -> Controls:
         check_tensor(where, "pose", self.pose, (None, *C.POSE_SHAPE))
         b = self.pose.shape[0]
         check_tensor(where, "expression", self.expression, (b, C.EXPRESSION_DIM))
         check_tensor(where, "body_shape", self.body_shape, (b, C.BODY_SHAPE_DIM))
         return self
 
-    def to(self, device=None, dtype=None) -> "Controls":
+    def to(self, device=None, dtype=None) -> Controls:
         kw = {"device": device, "dtype": dtype}
         return Controls(self.pose.to(**kw), self.expression.to(**kw), self.body_shape.to(**kw))
 

@@ -9,7 +9,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from portrait_core.generator import CheckpointError, Generator, Latents, generator_config, load_generator, save_generator
+from portrait_core.generator import (
+    CheckpointError,
+    Generator,
+    Latents,
+    generator_config,
+    load_generator,
+    save_generator,
+)
 from portrait_core.geometry.camera import Camera
 
 from .conftest import randomise_zero_inits
