@@ -1,0 +1,101 @@
+"""Contact sheet of a generator checkpoint (default: the shipped default model).
+
+``python -m portrait_core.assets.contact_sheet [--checkpoint PATH] [--out docs/images/default-model.png]``
+
+Rows: ``--avatars`` sampled avatars under a camera yaw sweep; one avatar under a head-turn sweep (pose joint 15
+about +Y), a head-nod sweep (about +X) and two expression sweeps (``jaw_open``, ``smile``). Rendered through
+``Generator.make_avatar`` / ``Avatar.render`` (the path the add-on uses), super-resolved when available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from portrait_core import conventions as C
+
+__all__ = ["contact_sheet", "main"]
+
+
+def _tiles(out) -> np.ndarray:
+    img = ((out.image.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    return (img * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: int = 5, seed: int = 0,
+                  truncation: float = 1.0, yaw_range: float = 0.6, labels: bool = True) -> Path:
+    """Write the sheet (PNG) and return its path."""
+    from PIL import Image, ImageDraw
+
+    from portrait_core.face.model import EXPRESSION_NAMES
+    from portrait_core.geometry.camera import Camera
+
+    latents, betas = samplers.identities(avatars, seed=seed)
+    sweep = torch.linspace(-1, 1, columns)
+    rows: list[tuple[str, np.ndarray]] = []
+    zero_pose = torch.zeros(columns, *C.POSE_SHAPE)
+    zero_exp = torch.zeros(columns, C.EXPRESSION_DIM)
+    cams = Camera.portrait(yaw=C.FRONTAL_YAW + yaw_range * sweep, pitch=torch.full((columns,), C.FRONTAL_PITCH))
+    first = None
+    for i in range(avatars):
+        av = G.make_avatar(latents.index(i), betas[i:i + 1], truncation=truncation)
+        if first is None:
+            first = av
+        rows.append((f"avatar {i}: camera yaw {-yaw_range:+.1f}..{yaw_range:+.1f} rad", _tiles(av.render(zero_pose, zero_exp, cams))))
+    front = Camera.portrait(batch=1)
+    head = C.POSE_JOINTS.index(C.HEAD)
+    turn = zero_pose.clone()
+    turn[:, head, 1] = 0.6 * sweep
+    rows.append(("head turn -0.6..+0.6 rad", _tiles(first.render(turn, zero_exp, front))))
+    nod = zero_pose.clone()
+    nod[:, head, 0] = 0.4 * sweep
+    rows.append(("head nod -0.4..+0.4 rad", _tiles(first.render(nod, zero_exp, front))))
+    for name in ("jaw_open", "smile"):
+        exp = zero_exp.clone()
+        exp[:, EXPRESSION_NAMES[name]] = torch.linspace(0, 2.5, columns) if name == "jaw_open" else 2.5 * sweep
+        lo, hi = (0, 2.5) if name == "jaw_open" else (-2.5, 2.5)
+        rows.append((f"expression {name} {lo}..{hi}", _tiles(first.render(zero_pose, exp, front))))
+    size = rows[0][1].shape[1]
+    pad = 14 if labels else 0
+    sheet = Image.new("RGB", (columns * size, len(rows) * (size + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, tiles) in enumerate(rows):
+        y = r * (size + pad)
+        if labels:
+            draw.text((3, y + 1), label, fill=(0, 0, 0))
+        for c in range(columns):
+            sheet.paste(Image.fromarray(tiles[c]), (c * size, y + pad))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_path, optimize=True)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from portrait_core.assets import DefaultSamplers, default_checkpoint_path, default_samplers_path
+    from portrait_core.generator import load_generator
+
+    ap = argparse.ArgumentParser(prog="python -m portrait_core.assets.contact_sheet", description=__doc__)
+    ap.add_argument("--checkpoint", default=str(default_checkpoint_path()))
+    ap.add_argument("--samplers", default=str(default_samplers_path()))
+    ap.add_argument("--out", default="docs/images/default-model.png")
+    ap.add_argument("--avatars", type=int, default=4)
+    ap.add_argument("--columns", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--truncation", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    G = load_generator(a.checkpoint)
+    path = contact_sheet(G, DefaultSamplers.load(a.samplers), a.out, a.avatars, a.columns, a.seed, a.truncation)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The shipped default model (portrait_core/assets): it loads with portrait_core alone, is small enough to ship,
+renders finite frames and its samplers produce valid generator inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from portrait_core import conventions as C
+from portrait_core.assets import (
+    DefaultSamplers,
+    SamplerError,
+    default_checkpoint_path,
+    default_samplers_path,
+    load_default,
+)
+from portrait_core.assets.appearance import APPEARANCE_DIM, USED_DIMS, describe_appearance
+from portrait_core.generator import Controls, load_generator
+from portrait_core.generator.checkpoint import read_metadata
+
+MAX_BYTES = 25 * 2 ** 20
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return load_default()
+
+
+def test_files_exist_and_are_small():
+    ckpt, samplers = default_checkpoint_path(), default_samplers_path()
+    assert ckpt.is_file(), f"{ckpt} is missing"
+    assert samplers.is_file(), f"{samplers} is missing"
+    assert ckpt.stat().st_size + samplers.stat().st_size < MAX_BYTES
+    meta = read_metadata(ckpt)
+    info = json.loads(meta["info"])
+    assert info["method"] == "busto-supervised-warm-start"
+    assert info["noise_latent"]["kind"] == "appearance_code"
+    assert info["step"] > 0 and info["heldout"]
+
+
+def test_loads_and_renders_a_finite_frame(model):
+    G, samplers = model
+    assert G.cfg.name == "small"
+    latents, betas = samplers.identities(2, seed=0)
+    camera, pose = samplers.views(2, seed=1)
+    expression = samplers.expressions(2, seed=2)
+    with torch.no_grad():
+        out = G(latents, Controls(pose, expression, betas), camera, resolution=64)
+    assert out.image.shape == (2, 3, 64, 64)
+    assert torch.isfinite(out.image).all() and torch.isfinite(out.alpha).all() and torch.isfinite(out.depth).all()
+    assert out.image.min() >= -1 and out.image.max() <= 1
+    # a trained model covers the subject: some opaque pixels, and not a uniform image
+    assert (out.alpha > 0.5).float().mean() > 0.1
+    assert out.image.std() > 0.05
+
+
+def test_avatar_path_renders(model):
+    G, samplers = model
+    latents, betas = samplers.identities(1, seed=3)
+    av = G.make_avatar(latents, betas, truncation=1.0)
+    from portrait_core.geometry.camera import Camera
+
+    out = av.render(torch.zeros(1, *C.POSE_SHAPE), torch.zeros(1, C.EXPRESSION_DIM), Camera.portrait(batch=1),
+                    resolution=32)
+    assert torch.isfinite(out.image).all()
+    assert out.image.shape[-1] == 32 * G.cfg.superres.scale
+
+
+def test_samplers_produce_valid_inputs(model):
+    _, s = model
+    latents, betas = s.identities(16, seed=0)
+    latents.validate()
+    assert betas.shape == (16, C.BODY_SHAPE_DIM) and torch.isfinite(betas).all()
+    camera, pose = s.views(16, seed=0)
+    camera.validate()
+    expression = s.expressions(16, seed=0)
+    Controls(pose, expression, betas).validate()
+    # deterministic in the seed, different across seeds
+    again, _ = s.identities(16, seed=0)
+    torch.testing.assert_close(again.identity, latents.identity)
+    other, _ = s.identities(16, seed=1)
+    assert not torch.equal(other.identity, latents.identity)
+    # appearance codes decode to the documented vocabulary, padding is zero
+    assert latents.noise.shape[1] == APPEARANCE_DIM
+    assert torch.all(latents.noise[:, USED_DIMS:] == 0)
+    desc = describe_appearance(latents.noise[0].tolist())
+    assert desc["hair_style"] in ("buzz", "short", "bob", "long")
+    # the portrait cameras look at the subject from the portrait radius
+    r = (camera.origin - camera.origin.new_tensor(C.PORTRAIT_LOOK_AT)).norm(dim=-1)
+    torch.testing.assert_close(r, torch.full_like(r, C.PORTRAIT_RADIUS), atol=0.02, rtol=0)
+
+
+def test_corrupt_sampler_file_is_reported(tmp_path):
+    bad = tmp_path / "s.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(SamplerError, match="s.safetensors"):
+        DefaultSamplers.load(bad)
+    with pytest.raises(SamplerError, match="no such sampler file"):
+        DefaultSamplers.load(tmp_path / "missing.safetensors")
+    s = DefaultSamplers.load()
+    tensors = {k: getattr(s, k) for k in ("identity", "body_shape", "appearance", "camera", "pose", "expression")}
+    tensors["pose"] = tensors["pose"][:, :5]
+    with pytest.raises(SamplerError, match="'pose' has shape"):
+        DefaultSamplers.from_tensors(tensors)
+
+
+def test_load_generator_accepts_the_default_path():
+    G = load_generator(default_checkpoint_path())
+    assert G.checkpoint_info["data"]["images"] > 0
