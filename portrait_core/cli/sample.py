@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from portrait_core import conventions as C
-from portrait_core.generator import Latents
-from portrait_core.generator.loading import obtain_generator, parse_int_list
+from portrait_core.generator.loading import identity_for_seed, obtain_generator, parse_int_list
 from portrait_core.geometry.camera import Camera
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m portrait_core sample", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="generator .safetensors (default: the shipped one, else a random-init preset)")
+    src.add_argument("--checkpoint", help="generator .safetensors or training checkpoint folder (default: the shipped "
+                     "default model, else a random-init preset)")
     src.add_argument("--preset", help="random-init preset when no checkpoint is used: paper, small, tiny")
     p.add_argument("--mode", choices=["frontal", "360"], help="render mode for a random-init preset")
     p.add_argument("--seeds", default="0-3", help="latent seeds, e.g. 0-7 or 1,4,9 (one row each)")
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with torch.no_grad():
         for seed in seeds:
-            avatar = g.make_avatar(Latents.sample(1, seed=seed, device=g.device), truncation=args.truncation,
-                                   super_resolve=not args.no_sr)
+            latents, body_shape = identity_for_seed(g, seed)
+            avatar = g.make_avatar(latents, body_shape, truncation=args.truncation, super_resolve=not args.no_sr)
             n = len(yaws)
             out = avatar.render(torch.zeros(n, 6, 3), torch.zeros(n, C.EXPRESSION_DIM), camera,
                                 super_resolve=not args.no_sr and avatar.textures_hr is not None)

@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from portrait_core import conventions as C
-from portrait_core.generator import Latents
-from portrait_core.generator.loading import obtain_generator
+from portrait_core.generator.loading import identity_for_seed, obtain_generator
 from portrait_core.geometry.camera import Camera
 
 
@@ -31,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-loop", action="store_true", help="end on the last keyframe instead of looping back")
     p.add_argument("--rotation", default="slerp", choices=["slerp", "euler", "axis_angle"])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="generator .safetensors (default: the shipped one, else a random-init preset)")
+    src.add_argument("--checkpoint", help="generator .safetensors or training checkpoint folder (default: the shipped "
+                     "default model, else a random-init preset)")
     src.add_argument("--preset", help="random-init preset when no checkpoint is used: paper, small, tiny")
     p.add_argument("--mode", choices=["frontal", "360"], help="render mode for a random-init preset")
     p.add_argument("--seed", type=int, default=0, help="latent seed of the avatar")
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     frame_dir.mkdir(parents=True, exist_ok=True)
     images = []
     with torch.no_grad():
-        avatar = g.make_avatar(Latents.sample(1, seed=args.seed, device=g.device), truncation=args.truncation,
-                               super_resolve=not args.no_sr)
+        latents, body_shape = identity_for_seed(g, args.seed)
+        avatar = g.make_avatar(latents, body_shape, truncation=args.truncation, super_resolve=not args.no_sr)
         for start in range(0, n, max(1, args.batch)):
             sl = slice(start, min(n, start + max(1, args.batch)))
             camera = Camera.portrait(yaw=yaw[sl], pitch=pitch[sl])
