@@ -107,13 +107,14 @@ class Avatar:
     def render(self, pose: Tensor, expression: Tensor, camera: Camera, *, super_resolve: bool | None = None,
                resolution: int | None = None) -> RenderOutput:
         """Render B frames: pose [B, 6, 3] (axis-angle, canonical-relative), expression [B, 64], camera (batch 1
-        or B). ``super_resolve`` defaults to True when the avatar has super-resolved textures; ``resolution`` is
+        or B; one pose and expression may also be seen by B cameras). ``super_resolve`` defaults to True when the avatar has super-resolved textures; ``resolution`` is
         the ray resolution (default the config's), the super-resolved image is ``scale`` times larger."""
         pose, expression = self._check_controls("Avatar.render", pose, expression)
         b = pose.shape[0]
+        if b == 1 and isinstance(camera, Camera) and camera.batch_size > 1:  # one pose seen by several cameras
+            b = camera.batch_size
+            pose, expression = pose.expand(b, -1, -1), expression.expand(b, -1)
         camera = _camera_for_batch("Avatar.render", camera, b)
-        if camera.batch_size != b:
-            pose, expression = pose.expand(camera.batch_size, -1, -1), expression.expand(camera.batch_size, -1)
         if super_resolve is None:
             super_resolve = self.textures_hr is not None
         if super_resolve and self.textures_hr is None:

@@ -138,6 +138,8 @@ def test_avatar_batches_frames_consistently(trained_like):
     batched = avatar.render(c.pose, c.expression, camera)
     single = avatar.render(c.pose[1:2], c.expression[1:2], camera[1])
     assert torch.allclose(batched.image[1:2], single.image, atol=1e-5)
+    views = avatar.render(c.pose[1], c.expression[1], camera)  # one pose, three cameras
+    assert views.image.shape[0] == 3 and torch.allclose(views.image[1:2], single.image, atol=1e-5)
 
 
 def test_back_views_in_360_mode_intersect_the_closed_shells(tiny_generator_360):
