@@ -358,9 +358,9 @@ def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
     st.scaler_D.scale(losses["D/total"]).backward()
     dist.allreduce_grads(st.D.parameters(), ctx.world)
     st.scaler_D.unscale_(st.opt_D)
-    if cfg.optim.grad_clip > 0:
-        for name in D_NAMES:
-            torch.nn.utils.clip_grad_norm_(st.D[name].parameters(), cfg.optim.grad_clip)
+    for name in D_NAMES:
+        norm = torch.nn.utils.clip_grad_norm_(st.D[name].parameters(), cfg.optim.grad_clip or math.inf)
+        _check_grad_norm(st, f"D/{name}", norm, st.scaler_D)
     st.scaler_D.step(st.opt_D)
     st.scaler_D.update()
     return losses
@@ -477,8 +477,8 @@ def g_step(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
     params = [p for g in st.opt_G.param_groups for p in g["params"]]
     dist.allreduce_grads(params, ctx.world)
     st.scaler_G.unscale_(st.opt_G)
-    if cfg.optim.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
+    _check_grad_norm(st, "G", norm, st.scaler_G)
     st.scaler_G.step(st.opt_G)
     st.scaler_G.update()
     return losses
@@ -517,6 +517,13 @@ def _check_finite(step: int, losses: dict[str, Tensor]) -> None:
     bad = L.all_finite(losses)
     if dist.any_flag(bad is not None):
         raise NonFiniteLossError(bad or "<a loss on another rank>", step)
+
+
+def _check_grad_norm(st: TrainState, name: str, norm: Tensor, scaler) -> None:
+    """Finite losses can still give non-finite gradients; without AMP that is fatal (with AMP the GradScaler skips
+    the step and lowers its scale)."""
+    if not scaler.is_enabled() and dist.any_flag(not bool(torch.isfinite(norm))):
+        raise NonFiniteLossError(f"{name} gradient norm", st.step)
 
 
 def _inject_nan(step: int, losses: dict[str, Tensor]) -> None:
