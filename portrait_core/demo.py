@@ -346,7 +346,8 @@ def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subti
                    "camera" if r == 0 else "")
         y += section_h
         for c, fr in enumerate(chunk):
-            put(fr["neural"], pad + c * (tile + pad), y, f"frame {fr['frame']} - {fr['label']}")
+            short = fr["label"].split()[-1]  # turn, nod, shrug, smile, rest: fits under a 128 px tile
+            put(fr["neural"], pad + c * (tile + pad), y, f"frame {fr['frame']}: {short}")
         y += row_h
         for c, fr in enumerate(chunk):
             put(fr["mesh"], pad + c * (tile + pad), y, f"mesh, frame {fr['frame']}")
@@ -358,7 +359,7 @@ def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subti
         for i, cmp in enumerate(comparisons):
             r, c = divmod(i, columns)
             put(cmp["overlay"], pad + c * (tile + pad), y + r * row_h,
-                f"frame {cmp['frame']} - IoU {cmp['iou']:.2f}")
+                f"frame {cmp['frame']}: IoU {cmp['iou']:.2f}")
     sheet.save(path, optimize=True)
     return path
 
@@ -665,9 +666,9 @@ def _threads() -> int:
 
 
 def _auto_level(settings, rig, sc) -> float:
-    """Half the avatar's density maximum (``level='auto'`` of portrait_core.export) for models whose occupancy
-    never reaches the trained level 0.5, computed on the add-on's in-process backend (the avatar is already
-    baked there, so nothing is recomputed)."""
+    """Half the avatar's density maximum (``level='auto'`` of portrait_core.export) for untrained models, whose
+    diffuse occupancy has no surface at the trained level 0.5. Computed on the add-on's in-process backend, where
+    the avatar is already baked. The extract operator takes a number only, hence this step."""
     from blender_addon import backend, scene
     from portrait_core.export.extract import auto_level, avatar_bounds
 
