@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from portrait_core import conventions as C
 from portrait_core.generator import Controls, Generator, Latents, generator_config
 from portrait_core.generator.config import config_from_json, config_to_json
 from portrait_core.geometry.camera import Camera
@@ -281,3 +282,17 @@ def test_grid_and_texture_training_path_is_the_avatar_computation():
     (out.image.square().mean() + out.image_lr.square().mean()).backward()
     for name in ("manifold", "radiance", "deform", "smoother", "mapping"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.param_groups()[name]), name
+
+
+def test_face_camera_follows_the_head_and_renders(tiny_generator):
+    g = tiny_generator
+    controls = Controls.neutral(2)
+    controls.pose[1, 3, 1] = 0.5  # head turn on the second sample
+    cam = g.face_camera(controls)
+    canonical_centre = g.body.face_centre(controls.body_shape[:1])[0]
+    look = cam.origin + cam.forward * C.FACE_RADIUS
+    assert torch.allclose(look[0], canonical_centre, atol=1e-4)  # neutral: aimed at the canonical face centre
+    assert not torch.allclose(cam.forward[0], cam.forward[1], atol=1e-3)  # turned with the head
+    with torch.no_grad():
+        out = g(Latents.sample(2, seed=0), controls, cam, resolution=16)
+    assert out.image.shape == (2, 3, 16, 16) and torch.isfinite(out.image).all()
