@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +59,26 @@ _W: dict = {}
 
 
 def _worker_init(cfg: SynthConfig, out: str, threads: int) -> None:
+    """Pool initializer. A failure is kept and re-raised by the first task: a pool whose initializer raises
+    would otherwise replace its dying workers forever and hang the driver."""
+    try:
+        _worker_setup(cfg, out, threads)
+    except BaseException as exc:  # noqa: BLE001 - reported through _worker_run
+        import traceback
+
+        _W["init_error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+
+
+def _strip_blender_script_paths() -> None:
+    """A spawned worker inherits the parent's sys.path. If the parent had imported bpy, that path holds Blender's
+    own ``scripts/modules`` folder, whose inner ``bpy`` package would shadow the bpy extension module."""
+    sys.path[:] = [p for p in sys.path if not (os.sep + "scripts" + os.sep in p and os.sep + "bpy" + os.sep in p)]
+
+
+def _worker_setup(cfg: SynthConfig, out: str, threads: int) -> None:
     """Build the models, the avatar factory and the Blender scene once per process."""
+    if "bpy" not in sys.modules:
+        _strip_blender_script_paths()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -199,6 +219,8 @@ def marker_renders(index: int, landmark_ids: tuple[int, ...], radius: float = 0.
 
 
 def _worker_run(indices: list[int]) -> list[str]:
+    if "init_error" in _W:
+        raise RuntimeError(f"synthetic renderer worker failed to start: {_W['init_error']}")
     return [_render_and_write(i) for i in indices]
 
 
