@@ -59,7 +59,10 @@ class FaceReconNet(nn.Module):
             c_in, c, r = c, min(c * 2, cfg.max_width), r // 2
         self.trunk = nn.Sequential(*layers)
         n_out = cfg.expression_dim + cfg.identity_dim + 2 * NUM_LANDMARKS
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * r * r, 256), nn.LeakyReLU(0.2), nn.Linear(256, n_out))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * r * r, 256), nn.LeakyReLU(0.2), nn.Dropout(0.1),
+                                  nn.Linear(256, n_out))
+        nn.init.zeros_(self.head[-1].weight)  # start at the training-set mean (the trivial baseline)
+        nn.init.zeros_(self.head[-1].bias)
         self.register_buffer("exp_mean", torch.zeros(cfg.expression_dim))
         self.register_buffer("exp_std", torch.ones(cfg.expression_dim))
         self.register_buffer("id_mean", torch.zeros(cfg.identity_dim))
