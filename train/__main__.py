@@ -35,9 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         print(describe(cfg, world))
         return 0
+    from portrait_core.data.labels import LabelError
+    from train.checkpoint import CheckpointError
+    from train.data import DataError
     from train.loop import train
 
-    return train(cfg, resume=a.resume)
+    try:
+        return train(cfg, resume=a.resume)
+    except (DataError, CheckpointError, LabelError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

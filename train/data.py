@@ -38,10 +38,10 @@ def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
     p = Path(root)
     if (p / "labels.json").exists():
         return p
-    cmd = [sys.executable, "-m", "portrait_core.data", "synth", "--out", str(p), "--count", str(count),
+    cmd = [sys.executable, "-m", "portrait_core.data", "synth", "--out", str(p), "--count", str(count or 1000),
            "--resolution", str(resolution), "--meshes"]
     if count <= 0:
-        raise DataError(f"dataset {p} not found (no labels.json). Create one with: {' '.join(cmd[1:])} "
+        raise DataError(f"dataset {p} not found (no labels.json). Create one with: python {' '.join(cmd[1:])} "
                         f"(or point data.root=... at a Busto-format dataset)")
     log(f"dataset {p} not found: rendering {count} synthetic images ({' '.join(cmd[2:])})")
     r = subprocess.run(cmd, check=False)

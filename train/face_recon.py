@@ -291,7 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    report = train_from_dataset(a.data, a.out, a.resolution, a.steps, a.batch, a.lr, a.width, a.seed, a.device)
+    from portrait_core.data.labels import LabelError
+
+    try:
+        report = train_from_dataset(a.data, a.out, a.resolution, a.steps, a.batch, a.lr, a.width, a.seed, a.device)
+    except (LabelError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(report, indent=2))
     return 0
 
