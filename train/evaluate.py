@@ -114,7 +114,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
     if "consistency" in metrics:
         m.update(_consistency(G, inputs.slice(0, min(8, images)), sr))
     if "control" in metrics:
-        m.update(_control(G, inputs.slice(0, min(16, images)), run, face_recon, device, log))
+        m.update(_control(G, inputs.slice(0, min(16, images)), _face_recon_path(face_recon, run, cfg), device, log))
     if "geometry" in metrics:
         m.update(_geometry(G, ds, geometry_samples, seed, device, log))
     report["seconds"] = round(time.time() - t0, 2)
@@ -136,12 +136,24 @@ def _consistency(G, inp, sr: bool) -> dict:
     return {"reprojection_error": err, "reprojection_coverage": frac}
 
 
+def _face_recon_path(given: str | None, run: Path | None, cfg) -> Path | None:
+    """--face-recon, else the run's own, else the one its config names, else (stage 2) the stage-1 run's."""
+    cands = [Path(given)] if given else []
+    if run is not None:
+        cands.append(run / "face_recon.pt")
+    if cfg is not None and cfg.model.face_recon:
+        cands.append(Path(cfg.model.face_recon))
+    if cfg is not None and cfg.model.init_from:
+        p = Path(cfg.model.init_from)
+        cands += [p / "face_recon.pt", p.parent.parent / "face_recon.pt"]
+    return next((c for c in cands if c.is_file()), None)
+
+
 @torch.no_grad()
-def _control(G, inp, run: Path | None, face_recon: str | None, device, log) -> dict:
+def _control(G, inp, path: Path | None, device, log) -> dict:
     from train import face_recon as FR
 
-    path = Path(face_recon) if face_recon else (run / "face_recon.pt" if run else None)
-    if path is None or not path.exists():
+    if path is None:
         log("control metrics skipped: no face reconstruction network (--face-recon)")
         return {"control": None}
     net = FR.load(path, device)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FORMAT = "busto-face-recon"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NUM_LANDMARKS = 68
 #: The leading expression components carry named, large deformations (jaw_open, smile, brow_raise, blink, pucker,
 #: frown, brow_furrow, cheek_puff in the synthetic 3DMM); the rest are small detail modes.
@@ -257,7 +257,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FaceRec
     if blob.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: face reconstruction format version {blob.get('format_version')} != {FORMAT_VERSION}")
     net = FaceReconNet(FaceReconNetConfig(**blob["config"]))
-    net.load_state_dict(blob["state_dict"])
+    try:
+        net.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: face reconstruction weights do not match the network ({e})") from None
     net.to(device).eval().requires_grad_(False)
     return net
 
