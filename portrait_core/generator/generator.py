@@ -219,14 +219,15 @@ class Generator(nn.Module):
         learnable smoothing CNN filters its 12 entries; the smoothed map is applied to the node itself and stored
         as a displacement ``T_smooth(x) x - x``. Trilinear lookups of 3 displacement channels are 4x cheaper than
         of 12 matrix entries, exact wherever the map is locally affine (rigid body parts), and a zero pose gives
-        exactly zero. Differentiable in the smoother's kernels.
+        exactly zero. Differentiable in the smoother's kernels and in the pose code.
         """
         g = self.cfg.render.pose_grid
         nodes = R.grid_points(self.pose_box_centre, self.cfg.pose.box_half_extent, g)  # [G, G, G, 3]
         b = state.vertices.shape[0]
         flat = nodes.reshape(1, -1, 3).expand(b, -1, -1).contiguous()
-        with torch.no_grad():
-            transforms = self.body.inverse_lbs(state, flat)
+        # the nearest-vertex choice is discrete; the chosen vertex transforms carry gradients to the pose code
+        # (needed by 360-degree pose self-learning), and cost nothing when the pose needs no gradient
+        transforms = self.body.inverse_lbs(state, flat)
         entries = R.affine_entries(transforms.to(nodes.dtype)).reshape(b, g, g, g, 12).permute(0, 4, 1, 2, 3)
         smoothed = self.pose_smoother(entries.contiguous()).permute(0, 2, 3, 4, 1)  # [B, G, G, G, 12]
         displacement = R.apply_affine(smoothed, nodes.expand(b, -1, -1, -1, -1)) - nodes

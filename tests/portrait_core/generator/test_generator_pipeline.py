@@ -79,6 +79,20 @@ def test_backward_reaches_every_parameter_group():
     assert n_params == sum(p.numel() for p in g.parameters())  # the groups cover everything exactly once
 
 
+def test_the_rendered_image_gives_gradients_to_the_pose_code():
+    """360-degree pose self-learning trains a pose branch through the render: the pose deformation must carry
+    gradients to the pose code (the nearest-vertex choice is discrete, the chosen transforms are not)."""
+    torch.manual_seed(0)
+    g = Generator(generator_config("tiny")).train()
+    controls = _controls(1)
+    pose = (controls.pose + 0.1).requires_grad_(True)
+    controls = Controls(pose=pose, expression=controls.expression, body_shape=controls.body_shape)
+    out = g(Latents.sample(1, seed=1), controls, Camera.portrait(batch=1))
+    out.image.mean().backward()
+    assert pose.grad is not None and torch.isfinite(pose.grad).all()
+    assert pose.grad.abs().sum() > 0
+
+
 def test_forward_output_shapes_and_ranges(tiny_generator):
     g = tiny_generator
     with torch.no_grad():
