@@ -25,8 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m portrait_core export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="generator checkpoint (.safetensors or a training checkpoint); default: random-init --preset")
-    p.add_argument("--preset", default="small", help="generator preset for the random-init fallback (small, tiny)")
+                   help="generator checkpoint (.safetensors or a training checkpoint); default: the shipped model, "
+                        "else a random-init --preset")
+    p.add_argument("--preset", default=None,
+                   help="use a random-init generator of this preset (small, tiny) instead of the shipped model")
     p.add_argument("--seed", type=int, default=0, help="latent seed of the avatar (identity + noise)")
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi of the avatar's styles")
     p.add_argument("--body-shape", type=float, nargs="*", default=None, metavar="BETA",
@@ -76,23 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from portrait_core.export import EmptyFieldError, export_avatar, extract_mesh, write_mesh
-    from portrait_core.generator import Generator, Latents, generator_config, load_generator
+    from portrait_core.generator.loading import identity_for_seed, obtain_generator
 
     suffix = args.out.suffix.lower()
     if suffix not in (".glb", ".obj", ".ply"):
         print(f"export: --out must end in .glb, .obj or .ply, got {args.out.name!r}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    random_init = args.checkpoint is None
-    if random_init:
-        print(f"export: note: no --checkpoint given; using a randomly initialised '{args.preset}' generator "
-              f"(the pipeline runs, the avatar is not a trained one)", file=sys.stderr)
-        torch.manual_seed(args.seed)
-        G = Generator(generator_config(args.preset))
-    else:
-        G = load_generator(args.checkpoint, device=args.device)
+    G = obtain_generator(None if args.checkpoint is None else str(args.checkpoint), args.preset, device=args.device,
+                         model_seed=args.seed, log=lambda msg: print(f"export: {msg}", file=sys.stderr))
+    random_init = args.checkpoint is None and not getattr(G, "is_shipped_default", False)
     G = G.to(args.device).eval()
-    betas = None
+    latents, betas = identity_for_seed(G, args.seed)
     if args.body_shape:
         if len(args.body_shape) > 10:
             print("export: --body-shape takes at most 10 betas", file=sys.stderr)
@@ -100,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         betas = torch.zeros(1, 10)
         betas[0, : len(args.body_shape)] = torch.tensor(args.body_shape)
     with torch.no_grad():
-        avatar = G.make_avatar(Latents.sample(1, seed=args.seed, device=args.device), betas,
-                               truncation=args.truncation)
+        avatar = G.make_avatar(latents, betas, truncation=args.truncation)
     t_avatar = time.perf_counter() - t0
     level = _level(args.level, random_init)
     try:

@@ -16,7 +16,7 @@ def test_export_glb_random_init(tmp_path, keyframes_dir, capsys):
                "--out", str(out)])
     assert rc == 0
     cap = capsys.readouterr()
-    assert "randomly initialised" in cap.err
+    assert "RANDOM-INIT" in cap.err
     summary = json.loads(cap.out.strip().splitlines()[-1])
     assert summary["morphs"] == ["jaw_open", "smile", "blink"] and summary["joints"] == 12
     g = pygltflib.GLTF2().load(str(out))
@@ -36,3 +36,15 @@ def test_export_failures_write_nothing(tmp_path, capsys):
     assert main(["--preset", "tiny", "--resolution", "24", "--level", "0.99", "--out", str(out)]) == 1
     assert "no mesh written" in capsys.readouterr().err and not out.exists()
     assert main(["--preset", "tiny", "--out", str(tmp_path / "x.stl")]) == 2
+
+
+def test_export_defaults_to_the_shipped_model(tmp_path, capsys):
+    from portrait_core.generator.loading import default_checkpoint
+
+    if not default_checkpoint().is_file():
+        import pytest
+
+        pytest.skip(f"no shipped default checkpoint at {default_checkpoint()}")
+    out = tmp_path / "avatar.obj"
+    assert main(["--seed", "1", "--resolution", "48", "--out", str(out)]) == 0
+    assert "shipped default checkpoint" in capsys.readouterr().err and out.stat().st_size > 1000
