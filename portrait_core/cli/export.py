@@ -8,8 +8,9 @@ Example::
 The GLB holds the canonical-pose mesh (metres, Y-up, +Z front, origin at the canonical neck joint), a skin with
 the SMPL upper-body joints of the avatar's body shape, ``--morphs`` expression morph targets, and one animation per
 ``--keyframes`` source (official AniPortraitGAN keyframe folder or Busto keyframe JSON). See docs/export.md.
-Without ``--checkpoint`` a randomly initialised generator of ``--preset`` is used (the pipeline works, the avatar
-is meaningless); its opacity never reaches 0.5, so the threshold defaults to ``auto`` there.
+Without ``--checkpoint`` the shipped default model is used (seeds draw identities from its label samplers); with
+``--preset`` a randomly initialised generator of that preset (the pipeline works, the avatar is meaningless; its
+opacity never reaches 0.5, so the threshold defaults to ``auto`` there).
 """
 
 from __future__ import annotations
