@@ -99,9 +99,9 @@ def shipped_checkpoint(settings: Settings) -> str | None:
     for folder in (spec.submodule_search_locations or []) if spec else []:
         assets = os.path.join(folder, "assets")
         if os.path.isdir(assets):
-            found = sorted(f for f in os.listdir(assets) if f.endswith(".safetensors"))
-            if found:
-                return os.path.join(assets, found[0])
+            path = os.path.join(assets, "default.safetensors")
+            if os.path.isfile(path):
+                return path
     return None
 
 

@@ -100,13 +100,14 @@ def read_message(stream: BinaryIO) -> tuple[dict, dict[str, np.ndarray]]:
 
 # ------------------------------------------------------------------------------------------------- model session
 def default_checkpoint() -> Path:
-    """The model shipped with Busto (``portrait_core/assets/*.safetensors``)."""
-    assets = Path(__file__).resolve().parent / "assets"
-    found = sorted(assets.glob("*.safetensors")) if assets.is_dir() else []
-    if not found:
-        raise ServeError(f"no checkpoint given and no model shipped in {assets}; choose a checkpoint "
+    """The model shipped with Busto (``portrait_core/assets/default.safetensors``)."""
+    from portrait_core.generator.loading import default_checkpoint as shipped
+
+    path = shipped()
+    if not path.is_file():
+        raise ServeError(f"no checkpoint given and no model shipped at {path}; choose a checkpoint "
                          f"(.safetensors from 'python -m train') in the Busto preferences or the Model panel")
-    return found[0]
+    return path
 
 
 def _noop(_x: float, _label: str) -> None:
@@ -161,6 +162,10 @@ class Session:
             self.generator = None
             self._avatars.clear()
             self.generator = load_generator(path, device=device)  # raises CheckpointError naming the file
+            # the shipped model draws identities/appearance codes from its label samplers (identity_for_seed)
+            from portrait_core.generator.loading import default_checkpoint as shipped
+
+            self.generator.is_shipped_default = shipped().is_file() and path.resolve() == shipped().resolve()
             self.stats["loads"] += 1
             self.device = device
             cfg = self.generator.cfg
@@ -181,7 +186,7 @@ class Session:
     def _avatar(self, spec: dict, progress: Progress = _noop):
         import torch
 
-        from portrait_core.generator import Latents
+        from portrait_core.generator.loading import identity_for_seed
 
         spec = {
             "seed": int(spec.get("seed", 0)),
@@ -198,7 +203,7 @@ class Session:
         if avatar is None:
             progress(0.2, "baking avatar")
             g = self.generator
-            latents = Latents.sample(1, seed=spec["seed"], device=self.device)
+            latents, _ = identity_for_seed(g, spec["seed"])  # the user's body shape is kept below
             betas = torch.tensor([spec["body_shape"]], dtype=torch.float32, device=self.device)
             sr = spec["super_resolve"] and g.superres is not None
             avatar = g.make_avatar(latents, betas, truncation=spec["truncation"], super_resolve=sr)

@@ -104,6 +104,8 @@ def _encode(header, arrays=None) -> bytes:
 
 
 def test_default_checkpoint_error_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr(serve, "__file__", str(tmp_path / "serve.py"))
+    import portrait_core.generator.loading as loading
+
+    monkeypatch.setattr(loading, "default_checkpoint", lambda: tmp_path / "assets" / "default.safetensors")
     with pytest.raises(serve.ServeError, match="no model shipped"):
         serve.default_checkpoint()
