@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-only", action="store_true", help="evaluate OUT/generator.safetensors and exit")
     p.add_argument("--eval-images", type=int, default=0, help="with --eval-only: evaluate only the first N "
                    "held-out images (0: all)")
+    p.add_argument("--baselines", action="store_true", help="with --eval-only: also score a white image, the "
+                   "mean training image and an untrained generator of the same config on the same images")
     p.add_argument("--export", default="", metavar="DIR",
                    help="with --eval-only: also write DIR/default.safetensors (the metrics added to its info) and "
                         "DIR/default_samplers.safetensors")
@@ -442,6 +444,28 @@ def evaluate_heldout(G: Generator, data: SupervisedData, index: Tensor, resoluti
     res["images"] = n
     res["resolution"] = int(out.image.shape[-1]) if n else resolution
     return res
+
+
+@torch.no_grad()
+def baseline_metrics(G: Generator, data: SupervisedData, index: Tensor, resolution: int = 64) -> dict:
+    """Reference scores for :func:`evaluate_heldout` on the same images: PSNR / L1 of an all-white image and of
+    the mean training image, and the full metrics of an untrained generator with ``G``'s config (seed 0)."""
+    tgt = (downsample(data.batch(index)["image"], resolution) + 1) / 2
+    mean_img = torch.zeros(1, 3, resolution, resolution)
+    for start in range(0, data.train_index.numel(), 64):
+        idx = data.train_index[start:start + 64]
+        mean_img += ((downsample(data.batch(idx)["image"], resolution) + 1) / 2).sum(0, keepdim=True)
+    mean_img /= data.train_index.numel()
+
+    def score(pred: Tensor) -> dict[str, float]:
+        err = pred - tgt
+        mse = err.square().flatten(1).mean(1)
+        return {"l1": float(err.abs().mean()), "psnr": float((-10 * torch.log10(mse.clamp_min(1e-10))).mean())}
+
+    torch.manual_seed(0)
+    untrained = Generator(G.cfg)
+    return {"white": score(torch.ones_like(tgt)), "mean_training_image": score(mean_img.expand_as(tgt)),
+            "untrained_generator": evaluate_heldout(untrained, data, index, resolution)}
 
 
 @torch.no_grad()
@@ -610,8 +634,9 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    eval_only, export, eval_images = a.eval_only, a.export, a.eval_images
-    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items() if k not in ("eval_only", "export", "eval_images")})
+    eval_only, export, eval_images, baselines = a.eval_only, a.export, a.eval_images, a.baselines
+    cfg = SupervisedConfig(**{k: v for k, v in vars(a).items()
+                              if k not in ("eval_only", "export", "eval_images", "baselines")})
     if eval_only:
         torch.set_num_threads(max(1, cfg.threads))
         data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)
@@ -621,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         if G.superres is not None:
             res["super_resolved"] = evaluate_heldout(G, data, held, cfg.eval_resolution, super_resolve=True)
         res["step"] = G.checkpoint_info.get("step")
+        if baselines:
+            res["baselines"] = baseline_metrics(G, data, held, cfg.eval_resolution)
         print(json.dumps(res, indent=1))
         (Path(cfg.out) / "eval_heldout.json").write_text(json.dumps(res, indent=1))
         if export:
