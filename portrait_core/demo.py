@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: The add-on presets in the order they are played, and the label shown on the frames.
-SEGMENTS = (("TURN", "head turn"), ("NOD", "nod"), ("SHRUG", "shoulder shrug"), ("SMILE", "smile"))
+#: The add-on presets in the order they are played, the label shown on the frames and the preset amplitude.
+#: The turn plays at 0.6 (about 20 degrees of head yaw): a frontal-mode model such as the shipped one smears the far
+#: side of the head at the preset's full 34 degrees. The smile plays at 2 (smile slider 3, jaw 0.6) to show.
+SEGMENTS = (("TURN", "head turn", 0.6), ("NOD", "nod", 1.0), ("SHRUG", "shoulder shrug", 1.0), ("SMILE", "smile", 2.0))
 #: Generator preset used when no trained checkpoint is available (random init, saved next to the outputs).
 FALLBACK_PRESET = "small"
 RANDOM_INIT_NAME = "random-init-small.safetensors"
@@ -110,6 +112,7 @@ class Segment:
     start: int
     interval: int
     keys: list[int]  # key indices of the preset (multiples of ``interval`` after ``start``)
+    amplitude: float = 1.0
 
     @property
     def frames(self) -> list[int]:
@@ -132,11 +135,11 @@ def schedule(n_frames: int) -> list[Segment]:
 
     out, start = [], 1
     span = max(0, n_frames - 1)
-    for k, (name, label) in enumerate(SEGMENTS):
+    for k, (name, label, amplitude) in enumerate(SEGMENTS):
         keys = list(presets.build_preset(name).frames)
         target_end = 1 + int(math.floor((k + 1) * span / len(SEGMENTS) + 0.5))
         interval = max(1, (target_end - start) // keys[-1])
-        out.append(Segment(name, label, start, interval, keys))
+        out.append(Segment(name, label, start, interval, keys, amplitude))
         start += interval * keys[-1]
     return out
 
@@ -548,7 +551,7 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
     with step("Key turn, nod, shrug, smile (busto.animation_preset)") as s:
         bpy.context.view_layer.objects.active = rig
         for seg in segments:
-            sp.anim_start, sp.anim_interval, sp.anim_amplitude = seg.start, seg.interval, 1.0
+            sp.anim_start, sp.anim_interval, sp.anim_amplitude = seg.start, seg.interval, seg.amplitude
             B.op("busto.animation_preset", preset=seg.preset)
         B.op("busto.add_camera", kind="PORTRAIT", make_active=True)
         B.op("busto.setup_render", resolution=int(args.resolution))
@@ -567,7 +570,7 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
         if past:
             report.notes.append(f"{n} frames are too few for the whole animation (it needs "
                                 f"{segments[-1].frames[-1]}): {', '.join(past)} run past the rendered range.")
-    report.info["segments"] = [{"preset": g.preset, "frames": g.frames} for g in segments]
+    report.info["segments"] = [{"preset": g.preset, "frames": g.frames, "amplitude": g.amplitude} for g in segments]
 
     # 6. neural render -------------------------------------------------------------------------------------
     with step(f"Render {n} frames with Busto Neural") as s:
@@ -617,6 +620,8 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
         sc.render.filepath = str(out / "frames" / "####")
         sc.frame_set(1)
         blend = out / "demo.blend"
+        for old in (blend, out / "demo.blend1"):  # no Blender backup copy of an earlier run
+            old.unlink(missing_ok=True)
         bpy.ops.wm.save_as_mainfile(filepath=str(blend), compress=True, relative_remap=False)
         glb = out / "avatar.glb"
         for o in bpy.context.view_layer.objects:
