@@ -150,7 +150,7 @@ def test_supervised_loss_decreases_on_a_fixed_batch(tiny_data):
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
-        fit.append(float(terms["image"] + terms["alpha"] + terms["face"]))
+        fit.append(float((terms["image"] + terms["alpha"] + terms["face"]).detach()))
     assert np.mean(fit[-3:]) < 0.85 * np.mean(fit[:3]), fit
 
 
