@@ -8,6 +8,7 @@ paths the records use. ``open_source(path)`` detects the format.
 
 from __future__ import annotations
 
+import abc
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from .labels import (
 )
 
 
-class Source:
+class Source(abc.ABC):
     """Records plus file access. Subclasses implement ``_read`` and ``has_file``."""
 
     kind = "source"
@@ -42,11 +43,13 @@ class Source:
         self.problems: list[Problem] = []
         self.label_file = str(self.root)
 
+    @abc.abstractmethod
     def has_file(self, rel: str) -> bool:
-        raise NotImplementedError
+        """Whether the dataset holds the file ``rel`` (a path relative to its root)."""
 
+    @abc.abstractmethod
     def _read(self, rel: str) -> bytes:
-        raise NotImplementedError
+        """The bytes of the file ``rel``."""
 
     def describe(self, rel: str) -> str:
         """A path for messages: where the file ``rel`` lives."""
@@ -88,7 +91,7 @@ class Source:
             return f"cannot decode image ({type(e).__name__}: {e})"
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: sources holding an open archive override it
         pass
 
 
