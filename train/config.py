@@ -49,7 +49,10 @@ class ModelConfig:
     torso_fraction: float = 0.25
     """The torso discriminator sees the bottom ``torso_fraction`` of the portrait."""
     init_from: str = ""
-    """Stage 2: a stage-1 run folder or checkpoint whose generator (EMA) initialises and freezes stage 1."""
+    """A run folder, checkpoint folder or generator .safetensors. Stage 2: its generator (EMA) initialises and
+    freezes stage 1. Stage 1: its generator initialises the whole generator, which is fine-tuned (``generator`` is
+    then ignored; ``generator_overrides`` still apply, e.g. more levels). An appearance-code generator (the shipped
+    default, ``train.supervised`` runs) draws its noise from its label samplers, copied into the run folder."""
     face_recon: str = ""
     """Checkpoint of the face reconstruction network (``python -m train.face_recon``); '' = train one on the fly
     into the run folder before GAN training starts."""

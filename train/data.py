@@ -8,7 +8,9 @@ seen once per epoch across ranks.
 
 Fake inputs: (camera, pose) are drawn jointly from one dataset record, (identity, body_shape) jointly from
 another, expression from a third, noise ~ N(0, I) - from a dedicated ``torch.Generator`` whose state is saved.
-With mirroring, half of the draws take the x-mirrored (camera, pose).
+With mirroring, half of the draws take the x-mirrored (camera, pose). A generator whose noise latent is an
+appearance code (the shipped default model, ``train.supervised`` runs) instead draws its noise from the appearance
+rows of its label samplers (``LabelTable.noise``; see :func:`find_samplers`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class LabelTable:
     expression: Tensor
     identity: Tensor
     body_shape: Tensor
+    noise: Tensor | None = None
+    """Optional [M, noise_dim] table the noise latent is drawn from (appearance codes); None = N(0, I)."""
 
     def __len__(self) -> int:
         return self.camera.shape[0]
@@ -91,7 +95,8 @@ class LabelTable:
         return cls(**cols)
 
     def to(self, device) -> LabelTable:
-        return LabelTable(**{k: getattr(self, k).to(device) for k in LABEL_KEYS})
+        return LabelTable(**{k: getattr(self, k).to(device) for k in LABEL_KEYS},
+                          noise=None if self.noise is None else self.noise.to(device))
 
 
 @dataclass
@@ -121,7 +126,10 @@ def sample_fake_inputs(table: LabelTable, batch: int, gen: torch.Generator, mirr
     i_cam = torch.randint(n, (batch,), generator=gen)
     i_id = torch.randint(n, (batch,), generator=gen)
     i_exp = torch.randint(n, (batch,), generator=gen)
-    noise = torch.randn(batch, noise_dim, generator=gen)
+    if table.noise is not None:
+        noise = table.noise[torch.randint(table.noise.shape[0], (batch,), generator=gen)]
+    else:
+        noise = torch.randn(batch, noise_dim, generator=gen)
     flip = torch.rand(batch, generator=gen) < 0.5
     cam, pose = table.camera[i_cam], table.pose[i_cam]
     if mirror:
@@ -195,3 +203,29 @@ class RealStream:
         else:
             items = [self.dataset[i] for i in idx]
         return collate(items)
+
+
+def uses_appearance_codes(G) -> bool:
+    """True when a loaded generator's checkpoint ``info`` says its noise latent is an appearance code (not N(0, I))."""
+    info = getattr(G, "checkpoint_info", None) or {}
+    return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
+
+
+def find_samplers(gen_path: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
+    """The label-sampler file of an appearance-code generator: ``given``, else ``samplers.safetensors`` beside the
+    generator or in its run folder (``RUN/checkpoints/STEP/generator.safetensors``), else the shipped
+    ``default_samplers.safetensors`` for the shipped model. FileNotFoundError naming the places looked at."""
+    from portrait_core.assets import default_checkpoint_path, default_samplers_path
+
+    gen_path = Path(gen_path)
+    if given:
+        cands = [Path(given)]
+    else:
+        cands = [gen_path.parent / "samplers.safetensors", gen_path.parent.parent.parent / "samplers.safetensors"]
+        if gen_path.resolve() == default_checkpoint_path().resolve():
+            cands.append(default_samplers_path())
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{gen_path}: its noise latent is an appearance code, so it needs its label samplers; "
+                            f"none at {', '.join(map(str, cands))}")

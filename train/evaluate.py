@@ -35,7 +35,7 @@ from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train.config import from_dict
-from train.data import FakeInputs, LabelTable, open_dataset, sample_fake_inputs
+from train.data import FakeInputs, LabelTable, find_samplers, open_dataset, sample_fake_inputs, uses_appearance_codes
 from train.gen import Controls, Latents, load_generator
 
 ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
@@ -49,27 +49,6 @@ def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
         return p, run
     ckpt = ck.resolve(p)
     return ckpt / ck.GENERATOR_FILE, ckpt.parent.parent
-
-
-def uses_appearance_codes(G) -> bool:
-    """True when the checkpoint's ``info`` says its noise latent is an appearance code, not N(0, I) noise."""
-    info = getattr(G, "checkpoint_info", None) or {}
-    return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
-
-
-def find_samplers(gen_path: Path, given: str | None = None) -> Path:
-    """The label-sampler file of an appearance-code generator (see the module docstring); FileNotFoundError naming
-    the places looked at when there is none."""
-    from portrait_core.assets import default_checkpoint_path, default_samplers_path
-
-    cands = [Path(given)] if given else [gen_path.parent / "samplers.safetensors"]
-    if not given and gen_path.resolve() == default_checkpoint_path().resolve():
-        cands.append(default_samplers_path())
-    for c in cands:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(f"{gen_path}: its noise latent is an appearance code, so evaluation needs its label "
-                            f"samplers; none at {', '.join(map(str, cands))} (pass --samplers)")
 
 
 def sampler_inputs(samplers, n: int, gen: torch.Generator) -> FakeInputs:

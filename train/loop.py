@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from portrait_core import conventions as C
+from portrait_core.assets import DefaultSamplers
+from portrait_core.generator import Generator, generator_config
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train import data as tdata
@@ -187,6 +189,16 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
     random.seed(cfg.seed)
     if cfg.stage == 2:
         G = load_generator(_generator_file(cfg.model.init_from), device="cpu")
+    elif cfg.model.init_from:  # stage-1 fine-tuning of a trained generator (e.g. the supervised warm start)
+        G = load_generator(_generator_file(cfg.model.init_from), device="cpu")
+        overrides = json.loads(cfg.model.generator_overrides)
+        if overrides:
+            info, state = G.checkpoint_info, G.state_dict()
+            G = Generator(generator_config(G.cfg, **overrides))
+            G.load_state_dict(state)
+            G.checkpoint_info = info
+        if label_identities is not None and not tdata.uses_appearance_codes(G):
+            G.update_w_avg(n=1024, identities=label_identities)
     else:
         G = build_generator(cfg.model.generator, json.loads(cfg.model.generator_overrides))
         if label_identities is not None:
@@ -596,6 +608,9 @@ def save_checkpoint(st: TrainState, ctx: Context) -> Path | None:
         return None
     state = st.state_dict()
     info = {"step": st.step, "preset": st.cfg.preset, "stage": st.cfg.stage}
+    if ctx.table.noise is not None:  # carry the appearance-code contract on (train.evaluate, the assets read it)
+        info["noise_latent"] = (getattr(st.G, "checkpoint_info", None) or {}).get("noise_latent",
+                                                                                 {"kind": "appearance_code"})
 
     def export(path: Path) -> None:
         save_generator(path, st.G_ema, info=info)
@@ -661,6 +676,14 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
     dataset = tdata.open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
     table = LabelTable.from_dataset(dataset)
     st = build_state(cfg, device, table.identity)
+    if tdata.uses_appearance_codes(st.G):  # noise = appearance codes from the init generator's samplers
+        stored = run_dir / "samplers.safetensors" if run_dir is not None else None
+        src = stored if stored is not None and stored.is_file() else \
+            tdata.find_samplers(_generator_file(cfg.model.init_from))
+        samplers = DefaultSamplers.load(src)
+        table.noise = samplers.appearance
+        if rank == 0 and src != stored:
+            samplers.save(stored)
     st.order = GlobalOrder(len(dataset), cfg.seed)
     stream = RealStream(dataset, st.order, cfg.optim.batch, rank, world, cfg.data.workers)
     is_main = rank == 0

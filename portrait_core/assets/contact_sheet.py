@@ -3,8 +3,9 @@
 ``python -m portrait_core.assets.contact_sheet [--checkpoint PATH] [--out docs/images/default-model.png]``
 
 Rows: ``--avatars`` sampled avatars under a camera yaw sweep; one avatar under a head-turn sweep (pose joint 15
-about +Y), a head-nod sweep (about +X) and two expression sweeps (``jaw_open``, ``smile``). Rendered through
-``Generator.make_avatar`` / ``Avatar.render`` (the path the add-on uses), super-resolved when available.
+about +Y), a head-nod sweep (about +X) and two expression sweeps (``jaw_open``, ``smile``) seen through the face
+camera (the close-up the method's face discriminator sees; a mouth is a few pixels of a 128^2 portrait). Rendered
+through ``Generator.make_avatar`` / ``Avatar.render`` (the path the add-on uses), super-resolved when available.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
     from PIL import Image, ImageDraw
 
     from portrait_core.face.model import EXPRESSION_NAMES
+    from portrait_core.generator import Controls
     from portrait_core.geometry.camera import Camera
 
     latents, betas = samplers.identities(avatars, seed=seed)
@@ -55,11 +57,12 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
     nod = zero_pose.clone()
     nod[:, head, 0] = 0.4 * sweep
     rows.append(("head nod -0.4..+0.4 rad", _tiles(first.render(nod, zero_exp, front))))
+    face = G.face_camera(Controls(zero_pose[:1], zero_exp[:1], betas[:1]))
     for name in ("jaw_open", "smile"):
         exp = zero_exp.clone()
         exp[:, EXPRESSION_NAMES[name]] = torch.linspace(0, 2.5, columns) if name == "jaw_open" else 2.5 * sweep
         lo, hi = (0, 2.5) if name == "jaw_open" else (-2.5, 2.5)
-        rows.append((f"expression {name} {lo}..{hi}", _tiles(first.render(zero_pose, exp, front))))
+        rows.append((f"face camera: expression {name} {lo}..{hi}", _tiles(first.render(zero_pose, exp, face))))
     size = rows[0][1].shape[1]
     pad = 14 if labels else 0
     sheet = Image.new("RGB", (columns * size, len(rows) * (size + pad)), "white")

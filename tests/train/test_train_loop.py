@@ -171,3 +171,41 @@ def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckp
         others = [p for k in st.D if k != name for p in st.D[k].parameters()]
         assert not reached(dl[f"D/{name}/adv"], others)
     ctx.logger.close()
+
+
+def test_stage1_fine_tunes_an_appearance_code_generator(dataset_root, face_recon_ckpt, tmp_path, dataset_reader):
+    """model.init_from in stage 1: the run starts from the given generator's weights and settings (with overrides),
+    draws its noise from the generator's appearance samplers, and its checkpoints keep the appearance contract."""
+    from portrait_core.assets import DefaultSamplers
+    from portrait_core.generator import Generator, generator_config, save_generator
+    from train.data import sample_fake_inputs, uses_appearance_codes
+
+    torch.manual_seed(3)
+    src = Generator(generator_config("tiny", manifold={"levels": 5}))
+    init = tmp_path / "init"
+    init.mkdir()
+    save_generator(init / "generator.safetensors", src, info={"noise_latent": {"kind": "appearance_code"}})
+    g = torch.Generator().manual_seed(0)
+    appearance = torch.rand(4, 80, generator=g)
+    DefaultSamplers(identity=torch.randn(4, 80, generator=g), body_shape=torch.zeros(4, 10), appearance=appearance,
+                    camera=torch.zeros(2, 25), pose=torch.zeros(2, 6, 3),
+                    expression=torch.zeros(2, 64)).save(init / "samplers.safetensors")
+    base = tiny_cfg(dataset_root, tmp_path / "ft", face_recon_ckpt, steps=1, ckpt_every=1, image_every=0,
+                    eval_images=0)
+    cfg = replace(base, model=replace(base.model, init_from=str(init / "generator.safetensors"),
+                                      generator_overrides='{"manifold": {"levels": 7}}'))
+    st, ctx = prepare(cfg)
+    assert st.G.cfg.manifold.levels == 7 and uses_appearance_codes(st.G)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(st.G.state_dict()[k], v, msg=k)
+    torch.testing.assert_close(ctx.table.noise, appearance)
+    inp = sample_fake_inputs(ctx.table, 6, torch.Generator().manual_seed(1), mirror=False)
+    assert all(bool((appearance == row).all(-1).any()) for row in inp.noise)
+    ctx.logger.close()
+    assert train(cfg) == 0
+    run = next(p for p in (tmp_path / "ft").iterdir() if p.is_dir())
+    assert (run / "samplers.safetensors").is_file()
+    from train.gen import load_generator
+
+    G = load_generator(ck.resolve(run) / ck.GENERATOR_FILE)
+    assert uses_appearance_codes(G) and G.cfg.manifold.levels == 7
