@@ -1,6 +1,7 @@
 """``python -m portrait_core bench``: identity bake time and warm per-frame render time, one table.
 
-For each preset and output resolution: build a random-init generator, time the first avatar bake (cold: it also
+For each preset and output resolution: build a random-init generator (or load a checkpoint: ``default`` is the
+shipped model, or a ``.safetensors`` path; its own render mode), time the first avatar bake (cold: it also
 bakes the shared manifold grid and bake-ray intersections) and a second one (warm: the per-identity work only),
 then render ``--frames`` frames with a new pose and expression every frame (what an animation costs) and report
 the median. The ray resolution is the output resolution divided by the super-resolution scale.
@@ -15,6 +16,7 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,7 +27,8 @@ from portrait_core.geometry.camera import Camera
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m portrait_core bench", description=__doc__.split("\n")[0])
-    p.add_argument("--presets", default="small", help="comma-separated presets (paper, small, tiny)")
+    p.add_argument("--presets", default="small", help="comma-separated presets (paper, small, tiny), 'default' (the "
+                   "shipped model) or generator .safetensors paths")
     p.add_argument("--resolutions", default="128", help="comma-separated output resolutions")
     p.add_argument("--mode", choices=["frontal", "360"], default="frontal")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -49,10 +52,30 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if platform.system() == "Darwin" else 2**10)
 
 
+def _generator_and_latents(preset: str, mode: str, device: torch.device):
+    """(generator, latents(seed) function): a random-init preset, or a checkpoint ('default' or a path;
+    appearance-code models get latents from their samplers)."""
+    if preset == "default" or preset.endswith(".safetensors"):
+        from portrait_core.assets import DefaultSamplers, default_checkpoint_path, default_samplers_path
+        from portrait_core.generator import load_generator
+
+        path = default_checkpoint_path() if preset == "default" else preset
+        g = load_generator(path, device=device)
+        if (g.checkpoint_info.get("noise_latent") or {}).get("kind") == "appearance_code":
+            samplers = DefaultSamplers.load(default_samplers_path() if preset == "default" else
+                                            Path(preset).with_name("samplers.safetensors"))
+            return g, lambda seed: samplers.identities(1, seed=seed)[0].to(device)
+        return g, lambda seed: Latents.sample(1, seed=seed, device=device)
+    torch.manual_seed(0)
+    g = Generator(generator_config(preset, render={"mode": mode})).to(device)
+    return g, lambda seed: Latents.sample(1, seed=seed, device=device)
+
+
 def bench_one(preset: str, resolution: int, device: torch.device, frames: int, batch: int, mode: str,
               super_resolve: bool) -> dict:
-    torch.manual_seed(0)
-    g = Generator(generator_config(preset, render={"mode": mode})).to(device).eval()
+    g, latents = _generator_and_latents(preset, mode, device)
+    g = g.eval()
+    mode = g.cfg.render.mode
     scale = g.cfg.superres.scale if (super_resolve and g.superres is not None) else 1
     if resolution % scale:
         raise ValueError(f"resolution {resolution} is not a multiple of the {preset} SR scale {scale}")
@@ -62,11 +85,11 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
     with torch.no_grad():
         _sync(device)
         t0 = time.perf_counter()
-        g.make_avatar(Latents.sample(1, seed=0, device=device), super_resolve=scale > 1)
+        g.make_avatar(latents(0), super_resolve=scale > 1)
         _sync(device)
         cold = time.perf_counter() - t0
         t0 = time.perf_counter()
-        avatar = g.make_avatar(Latents.sample(1, seed=1, device=device), super_resolve=scale > 1)
+        avatar = g.make_avatar(latents(1), super_resolve=scale > 1)
         _sync(device)
         warm = time.perf_counter() - t0
         camera = Camera.portrait(batch=batch).to(device)

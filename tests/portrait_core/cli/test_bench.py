@@ -22,3 +22,16 @@ def test_bench_table_and_errors(capsys):
     assert out.startswith("| preset") and "frame median s" in out and "| tiny" in out
     assert cli_main(["bench", "--presets", "tiny", "--resolutions", "33", "--frames", "1"]) == 2
     assert "not a multiple" in capsys.readouterr().err
+
+
+def test_bench_times_a_checkpoint_in_its_own_mode(capsys, tmp_path):
+    import torch
+
+    from portrait_core.generator import Generator, generator_config, save_generator
+
+    torch.manual_seed(0)
+    path = tmp_path / "g.safetensors"
+    save_generator(path, Generator(generator_config("tiny", render={"mode": "360"})), info={})
+    assert cli_main(["bench", "--presets", str(path), "--resolutions", "32", "--frames", "1", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["preset"] == str(path) and row["mode"] == "360" and row["frame_median_s"] > 0
