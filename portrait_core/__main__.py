@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("portrait_core.cli.sample", "a grid of avatars over seeds, truncation and camera yaw"),
     "video": ("portrait_core.cli.video", "drive one avatar with keyframe files to MP4 and PNG frames"),
     "bench": ("portrait_core.cli.bench", "identity bake and per-frame render timings, one table"),
+    "bench-blender": ("portrait_core.cli.bench_blender",
+                      "the add-on's workflow in headless Blender, timed; engine frame beside the mesh"),
     "export": ("portrait_core.cli.export", "extract a rigged, coloured, expressive glTF avatar (.glb/.obj/.ply)"),
     "serve": ("portrait_core.serve", "model worker for the Blender add-on (stdin/stdout protocol)"),
     "demo": ("portrait_core.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render"),

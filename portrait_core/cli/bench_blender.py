@@ -1,12 +1,13 @@
-"""Benchmark + look-at script (not collected by pytest): the add-on's whole workflow on one checkpoint.
+"""``python -m portrait_core bench-blender``: the add-on's whole workflow in headless Blender, timed, with a look.
 
-    python tests/blender_addon/bench_render.py [--checkpoint PATH | --preset small] [--frames 24] [--size 128]
+    python -m portrait_core bench-blender [--checkpoint PATH | --random-init PRESET] [--frames 24] [--size 128]
         [--out DIR] [--level 0.5]
 
-Without --checkpoint it saves a random-init generator of --preset (seed 0). It samples an avatar, extracts and
-binds its mesh, keys a nod, renders --frames frames at --size² with Busto Neural (timed), and writes
-``neural.png`` (frame 1, engine) beside ``mesh.png`` (frame 1, Workbench render of the mesh from the same camera)
-and ``side_by_side.png`` (neural | mesh | mesh silhouette over the neural image).
+Default checkpoint: the shipped model; ``--random-init PRESET`` saves a random-init generator of PRESET (seed 0)
+instead. It loads the model, samples an avatar, extracts and binds its mesh, keys a nod, renders ``--frames``
+frames at ``--size``^2 with Busto Neural (timed), and writes ``neural.png`` (engine) beside ``mesh.png``
+(Workbench render of the mesh from the same camera), ``side_by_side.png`` (neural | mesh | mesh silhouette over
+the neural image) and ``bench.json`` (timings, silhouette IoU). Needs the ``blender`` extra (bpy).
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="busto-bench-"))
 
-
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint")
-    ap.add_argument("--preset", default="small")
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="busto-bench-"))
+    ap = argparse.ArgumentParser(prog="python -m portrait_core bench-blender", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default=None, help="generator .safetensors (default: the shipped model)")
+    ap.add_argument("--random-init", default=None, metavar="PRESET", help="time a random-init generator of PRESET")
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=1)
@@ -38,7 +36,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--lens", type=float, default=None, help="camera focal length in mm (default: the portrait "
                                                               "camera's 171 mm)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     import numpy as np
@@ -46,14 +44,17 @@ def main() -> int:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     timings: dict[str, float] = {}
-    ckpt = args.checkpoint
-    random_init = ckpt is None
+    random_init = args.random_init is not None
     if random_init:
         from portrait_core.generator import Generator, generator_config, save_generator
 
         torch.manual_seed(0)
-        ckpt = str(out / f"{args.preset}-random-init.safetensors")
-        save_generator(ckpt, Generator(generator_config(args.preset)), info={"note": "random init (benchmark)"})
+        ckpt = str(out / f"{args.random_init}-random-init.safetensors")
+        save_generator(ckpt, Generator(generator_config(args.random_init)), info={"note": "random init (benchmark)"})
+    else:
+        from portrait_core.assets import default_checkpoint_path
+
+        ckpt = str(args.checkpoint or default_checkpoint_path())
     auto_level = args.level is None and random_init
     level = args.level if args.level is not None else 0.5
 
