@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from portrait_core import conventions as C
 from portrait_core.assets import DefaultSamplers
 from portrait_core.generator import Generator, generator_config
+from portrait_core.generator.checkpoint import transfer_weights
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train import data as tdata
@@ -195,7 +196,7 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
         if overrides:
             info, state = G.checkpoint_info, G.state_dict()
             G = Generator(generator_config(G.cfg, **overrides))
-            G.load_state_dict(state)
+            transfer_weights(G, state, f"model.init_from={cfg.model.init_from} with model.generator_overrides")
             G.checkpoint_info = info
         if label_identities is not None and not tdata.uses_appearance_codes(G):
             G.update_w_avg(n=1024, identities=label_identities)

@@ -49,6 +49,7 @@ from portrait_core.assets import DefaultSamplers
 from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS, appearance_code, clothing_colour_stats
 from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator, save_generator
 from portrait_core.generator import rendering as R
+from portrait_core.generator.checkpoint import transfer_weights
 from portrait_core.generator.generator import SceneFields
 from portrait_core.geometry.camera import Camera
 from train import losses as L
@@ -581,10 +582,12 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     if cfg.init:
         G = load_generator(cfg.init)
         overrides = json.loads(cfg.generator_overrides)
-        if overrides:  # same parameters, new settings (e.g. more manifold levels): rebuild and copy the weights
+        if overrides:  # new settings (more levels) or added modules (modulated colour): rebuild, copy the weights
             state = G.state_dict()
             G = Generator(generator_config(G.cfg, **overrides))
-            G.load_state_dict(state)
+            fresh = transfer_weights(G, state, f"--init {cfg.init} with --generator-overrides")
+            if fresh:
+                log(f"new parameters at their initialisation: {', '.join(fresh)}")
         log(f"init: {cfg.init} (preset {G.cfg.name}, overrides {overrides or 'none'})")
     else:
         G = Generator(generator_config(cfg.preset, **json.loads(cfg.generator_overrides)))

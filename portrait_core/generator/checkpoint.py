@@ -17,7 +17,7 @@ import torch
 from .config import config_from_json, config_to_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save_generator", "load_generator", "read_metadata",
-           "resolve_generator_file"]
+           "resolve_generator_file", "transfer_weights"]
 
 FORMAT = "busto-generator"
 FORMAT_VERSION = "1"
@@ -147,3 +147,19 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     generator.load_state_dict(tensors, strict=True)
     generator.checkpoint_info = info
     return generator.to(device).eval()
+
+
+def transfer_weights(generator, state: dict[str, torch.Tensor], where: str) -> list[str]:
+    """Load ``state`` (another generator's ``state_dict``) into ``generator``, whose config may differ in settings
+    that keep the parameter shapes (more levels) or add modules (``radiance.modulated_colour``). Every tensor of
+    ``state`` must exist in ``generator`` with the same shape (ValueError naming ``where`` otherwise); returns
+    the generator's keys that ``state`` lacks, left at their initialisation."""
+    own = generator.state_dict()
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in state
+                if k in own and own[k].shape != state[k].shape]
+    if unexpected or reshaped:
+        raise ValueError(f"{where}: weights do not fit the new config: "
+                         f"{'; '.join(unexpected[:5] + reshaped[:5])}")
+    generator.load_state_dict(state, strict=False)
+    return [k for k in own if k not in state]

@@ -52,6 +52,11 @@ class RadianceConfig:
     """Distance to the nearest body vertex (metres) at which the prior falls to half strength."""
     body_prior_softness: float = 0.01
     """Width (metres) of the prior's sigmoid fall-off."""
+    modulated_colour: bool = False
+    """Add a style-modulated colour head: ``rgb += W (h * A(style))`` on the colour layer's output ``h`` (``W``
+    zero-initialised, so enabling it on a trained model changes nothing until it trains). A bilinear shortcut
+    from the latents to region colours (clothing, hair) that the FiLM-SIREN alone learns only over long GAN
+    training; the shipped CPU-trained model uses it. Off in the presets (the paper's architecture)."""
     mapping: MappingConfig = field(default_factory=MappingConfig)
 
 

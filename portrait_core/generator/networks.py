@@ -122,6 +122,13 @@ class RadianceField(nn.Module):
         self.rgb_heads = nn.ModuleList([nn.Linear(w, 3) for _ in range(n_heads)])
         for head in [*self.sigma_heads, *self.feature_heads, *self.rgb_heads]:
             _siren_init(head, first=False)
+        if cfg.modulated_colour:  # rgb += modulated_rgb(h * colour_modulation(style)); zero output at init
+            self.colour_modulation = nn.Linear(self.style_dim, w)
+            nn.init.normal_(self.colour_modulation.weight, 0.0, 1.0 / math.sqrt(self.style_dim))
+            nn.init.ones_(self.colour_modulation.bias)
+            self.modulated_rgb = nn.Linear(w, 3)
+            nn.init.zeros_(self.modulated_rgb.weight)
+            nn.init.zeros_(self.modulated_rgb.bias)
 
     @property
     def style_dim(self) -> int:
@@ -144,6 +151,8 @@ class RadianceField(nn.Module):
             features = features + self.feature_heads[i - 1](h)
             colour_input = self.colour_layer(h, freq[:, -1], phase[:, -1]) if i == last else h
             rgb = rgb + self.rgb_heads[i - 1](colour_input)
+        if self.cfg.modulated_colour:
+            rgb = rgb + self.modulated_rgb(colour_input * self.colour_modulation(styles)[:, None, :])
         return torch.sigmoid(rgb), sigma, features
 
 
