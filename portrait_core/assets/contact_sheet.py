@@ -19,7 +19,7 @@ import torch
 
 from portrait_core import conventions as C
 
-__all__ = ["contact_sheet", "main"]
+__all__ = ["contact_sheet", "control_responses", "main"]
 
 
 def _tiles(out) -> np.ndarray:
@@ -27,10 +27,24 @@ def _tiles(out) -> np.ndarray:
     return (img * 255).round().astype(np.uint8)
 
 
+def control_responses(rows: list[tuple[str, np.ndarray]]) -> dict[str, float]:
+    """How much each control sweep changes the picture: mean |pixel change| (0-255 scale) between a sweep's
+    neutral tile (the first for jaw_open, else the middle) and its most distant extreme, per sweep row."""
+    out = {}
+    for label, tiles in rows:
+        if label.startswith("avatar"):
+            continue
+        t = tiles.astype(np.float32)
+        ref = 0 if "jaw_open" in label else len(t) // 2
+        out[label] = round(max(float(np.abs(t[k] - t[ref]).mean()) for k in range(len(t)) if k != ref), 2)
+    return out
+
+
 @torch.no_grad()
 def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: int = 5, seed: int = 0,
-                  truncation: float = 1.0, yaw_range: float = 0.6, labels: bool = True) -> Path:
-    """Write the sheet (PNG) and return its path."""
+                  truncation: float = 1.0, yaw_range: float = 0.6, labels: bool = True,
+                  responses: dict | None = None) -> Path:
+    """Write the sheet (PNG) and return its path; ``responses`` (a dict) receives :func:`control_responses`."""
     from PIL import Image, ImageDraw
 
     from portrait_core.face.model import EXPRESSION_NAMES
@@ -63,6 +77,8 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
         exp[:, EXPRESSION_NAMES[name]] = torch.linspace(0, 2.5, columns) if name == "jaw_open" else 2.5 * sweep
         lo, hi = (0, 2.5) if name == "jaw_open" else (-2.5, 2.5)
         rows.append((f"face camera: expression {name} {lo}..{hi}", _tiles(first.render(zero_pose, exp, face))))
+    if responses is not None:
+        responses.update(control_responses(rows))
     size = rows[0][1].shape[1]
     pad = 14 if labels else 0
     sheet = Image.new("RGB", (columns * size, len(rows) * (size + pad)), "white")
@@ -95,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     G = load_generator(a.checkpoint)
-    path = contact_sheet(G, DefaultSamplers.load(a.samplers), a.out, a.avatars, a.columns, a.seed, a.truncation)
+    responses: dict[str, float] = {}
+    path = contact_sheet(G, DefaultSamplers.load(a.samplers), a.out, a.avatars, a.columns, a.seed, a.truncation,
+                         responses=responses)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    print("control response, mean |pixel change| 0-255 from the neutral tile:")
+    for label, value in responses.items():
+        print(f"  {label:<45} {value:6.2f}")
     return 0
 
 
