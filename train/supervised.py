@@ -239,6 +239,7 @@ class SupervisedConfig:
     patch_scale: int = 2
     lr: float = 5e-4
     lr_manifold_scale: float = 0.3
+    lr_colour_head_scale: float = 1.0
     lr_min_fraction: float = 0.1
     w_image: float = 1.0
     w_alpha: float = 1.0
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows are rendered at this many times the full-frame pixel density")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-manifold-scale", type=float, default=d.lr_manifold_scale)
+    p.add_argument("--lr-colour-head-scale", type=float, default=d.lr_colour_head_scale,
+                   help="learning-rate factor of the modulated colour head (radiance.modulated_colour)")
     p.add_argument("--lr-min-fraction", type=float, default=d.lr_min_fraction,
                    help="cosine decay of the learning rate to this fraction at --steps")
     for name in ("image", "alpha", "grad", "face", "imitation", "smooth_expression", "minimal_deformation",
@@ -593,14 +596,20 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         G = Generator(generator_config(cfg.preset, **json.loads(cfg.generator_overrides)))
     G.train()
     groups = G.param_groups()
+    head = [*G.radiance.colour_modulation.parameters(), *G.radiance.modulated_rgb.parameters()] \
+        if G.cfg.radiance.modulated_colour else []
+    groups["radiance"] = [p for p in groups["radiance"] if all(p is not q for q in head)]
+    groups["colour_head"] = head
+    scale = {"manifold": cfg.lr_manifold_scale, "colour_head": cfg.lr_colour_head_scale}
     G.requires_grad_(False)
     param_groups = []
-    for name in ("mapping", "manifold", "radiance", "deform", "smoother"):
+    for name in ("mapping", "manifold", "radiance", "colour_head", "deform", "smoother"):
         params = groups[name]
+        if not params:
+            continue
         for p in params:
             p.requires_grad_(True)
-        param_groups.append({"params": params, "name": name,
-                             "lr": cfg.lr * (cfg.lr_manifold_scale if name == "manifold" else 1.0)})
+        param_groups.append({"params": params, "name": name, "lr": cfg.lr * scale.get(name, 1.0)})
     for g in param_groups:
         g["base_lr"] = g["lr"]
     opt = torch.optim.Adam(param_groups, betas=(0.9, 0.99), eps=1e-8)

@@ -226,3 +226,21 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
     for k, v in src.state_dict().items():
         if "style_avg" not in k:
             torch.testing.assert_close(G.state_dict()[k], v, msg=k)
+
+
+def test_modulated_colour_head_gets_its_own_learning_rate(tiny_data, tmp_path):
+    from portrait_core.generator import save_generator
+
+    torch.manual_seed(0)
+    save_generator(tmp_path / "init.safetensors", Generator(generator_config("tiny")), info={})
+    out = tmp_path / "run"
+    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "1", "--batch", "2", "--resolution", "12",
+                   "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
+                   "--threads", "1", "--init", str(tmp_path / "init.safetensors"), "--lr", "1e-3",
+                   "--generator-overrides", '{"radiance": {"modulated_colour": true}}',
+                   "--lr-colour-head-scale", "5"]) == 0
+    groups = {g["name"]: g for g in torch.load(out / "state.pt", weights_only=True)["optimizer"]["param_groups"]}
+    assert groups["colour_head"]["base_lr"] == pytest.approx(5e-3) and groups["radiance"]["base_lr"] == 1e-3
+    assert len(groups["colour_head"]["params"]) == 4
+    G = load_generator(out / "generator.safetensors")
+    assert G.cfg.radiance.modulated_colour and G.radiance.modulated_rgb.weight.abs().sum() > 0
