@@ -596,8 +596,9 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         G = Generator(generator_config(cfg.preset, **json.loads(cfg.generator_overrides)))
     G.train()
     groups = G.param_groups()
+    # its own group only when its learning rate differs (so runs with the default resume either way)
     head = [*G.radiance.colour_modulation.parameters(), *G.radiance.modulated_rgb.parameters()] \
-        if G.cfg.radiance.modulated_colour else []
+        if G.cfg.radiance.modulated_colour and cfg.lr_colour_head_scale != 1.0 else []
     groups["radiance"] = [p for p in groups["radiance"] if all(p is not q for q in head)]
     groups["colour_head"] = head
     scale = {"manifold": cfg.lr_manifold_scale, "colour_head": cfg.lr_colour_head_scale}
