@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 
 #: The add-on presets in the order they are played, the label shown on the frames and the preset amplitude.
-#: The turn plays at the preset's full 34 degrees of head yaw (the shipped model's 20 manifold levels no longer smear
-#: the far side of the head there). The smile plays at 2 (smile slider 3, jaw 0.6) to show.
-SEGMENTS = (("TURN", "head turn", 1.0), ("NOD", "nod", 1.0), ("SHRUG", "shoulder shrug", 1.0), ("SMILE", "smile", 2.0))
+#: The turn plays at 0.6 (about 20 degrees of head yaw): the neural frames of the shipped model are clean at the
+#: preset's full 34 degrees, but its frontal-mode mesh keeps up to 10 cm of depth behind the head, which a full turn
+#: swings into view beside the face. The smile plays at 2 (smile slider 3, jaw 0.6) to show.
+SEGMENTS = (("TURN", "head turn", 0.6), ("NOD", "nod", 1.0), ("SHRUG", "shoulder shrug", 1.0), ("SMILE", "smile", 2.0))
 #: Generator preset used when no trained checkpoint is available (random init, saved next to the outputs).
 FALLBACK_PRESET = "small"
 RANDOM_INIT_NAME = "random-init-small.safetensors"

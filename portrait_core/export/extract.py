@@ -416,6 +416,37 @@ def extract_mesh_from_field(
 AVATAR_LEVEL = 0.5
 
 
+#: Occupancy farther than this from the canonical body surface (metres) is dropped from avatar meshes; hair and
+#: clothing stay within it. See :func:`body_distance_mask`.
+MAX_BODY_DISTANCE = 0.10
+
+
+def body_distance_mask(body_vertices: np.ndarray, bounds: Bounds, max_distance: float, fade: float = 0.02,
+                       grid: int = 64) -> Callable[[Tensor], Tensor]:
+    """``mask(points [N, 3]) -> [N]``: 1 within ``max_distance`` of the nearest body vertex, falling linearly to 0
+    over ``fade`` (metres), from a ``grid``^3 distance volume over ``bounds`` (trilinear; 0 outside the box).
+
+    Why: in 'frontal' mode a level's texel opacity applies along the whole depth of its shell, so the occupancy
+    extends from the rendered front surface back to the shells' back (up to 0.3 m behind the head). The renderer
+    never shows that extrusion, but a skinned mesh swings it into view when the head turns or nods."""
+    from scipy.spatial import cKDTree
+
+    lo, hi = np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64)
+    axes = [np.linspace(lo[k], hi[k], grid) for k in range(3)]
+    nodes = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    dist = cKDTree(np.asarray(body_vertices, np.float64)).query(nodes)[0].reshape(grid, grid, grid)
+    weight = np.clip((max_distance + fade - dist) / fade, 0.0, 1.0).astype(np.float32)
+    volume = torch.from_numpy(weight).permute(2, 1, 0)[None, None].contiguous()  # [1, 1, z, y, x] for grid_sample
+    lo_t, hi_t = torch.from_numpy(lo).float(), torch.from_numpy(hi).float()
+
+    def mask(points: Tensor) -> Tensor:
+        uvw = (2 * (points.float().cpu() - lo_t) / (hi_t - lo_t) - 1).reshape(1, -1, 1, 1, 3)
+        m = torch.nn.functional.grid_sample(volume, uvw, mode="bilinear", padding_mode="zeros", align_corners=True)
+        return m.reshape(-1).to(points)
+
+    return mask
+
+
 def avatar_bounds(avatar) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """The canonical box (metres) where ``avatar.density_field`` can be non-zero.
 
@@ -461,6 +492,7 @@ def extract_mesh(
     colors: bool = True,
     posed_from: str = "lbs",
     color_samples: int | None = 4,
+    max_body_distance: float | None = MAX_BODY_DISTANCE,
     **kw,
 ) -> Mesh:
     """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.
@@ -478,6 +510,8 @@ def extract_mesh(
     - ``posed_from="field"``: marching cubes of the observed-space field ``density_field(x, pose, expression)``
       (the generator's own deformation including its smoothing); colours from the canonical correspondences.
     ``color_samples``: samples per colour ray passed to ``color_field`` (None = its default).
+    ``max_body_distance``: occupancy farther than this (metres, canonical) from the avatar's canonical body surface
+    is removed (:func:`body_distance_mask`); None keeps everything.
     Other keyword arguments go to :func:`extract_mesh_from_field`.
     """
     if posed_from not in ("lbs", "field"):
@@ -492,8 +526,16 @@ def extract_mesh(
     fp, fe = (pose_t, expr_t) if from_field else (None, None)
     color_kw = {} if color_samples is None else {"samples": int(color_samples)}
 
+    near_body = None
+    if max_body_distance is not None:
+        body_vertices = avatar.generator.body.canonical(avatar.body_shape.detach().cpu().float()).vertices[0]
+        near_body = body_distance_mask(body_vertices.numpy(), bounds, max_body_distance)
+
     def density(p: Tensor) -> Tensor:
-        return avatar.density_field(p, fp, fe)
+        occupancy = avatar.density_field(p, fp, fe)
+        if near_body is None:
+            return occupancy
+        return occupancy * near_body(avatar.to_canonical(p, fp, fe) if from_field else p)
 
     def color(p: Tensor, view_dirs: Tensor) -> Tensor:
         n = -view_dirs
