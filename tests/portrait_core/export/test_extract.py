@@ -125,3 +125,15 @@ def test_hollow_shell_keeps_inner_wall_facing_the_cavity():
     assert np.all(radial[r > 0.2] > 0.9) and np.all(radial[r < 0.2] < -0.9)
     exact = 4.0 / 3.0 * math.pi * (0.25**3 - 0.15**3)
     assert abs(m.volume() - exact) / exact < 0.02
+
+
+def test_body_distance_mask_keeps_the_body_and_drops_what_is_far():
+    from portrait_core.export.extract import body_distance_mask
+
+    rng = np.random.default_rng(0)
+    body = rng.normal(0, 0.05, (500, 3))
+    mask = body_distance_mask(body, ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5)), max_distance=0.1, fade=0.02)
+    near = torch.from_numpy(body[:50]).float()
+    far = torch.tensor([[0.0, 0.0, -0.45], [0.4, 0.4, 0.0]])
+    assert torch.all(mask(near) > 0.99) and torch.all(mask(far) < 1e-6)
+    assert mask(torch.tensor([[2.0, 0.0, 0.0]])).item() == 0.0  # outside the box
