@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from portrait_core.assets import uses_appearance_codes  # noqa: F401 (re-exported for train/)
 from train.networks import mirror_label25, mirror_pose
 
 LABEL_KEYS = ("camera", "face_camera", "pose", "expression", "identity", "body_shape")
@@ -203,12 +204,6 @@ class RealStream:
         else:
             items = [self.dataset[i] for i in idx]
         return collate(items)
-
-
-def uses_appearance_codes(G) -> bool:
-    """True when a loaded generator's checkpoint ``info`` says its noise latent is an appearance code (not N(0, I))."""
-    info = getattr(G, "checkpoint_info", None) or {}
-    return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
 
 
 def find_samplers(gen_path: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["ASSETS_DIR", "DEFAULT_CHECKPOINT", "DEFAULT_SAMPLERS", "SAMPLER_FORMAT", "SamplerError",
-           "DefaultSamplers", "default_checkpoint_path", "default_samplers_path", "load_default"]
+           "DefaultSamplers", "default_checkpoint_path", "default_samplers_path", "load_default",
+           "uses_appearance_codes"]
 
 ASSETS_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "default.safetensors"
@@ -37,6 +38,13 @@ SAMPLER_TENSORS = {"identity": (80,), "body_shape": (10,), "appearance": (80,), 
 
 class SamplerError(ValueError):
     """A sampler file is missing, of another format, or holds tensors of the wrong shape."""
+
+
+def uses_appearance_codes(generator) -> bool:
+    """True when a loaded generator's checkpoint ``info`` says its noise latent is an appearance code
+    (``portrait_core/assets/appearance.py``) to be drawn from label samplers, not N(0, I) noise."""
+    info = getattr(generator, "checkpoint_info", None) or {}
+    return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
 
 
 def default_checkpoint_path() -> Path:

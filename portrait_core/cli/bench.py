@@ -56,12 +56,17 @@ def _generator_and_latents(preset: str, mode: str, device: torch.device):
     """(generator, latents(seed) function): a random-init preset, or a checkpoint ('default' or a path;
     appearance-code models get latents from their samplers)."""
     if preset == "default" or preset.endswith(".safetensors"):
-        from portrait_core.assets import DefaultSamplers, default_checkpoint_path, default_samplers_path
+        from portrait_core.assets import (
+            DefaultSamplers,
+            default_checkpoint_path,
+            default_samplers_path,
+            uses_appearance_codes,
+        )
         from portrait_core.generator import load_generator
 
         path = default_checkpoint_path() if preset == "default" else preset
         g = load_generator(path, device=device)
-        if (g.checkpoint_info.get("noise_latent") or {}).get("kind") == "appearance_code":
+        if uses_appearance_codes(g):
             samplers = DefaultSamplers.load(default_samplers_path() if preset == "default" else
                                             Path(preset).with_name("samplers.safetensors"))
             return g, lambda seed: samplers.identities(1, seed=seed)[0].to(device)
