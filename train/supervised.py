@@ -215,6 +215,23 @@ def window_camera(cam: Camera, u0: Tensor, v0: Tensor, size: Tensor | float) -> 
     return Camera(cam.cam2world, K, cam.near, cam.far)
 
 
+def random_window(cam: Camera, images: list[Tensor], res: int, scale: int,
+                  gen: torch.Generator) -> tuple[Camera, list[Tensor]]:
+    """Training targets at ``res``^2 rays. ``scale`` 1: the whole frame, images area-downsampled to ``res``.
+    ``scale`` k > 1: per batch entry a random ``res``^2 window of the frame at ``k * res``^2 pixel density, with
+    the camera whose full frame is that window (:func:`window_camera`) and the matching crops of ``images``."""
+    if scale <= 1:
+        return cam, [downsample(x, res) for x in images]
+    b, eff = images[0].shape[0], res * scale
+    i0 = torch.randint(eff - res + 1, (b,), generator=gen)
+    j0 = torch.randint(eff - res + 1, (b,), generator=gen)
+    rows = (i0[:, None] + torch.arange(res)[None])[:, :, None]  # [B, res, 1]
+    cols = (j0[:, None] + torch.arange(res)[None])[:, None, :]  # [B, 1, res]
+    bi = torch.arange(b)[:, None, None]
+    crops = [downsample(x, eff).permute(0, 2, 3, 1)[bi, rows, cols].permute(0, 3, 1, 2) for x in images]
+    return window_camera(cam, j0.float() / eff, i0.float() / eff, res / eff), crops
+
+
 def downsample(x: Tensor, size: int) -> Tensor:
     """Area (box) downsampling [B, C, H, W] -> [B, C, size, size] (antialiased bicubic when not a divisor)."""
     if x.shape[-1] == size:
@@ -237,6 +254,8 @@ class SupervisedConfig:
     face_resolution: int = 24
     patch_prob: float = 0.5
     patch_scale: int = 2
+    face_patch_prob: float = 0.0
+    face_patch_scale: int = 2
     lr: float = 5e-4
     lr_manifold_scale: float = 0.3
     lr_colour_head_scale: float = 1.0
@@ -245,6 +264,7 @@ class SupervisedConfig:
     w_alpha: float = 1.0
     w_grad: float = 0.2
     w_face: float = 0.5
+    w_face_grad: float = 0.0
     w_imitation: float = 1e4  # metres^2 -> a (1 cm)^2 error costs 1
     w_smooth_expression: float = 0.05
     w_minimal_deformation: float = 100.0
@@ -281,13 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability of a step on random windows instead of full frames")
     p.add_argument("--patch-scale", type=int, default=d.patch_scale,
                    help="windows are rendered at this many times the full-frame pixel density")
+    p.add_argument("--face-patch-prob", type=float, default=d.face_patch_prob,
+                   help="probability that the face-camera term uses random windows instead of the whole crop")
+    p.add_argument("--face-patch-scale", type=int, default=d.face_patch_scale,
+                   help="face windows' pixel density over --face-resolution (capped by the face crops' size)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-manifold-scale", type=float, default=d.lr_manifold_scale)
     p.add_argument("--lr-colour-head-scale", type=float, default=d.lr_colour_head_scale,
                    help="learning-rate factor of the modulated colour head (radiance.modulated_colour)")
     p.add_argument("--lr-min-fraction", type=float, default=d.lr_min_fraction,
                    help="cosine decay of the learning rate to this fraction at --steps")
-    for name in ("image", "alpha", "grad", "face", "imitation", "smooth_expression", "minimal_deformation",
+    for name in ("image", "alpha", "grad", "face", "face_grad", "imitation", "smooth_expression", "minimal_deformation",
                  "smooth_pose"):
         p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
                        dest=f"w_{name}")
@@ -392,26 +416,21 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
     cam = portrait_camera(batch["camera"])
     image, mask = batch["image"], batch["mask"]
     use_patch = cfg.patch_scale > 1 and torch.rand((), generator=gen).item() < cfg.patch_prob
-    if use_patch:
-        eff = res * cfg.patch_scale
-        image, mask = downsample(image, eff), downsample(mask, eff)
-        i0 = torch.randint(eff - res + 1, (b,), generator=gen)
-        j0 = torch.randint(eff - res + 1, (b,), generator=gen)
-        cam = window_camera(cam, j0.float() / eff, i0.float() / eff, res / eff)
-        rows = i0[:, None] + torch.arange(res)[None]  # [B, res]
-        cols = j0[:, None] + torch.arange(res)[None]
-        bi = torch.arange(b)[:, None, None]
-        image = image.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        mask = mask.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    else:
-        image, mask = downsample(image, res), downsample(mask, res)
+    cam, (image, mask) = random_window(cam, [image, mask], res, cfg.patch_scale if use_patch else 1, gen)
     scene = training_scene(G, latents, controls, batch.get("pose_entries"))
     out = G.render_scene(scene, cam, res)
     terms = {"image": (out.image_lr - image).abs().mean(), "alpha": (out.alpha_lr - mask).abs().mean(),
              "grad": image_gradient_l1(out.image_lr, image)}
     if cfg.w_face > 0:
-        face_out = G.render_scene(scene, face_camera(batch["face_camera"]), cfg.face_resolution)
-        terms["face"] = (face_out.image_lr - downsample(batch["face"], cfg.face_resolution)).abs().mean()
+        fres = cfg.face_resolution
+        face_scale = min(cfg.face_patch_scale, batch["face"].shape[-1] // fres)
+        use_face_patch = face_scale > 1 and torch.rand((), generator=gen).item() < cfg.face_patch_prob
+        fcam, (face,) = random_window(face_camera(batch["face_camera"]), [batch["face"]], fres,
+                                      face_scale if use_face_patch else 1, gen)
+        face_out = G.render_scene(scene, fcam, fres)
+        terms["face"] = (face_out.image_lr - face).abs().mean()
+        if cfg.w_face_grad > 0:
+            terms["face_grad"] = image_gradient_l1(face_out.image_lr, face)
     terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,
                                           cfg.reg_points, cfg.smooth_jitter, gen))
     if cfg.w_smooth_pose > 0:
@@ -576,6 +595,9 @@ def imitation_warmup(G: Generator, data: SupervisedData, cfg: SupervisedConfig, 
 def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     """Run (or resume) the supervised warm start; returns the run folder."""
     torch.set_num_threads(max(1, cfg.threads))
+    # Adam's second moments of rarely-used weights decay into float32 denormals, which are ~100x slower on x86
+    # CPUs (a long run's step time doubled); flushing them to zero changes nothing measurable in the updates.
+    torch.set_flush_denormal(True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = SupervisedData(cfg.data, holdout=cfg.holdout, limit=cfg.limit or None)

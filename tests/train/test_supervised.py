@@ -87,6 +87,30 @@ def test_window_camera_rays_match_the_full_frame():
     torch.testing.assert_close(d_win, d_full, atol=1e-5, rtol=0)
 
 
+def test_random_window_crops_and_camera_agree():
+    """Each entry's crop is the image region its window camera sees (pixels encode their own row and column)."""
+    b, full_res, res = 3, 64, 16
+    rows, cols = torch.meshgrid(torch.arange(float(full_res)), torch.arange(float(full_res)), indexing="ij")
+    image = torch.stack([rows, cols, rows * 0]).expand(b, -1, -1, -1).contiguous()
+    cam = Camera.portrait(yaw=C.FRONTAL_YAW + torch.tensor([0.0, 0.2, -0.3]), pitch=torch.full((b,), C.FRONTAL_PITCH))
+    gen = torch.Generator().manual_seed(3)
+    win, (crop,) = S.random_window(cam, [image], res, full_res // res, gen)
+    assert crop.shape == (b, 3, res, res)
+    _, d_full = cam.rays(full_res, full_res)
+    _, d_win = win.rays(res, res)
+    starts = set()
+    for k in range(b):
+        i0, j0 = int(crop[k, 0, 0, 0]), int(crop[k, 1, 0, 0])
+        starts.add((i0, j0))
+        torch.testing.assert_close(crop[k], image[k, :, i0:i0 + res, j0:j0 + res])
+        want = d_full[k].reshape(full_res, full_res, 3)[i0:i0 + res, j0:j0 + res].reshape(-1, 3)
+        torch.testing.assert_close(d_win[k], want, atol=1e-5, rtol=0)
+    assert len(starts) > 1  # the windows are drawn per entry
+    whole_cam, (whole,) = S.random_window(cam, [image], res, 1, gen)  # scale 1: the whole frame, downsampled
+    assert whole_cam is cam
+    torch.testing.assert_close(whole, S.downsample(image, res))
+
+
 def test_cached_pose_volume_equals_generator():
     torch.manual_seed(0)
     G = Generator(generator_config("tiny"))
@@ -158,7 +182,7 @@ def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch", "2",
             "--resolution", "12", "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12",
-            "--sample-every", "0", "--threads", "1"]
+            "--sample-every", "0", "--threads", "1", "--face-patch-prob", "1", "--w-face-grad", "0.3"]
     assert S.main(args) == 0
     G = load_generator(out / "generator.safetensors")
     info = G.checkpoint_info
@@ -173,6 +197,7 @@ def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     assert load_generator(out / "generator.safetensors").checkpoint_info["step"] == 3
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]
+    assert all(math.isfinite(x["face_grad"]) for x in lines)  # the face-window and face-gradient terms ran
 
 
 def test_several_roots_concatenate_and_hold_out_from_the_last(tiny_data, tmp_path):
