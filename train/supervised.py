@@ -270,6 +270,7 @@ class SupervisedConfig:
     w_minimal_deformation: float = 100.0
     w_smooth_pose: float = 1.0
     reg_points: int = 128
+    imitation_moving_fraction: float = 0.0
     smooth_jitter: float = 0.01
     holdout: int = 16
     seed: int = 0
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
                        dest=f"w_{name}")
     p.add_argument("--reg-points", type=int, default=d.reg_points)
+    p.add_argument("--imitation-moving-fraction", type=float, default=d.imitation_moving_fraction,
+                   help="fraction of the imitation vertices drawn where the 3DMM moves (rest: uniform)")
     p.add_argument("--holdout", type=int, default=d.holdout, help="identities held out for evaluation")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
@@ -347,16 +350,32 @@ def image_gradient_l1(pred: Tensor, target: Tensor) -> Tensor:
     return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
 
 
+def imitation_vertices(offsets: Tensor, n: int, moving_fraction: float, gen: torch.Generator) -> Tensor:
+    """``n`` 3DMM vertex indices for the imitation term: ``moving_fraction`` of them drawn with probability
+    proportional to the batch's mean offset length (the lips, jaw and mouth corners that make an expression
+    visible are a few percent of the face), the rest uniformly. offsets [B, N, 3] -> [n] long."""
+    n_moving = int(round(n * moving_fraction))
+    uniform = torch.randint(offsets.shape[1], (n - n_moving,), generator=gen)
+    weight = offsets.norm(dim=-1).mean(0)
+    if n_moving == 0 or not weight.max() > 0:  # nothing moves (neutral batch): all uniform
+        return torch.cat([uniform, torch.randint(offsets.shape[1], (n_moving,), generator=gen)])
+    moving = torch.multinomial(weight, n_moving, replacement=True, generator=gen)
+    return torch.cat([moving, uniform])
+
+
 def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor, body_shape: Tensor,
-                             pose: Tensor | None, n: int, jitter: float, gen: torch.Generator) -> dict[str, Tensor]:
-    """3DMM imitation at random 3DMM vertices, expression smoothness and minimal deformation at random head-box
-    points, and (when ``pose`` is given) the pose-grid smoothness - the GAN loop's regularisers, via train.losses."""
+                             pose: Tensor | None, n: int, jitter: float, gen: torch.Generator,
+                             moving_fraction: float = 0.0) -> dict[str, Tensor]:
+    """3DMM imitation at 3DMM vertices (:func:`imitation_vertices`), expression smoothness and minimal deformation
+    at random head-box points, and (when ``pose`` is given) the pose-grid smoothness - the GAN loop's
+    regularisers, via train.losses."""
     b = identity.shape[0]
     face = G.face
     with torch.no_grad():
-        idx = torch.randint(face.num_vertices, (n,), generator=gen)
+        all_offsets = face.expression_offsets(identity, expression)
+        idx = imitation_vertices(all_offsets, n, moving_fraction, gen)
         verts = face.vertices(identity, expression)[:, idx]
-        offsets = face.expression_offsets(identity, expression)[:, idx]
+        offsets = all_offsets[:, idx]
         T = G.body.face_transform(body_shape)
         pts = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
         target = -(offsets @ T[:, :3, :3].transpose(1, 2))
@@ -432,7 +451,7 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
         if cfg.w_face_grad > 0:
             terms["face_grad"] = image_gradient_l1(face_out.image_lr, face)
     terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,
-                                          cfg.reg_points, cfg.smooth_jitter, gen))
+                                          cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction))
     if cfg.w_smooth_pose > 0:
         terms["smooth_pose"] = L.grid_smoothness(scene.pose_volume)
     total = sum(getattr(cfg, f"w_{k}") * v for k, v in terms.items())
@@ -579,7 +598,7 @@ def imitation_warmup(G: Generator, data: SupervisedData, cfg: SupervisedConfig, 
             g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / cfg.imitation_warmup)))
         idx = pool[torch.randint(pool.numel(), (batch,), generator=gen)]
         terms = deformation_regularisers(G, data.identity[idx], data.expression[idx], data.body_shape[idx], None,
-                                         2 * cfg.reg_points, cfg.smooth_jitter, gen)
+                                         2 * cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction)
         total = sum(getattr(cfg, f"w_{name}") * v for name, v in terms.items())
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -595,8 +614,8 @@ def imitation_warmup(G: Generator, data: SupervisedData, cfg: SupervisedConfig, 
 def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     """Run (or resume) the supervised warm start; returns the run folder."""
     torch.set_num_threads(max(1, cfg.threads))
-    # Adam's second moments of rarely-used weights decay into float32 denormals, which are ~100x slower on x86
-    # CPUs (a long run's step time doubled); flushing them to zero changes nothing measurable in the updates.
+    # Adam's second moments of rarely-used weights can decay into float32 denormals, which x86 CPUs process far
+    # more slowly; flushing them to zero changes nothing measurable in the updates.
     torch.set_flush_denormal(True)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

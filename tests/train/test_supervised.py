@@ -111,6 +111,20 @@ def test_random_window_crops_and_camera_agree():
     torch.testing.assert_close(whole, S.downsample(image, res))
 
 
+def test_imitation_vertices_favour_the_moving_ones():
+    offsets = torch.zeros(2, 1000, 3)
+    offsets[0, [5, 17], 1] = 0.01  # two vertices move in one batch entry
+    offsets[1, 17, 1] = 0.02
+    gen = torch.Generator().manual_seed(0)
+    moving = S.imitation_vertices(offsets, 64, 1.0, gen)
+    assert moving.shape == (64,) and set(moving.tolist()) <= {5, 17}
+    assert (moving == 17).sum() > (moving == 5).sum()  # in proportion to the mean offset length (3:1)
+    half = S.imitation_vertices(offsets, 64, 0.5, gen)
+    assert set(half[:32].tolist()) <= {5, 17} and len(set(half[32:].tolist())) > 20  # the rest uniform
+    still = S.imitation_vertices(torch.zeros(2, 1000, 3), 64, 1.0, gen)  # nothing moves: uniform
+    assert len(set(still.tolist())) > 40
+
+
 def test_cached_pose_volume_equals_generator():
     torch.manual_seed(0)
     G = Generator(generator_config("tiny"))
