@@ -419,12 +419,17 @@ AVATAR_LEVEL = 0.5
 #: Occupancy farther than this from the canonical body surface (metres) is dropped from avatar meshes; hair and
 #: clothing stay within it. See :func:`body_distance_mask`.
 MAX_BODY_DISTANCE = 0.10
+#: The same limit behind the body (offsets from the nearest body vertex within 60 degrees of -Z), where 'frontal'
+#: training images never look: room for hair lying on the back of the head, not for the shells' extrusion.
+MAX_BODY_DISTANCE_BEHIND = 0.04
 
 
 def body_distance_mask(body_vertices: np.ndarray, bounds: Bounds, max_distance: float, fade: float = 0.02,
-                       grid: int = 64) -> Callable[[Tensor], Tensor]:
+                       grid: int = 64, max_distance_behind: float | None = None) -> Callable[[Tensor], Tensor]:
     """``mask(points [N, 3]) -> [N]``: 1 within ``max_distance`` of the nearest body vertex, falling linearly to 0
     over ``fade`` (metres), from a ``grid``^3 distance volume over ``bounds`` (trilinear; 0 outside the box).
+    ``max_distance_behind`` (optional) replaces ``max_distance`` where the offset from the nearest body vertex
+    points backwards (within 60 degrees of -Z, away from the frontal camera).
 
     Why: in 'frontal' mode a level's texel opacity applies along the whole depth of its shell, so the occupancy
     extends from the rendered front surface back to the shells' back (up to 0.3 m behind the head). The renderer
@@ -434,8 +439,13 @@ def body_distance_mask(body_vertices: np.ndarray, bounds: Bounds, max_distance: 
     lo, hi = np.asarray(bounds[0], np.float64), np.asarray(bounds[1], np.float64)
     axes = [np.linspace(lo[k], hi[k], grid) for k in range(3)]
     nodes = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    dist = cKDTree(np.asarray(body_vertices, np.float64)).query(nodes)[0].reshape(grid, grid, grid)
-    weight = np.clip((max_distance + fade - dist) / fade, 0.0, 1.0).astype(np.float32)
+    verts = np.asarray(body_vertices, np.float64)
+    dist, nearest = cKDTree(verts).query(nodes)
+    allowed = np.full(dist.shape, float(max_distance))
+    if max_distance_behind is not None:
+        behind = (nodes - verts[nearest])[:, 2] < -0.5 * dist  # cos(angle to -Z) > 0.5
+        allowed[behind] = float(max_distance_behind)
+    weight = np.clip((allowed + fade - dist) / fade, 0.0, 1.0).reshape(grid, grid, grid).astype(np.float32)
     volume = torch.from_numpy(weight).permute(2, 1, 0)[None, None].contiguous()  # [1, 1, z, y, x] for grid_sample
     lo_t, hi_t = torch.from_numpy(lo).float(), torch.from_numpy(hi).float()
 
@@ -493,6 +503,7 @@ def extract_mesh(
     posed_from: str = "lbs",
     color_samples: int | None = 4,
     max_body_distance: float | None = MAX_BODY_DISTANCE,
+    max_body_distance_behind: float | None = MAX_BODY_DISTANCE_BEHIND,
     **kw,
 ) -> Mesh:
     """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.
@@ -511,7 +522,8 @@ def extract_mesh(
       (the generator's own deformation including its smoothing); colours from the canonical correspondences.
     ``color_samples``: samples per colour ray passed to ``color_field`` (None = its default).
     ``max_body_distance``: occupancy farther than this (metres, canonical) from the avatar's canonical body surface
-    is removed (:func:`body_distance_mask`); None keeps everything.
+    is removed (:func:`body_distance_mask`), and farther than ``max_body_distance_behind`` behind it (None: the same
+    limit all round); ``max_body_distance=None`` keeps everything.
     Other keyword arguments go to :func:`extract_mesh_from_field`.
     """
     if posed_from not in ("lbs", "field"):
@@ -529,7 +541,8 @@ def extract_mesh(
     near_body = None
     if max_body_distance is not None:
         body_vertices = avatar.generator.body.canonical(avatar.body_shape.detach().cpu().float()).vertices[0]
-        near_body = body_distance_mask(body_vertices.numpy(), bounds, max_body_distance)
+        near_body = body_distance_mask(body_vertices.numpy(), bounds, max_body_distance,
+                                       max_distance_behind=max_body_distance_behind)
 
     def density(p: Tensor) -> Tensor:
         occupancy = avatar.density_field(p, fp, fe)

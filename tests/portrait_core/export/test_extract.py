@@ -137,3 +137,17 @@ def test_body_distance_mask_keeps_the_body_and_drops_what_is_far():
     far = torch.tensor([[0.0, 0.0, -0.45], [0.4, 0.4, 0.0]])
     assert torch.all(mask(near) > 0.99) and torch.all(mask(far) < 1e-6)
     assert mask(torch.tensor([[2.0, 0.0, 0.0]])).item() == 0.0  # outside the box
+
+
+def test_body_distance_mask_is_tighter_behind_the_body():
+    from portrait_core.export.extract import body_distance_mask
+
+    body = np.array([[0.0, 0.0, 0.0]])  # one vertex: distance and direction are exact
+    box = ((-0.5, -0.5, -0.5), (0.5, 0.5, 0.5))
+    mask = body_distance_mask(body, box, max_distance=0.1, fade=0.02, grid=101, max_distance_behind=0.04)
+    at = lambda *p: mask(torch.tensor([p], dtype=torch.float32)).item()  # noqa: E731
+    assert at(0, 0, 0.09) > 0.99 and at(0.09, 0, 0) > 0.99 and at(0, 0.09, 0) > 0.99  # front, side, top: 10 cm
+    assert at(0, 0, -0.03) > 0.99 and at(0, 0, -0.09) < 1e-6  # behind: 4 cm
+    assert at(0, 0.05, -0.05) < 1e-6 and at(0.06, 0, -0.03) > 0.99  # 45 deg is behind, 27 deg from the side not
+    same = body_distance_mask(body, box, max_distance=0.1, fade=0.02, grid=101)
+    assert same(torch.tensor([[0.0, 0.0, -0.09]])).item() > 0.99  # without the option: 10 cm all round
