@@ -428,7 +428,6 @@ def training_scene(G: Generator, latents: Latents, controls: Controls, entries: 
 def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tensor], step: int,
                       gen: torch.Generator) -> dict[str, Tensor]:
     """Unweighted loss terms of one step plus ``total`` (weighted)."""
-    b = batch["identity"].shape[0]
     latents = Latents(batch["identity"], batch["appearance"])
     controls = Controls(batch["pose"], batch["expression"], batch["body_shape"])
     res = cfg.resolution
@@ -567,10 +566,20 @@ def set_style_averages(G: Generator, identity: Tensor, appearance: Tensor) -> No
         G.superres_style_avg.copy_(G.superres_mapping(z).mean(0))
 
 
+def init_lineage(info: dict, path: str | Path) -> list[dict]:
+    """The runs a checkpoint made from ``--init path`` descends from, oldest first: the init checkpoint's own
+    lineage plus one entry for it (method, optimisation steps, wall seconds)."""
+    entry = {"checkpoint": str(path), "method": info.get("method"), "step": info.get("step"),
+             "wall_seconds": info.get("wall_seconds")}
+    return [*info.get("lineage", []), entry]
+
+
 def checkpoint_info(cfg: SupervisedConfig, data: SupervisedData, step: int, wall_s: float,
-                    last: dict[str, float], evaluation: dict | None) -> dict:
+                    last: dict[str, float], evaluation: dict | None, lineage: list[dict] | None = None) -> dict:
+    """Checkpoint ``info`` of a supervised run; ``lineage`` (:func:`init_lineage`) records what it started from."""
     return {
         "method": METHOD, "step": step, "wall_seconds": round(wall_s, 1), "threads": cfg.threads,
+        "lineage": lineage or [],
         "data": {"root": [str(r) for r in data.roots], "images": len(data), "train_images": int(data.train_index.numel()),
                  "heldout_images": int(data.heldout_index.numel()), "identities": data.num_identities,
                  "resolution": data.resolution, "generator": data.info.get("generator"),
@@ -623,8 +632,10 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     log(f"data: {len(data)} images ({data.train_index.numel()} train, {data.heldout_index.numel()} held out), "
         f"{data.num_identities} identities, {data.resolution}^2")
     torch.manual_seed(cfg.seed)
+    lineage: list[dict] = []
     if cfg.init:
         G = load_generator(cfg.init)
+        lineage = init_lineage(G.checkpoint_info or {}, cfg.init)
         overrides = json.loads(cfg.generator_overrides)
         if overrides:  # new settings (more levels) or added modules (modulated colour): rebuild, copy the weights
             state = G.state_dict()
@@ -691,7 +702,8 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
             evaluation = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution)
             (out / "eval.json").write_text(json.dumps(evaluation, indent=1))
             log(f"held-out: {json.dumps(evaluation)}")
-        save_generator(out / "generator.safetensors", G, info=checkpoint_info(cfg, data, step, wall, last, evaluation))
+        save_generator(out / "generator.safetensors", G,
+                       info=checkpoint_info(cfg, data, step, wall, last, evaluation, lineage))
         log(f"saved step {step} ({wall / 60:.1f} min)")
 
     while step < cfg.steps and time.time() < deadline:

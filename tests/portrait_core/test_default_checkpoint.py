@@ -46,7 +46,8 @@ def test_files_exist_and_are_small():
     info = json.loads(meta["info"])
     assert info["method"] == "busto-supervised-warm-start"
     assert info["noise_latent"]["kind"] == "appearance_code"
-    assert info["step"] > 0 and info["heldout"]
+    trained_steps = info["step"] + sum(run["step"] for run in info.get("lineage", []))
+    assert trained_steps > 0 and info["heldout"]
 
 
 def test_loads_and_renders_a_finite_frame(model):

@@ -254,7 +254,9 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
 
     torch.manual_seed(0)
     src = Generator(generator_config("tiny"))
-    save_generator(tmp_path / "init.safetensors", src, info={})
+    earlier = {"checkpoint": "first.safetensors", "method": "m", "step": 5, "wall_seconds": 1.0}
+    save_generator(tmp_path / "init.safetensors", src,
+                   info={"method": "x", "step": 7, "wall_seconds": 3.0, "lineage": [earlier]})
     out = tmp_path / "run"
     assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "0", "--resolution", "12",
                    "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
@@ -262,6 +264,9 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
                    "--generator-overrides", '{"manifold": {"levels": 9}}']) == 0
     G = load_generator(out / "generator.safetensors")
     assert G.cfg.manifold.levels == 9 and src.cfg.manifold.levels != 9
+    # the run records what it started from, and what that started from (oldest first)
+    assert G.checkpoint_info["lineage"] == [earlier, {"checkpoint": str(tmp_path / "init.safetensors"),
+                                                      "method": "x", "step": 7, "wall_seconds": 3.0}]
     for k, v in src.state_dict().items():
         if "style_avg" not in k:
             torch.testing.assert_close(G.state_dict()[k], v, msg=k)
