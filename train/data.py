@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from portrait_core.assets import uses_appearance_codes  # noqa: F401 (re-exported for train/)
+from portrait_core.assets import find_samplers, uses_appearance_codes  # noqa: F401 (re-exported for train/)
 from train.networks import mirror_label25, mirror_pose
 
 LABEL_KEYS = ("camera", "face_camera", "pose", "expression", "identity", "body_shape")
@@ -206,21 +206,3 @@ class RealStream:
         return collate(items)
 
 
-def find_samplers(gen_path: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
-    """The label-sampler file of an appearance-code generator: ``given``, else ``samplers.safetensors`` beside the
-    generator or in its run folder (``RUN/checkpoints/STEP/generator.safetensors``), else the shipped
-    ``default_samplers.safetensors`` for the shipped model. FileNotFoundError naming the places looked at."""
-    from portrait_core.assets import default_checkpoint_path, default_samplers_path
-
-    gen_path = Path(gen_path)
-    if given:
-        cands = [Path(given)]
-    else:
-        cands = [gen_path.parent / "samplers.safetensors", gen_path.parent.parent.parent / "samplers.safetensors"]
-        if gen_path.resolve() == default_checkpoint_path().resolve():
-            cands.append(default_samplers_path())
-    for c in cands:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(f"{gen_path}: its noise latent is an appearance code, so it needs its label samplers; "
-                            f"none at {', '.join(map(str, cands))}")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 __all__ = ["ASSETS_DIR", "DEFAULT_CHECKPOINT", "DEFAULT_SAMPLERS", "SAMPLER_FORMAT", "SamplerError",
            "DefaultSamplers", "default_checkpoint_path", "default_samplers_path", "load_default",
-           "uses_appearance_codes"]
+           "uses_appearance_codes", "find_samplers"]
 
 ASSETS_DIR = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = "default.safetensors"
@@ -45,6 +45,24 @@ def uses_appearance_codes(generator) -> bool:
     (``portrait_core/assets/appearance.py``) to be drawn from label samplers, not N(0, I) noise."""
     info = getattr(generator, "checkpoint_info", None) or {}
     return (info.get("noise_latent") or {}).get("kind") == "appearance_code"
+
+
+def find_samplers(gen_path: str | os.PathLike, given: str | os.PathLike | None = None) -> Path:
+    """The label-sampler file of an appearance-code generator: ``given``, else ``samplers.safetensors`` beside the
+    generator or in its run folder (``RUN/checkpoints/STEP/generator.safetensors``), else the shipped
+    ``default_samplers.safetensors`` for the shipped model. FileNotFoundError naming the places looked at."""
+    gen_path = Path(gen_path)
+    if given:
+        cands = [Path(given)]
+    else:
+        cands = [gen_path.parent / "samplers.safetensors", gen_path.parent.parent.parent / "samplers.safetensors"]
+        if gen_path.resolve() == default_checkpoint_path().resolve():
+            cands.append(default_samplers_path())
+    for c in cands:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{gen_path}: its noise latent is an appearance code, so it needs its label samplers; "
+                            f"none at {', '.join(map(str, cands))}")
 
 
 def default_checkpoint_path() -> Path:

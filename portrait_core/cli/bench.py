@@ -16,7 +16,6 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -56,19 +55,13 @@ def _generator_and_latents(preset: str, mode: str, device: torch.device):
     """(generator, latents(seed) function): a random-init preset, or a checkpoint ('default' or a path;
     appearance-code models get latents from their samplers)."""
     if preset == "default" or preset.endswith(".safetensors"):
-        from portrait_core.assets import (
-            DefaultSamplers,
-            default_checkpoint_path,
-            default_samplers_path,
-            uses_appearance_codes,
-        )
+        from portrait_core.assets import DefaultSamplers, default_checkpoint_path, find_samplers, uses_appearance_codes
         from portrait_core.generator import load_generator
 
         path = default_checkpoint_path() if preset == "default" else preset
         g = load_generator(path, device=device)
         if uses_appearance_codes(g):
-            samplers = DefaultSamplers.load(default_samplers_path() if preset == "default" else
-                                            Path(preset).with_name("samplers.safetensors"))
+            samplers = DefaultSamplers.load(find_samplers(path))
             return g, lambda seed: samplers.identities(1, seed=seed)[0].to(device)
         return g, lambda seed: Latents.sample(1, seed=seed, device=device)
     torch.manual_seed(0)
