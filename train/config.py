@@ -86,6 +86,8 @@ class LossConfig:
     """Smoothness of the pose deformation (inverse-LBS transforms of neighbouring samples), if the G exposes it."""
     minimal_deformation: float = 0.1
     """Minimal deformation: mean |delta|^2 of the expression deformation at random canonical points."""
+    shading: float = 0.01
+    """Expression shading sparsity: mean |logit| at the same points (generators with ``expression.shading``)."""
     consistency: float = 3.0
     """Stage 2: cross-resolution consistency |down(HR) - LR|^2 (image and alpha)."""
     smooth_jitter: float = 0.01

@@ -405,11 +405,13 @@ def deformation_regularisers(st: TrainState, ctx: Context, fakes: Fakes) -> dict
         box_pts = box_pts.expand(b, -1, -1)
         jitter = torch.randn(1, 2 * n, 3, generator=st.fake_gen).to(ctx.device).expand(b, -1, -1) * lc.smooth_jitter
     all_pts = torch.cat([pts, box_pts], 1)
-    delta_all = G.expression_deformation(torch.cat([all_pts, all_pts + jitter], 1), inp.identity, inp.expression)
-    delta, delta_j = delta_all[:, :2 * n], delta_all[:, 2 * n:]
+    fields = G.expression_fields(torch.cat([all_pts, all_pts + jitter], 1), inp.identity, inp.expression)
+    delta, delta_j = fields[:, :2 * n, :3], fields[:, 2 * n:, :3]
     out["G/imitation"] = L.imitation(delta[:, :n], target)
     out["G/smooth_expression"] = L.smoothness(delta, delta_j, lc.smooth_jitter)
     out["G/minimal_deformation"] = L.minimal_deformation(delta[:, n:])
+    if fields.shape[-1] > 3:
+        out["G/shading"] = L.shading_sparsity(fields[:, n:2 * n, 3])
     if lc.smooth_pose > 0 and any(p.requires_grad for p in G.pose_smoother.parameters()):
         state = G.body.posed(inp.body_shape, fakes.pose.detach())
         out["G/smooth_pose"] = L.grid_smoothness(G.pose_volume(state))
@@ -459,6 +461,8 @@ def g_losses(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
             losses.update(reg)
             total = total + lc.imitation * reg["G/imitation"] + lc.smooth_expression * reg["G/smooth_expression"] + \
                 lc.minimal_deformation * reg["G/minimal_deformation"]
+            if "G/shading" in reg:
+                total = total + lc.shading * reg["G/shading"]
             if "G/smooth_pose" in reg:
                 total = total + lc.smooth_pose * reg["G/smooth_pose"]
             if fakes.pose_g is not None:

@@ -78,6 +78,12 @@ def minimal_deformation(delta: Tensor, weight: Tensor | None = None) -> Tensor:
     return d2.mean() if weight is None else (d2 * weight).mean()
 
 
+def shading_sparsity(logits: Tensor) -> Tensor:
+    """Mean |expression shading logit| at regularisation points: the shading should stay where an expression
+    changes the colour (an open mouth's interior), not become a per-image colour correction."""
+    return logits.float().abs().mean()
+
+
 def pose_prior(pose_g: Tensor, pose_data: Tensor) -> Tensor:
     """3DPortraitGAN L_preg: |p_G - p_data|^2 (sum over pose components, mean over the batch)."""
     return (pose_g.float() - pose_data.float()).square().flatten(1).sum(1).mean()

@@ -268,6 +268,7 @@ class SupervisedConfig:
     w_imitation: float = 1e4  # metres^2 -> a (1 cm)^2 error costs 1
     w_smooth_expression: float = 0.05
     w_minimal_deformation: float = 100.0
+    w_shading: float = 0.01
     w_smooth_pose: float = 1.0
     reg_points: int = 128
     imitation_moving_fraction: float = 0.0
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-min-fraction", type=float, default=d.lr_min_fraction,
                    help="cosine decay of the learning rate to this fraction at --steps")
     for name in ("image", "alpha", "grad", "face", "face_grad", "imitation", "smooth_expression", "minimal_deformation",
-                 "smooth_pose"):
+                 "smooth_pose", "shading"):
         p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
                        dest=f"w_{name}")
     p.add_argument("--reg-points", type=int, default=d.reg_points)
@@ -367,8 +368,8 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
                              pose: Tensor | None, n: int, jitter: float, gen: torch.Generator,
                              moving_fraction: float = 0.0) -> dict[str, Tensor]:
     """3DMM imitation at 3DMM vertices (:func:`imitation_vertices`), expression smoothness and minimal deformation
-    at random head-box points, and (when ``pose`` is given) the pose-grid smoothness - the GAN loop's
-    regularisers, via train.losses."""
+    at random head-box points, the expression shading's sparsity there (with ``expression.shading``), and (when
+    ``pose`` is given) the pose-grid smoothness - the GAN loop's regularisers, via train.losses."""
     b = identity.shape[0]
     face = G.face
     with torch.no_grad():
@@ -383,10 +384,12 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
         box = box.expand(b, -1, -1)
         jit = torch.randn(1, 2 * n, 3, generator=gen).expand(b, -1, -1) * jitter
     all_pts = torch.cat([pts, box], 1)
-    delta_all = G.expression_deformation(torch.cat([all_pts, all_pts + jit], 1), identity, expression)
-    delta, delta_j = delta_all[:, :2 * n], delta_all[:, 2 * n:]
+    fields = G.expression_fields(torch.cat([all_pts, all_pts + jit], 1), identity, expression)
+    delta, delta_j = fields[:, :2 * n, :3], fields[:, 2 * n:, :3]
     out = {"imitation": L.imitation(delta[:, :n], target), "smooth_expression": L.smoothness(delta, delta_j, jitter),
            "minimal_deformation": L.minimal_deformation(delta[:, n:])}
+    if fields.shape[-1] > 3:
+        out["shading"] = L.shading_sparsity(fields[:, n:2 * n, 3])
     if pose is not None:
         out["smooth_pose"] = L.grid_smoothness(G.pose_volume(G.body.posed(body_shape, pose)))
     return out
@@ -421,7 +424,7 @@ def training_scene(G: Generator, latents: Latents, controls: Controls, entries: 
     if entries is None:
         entries = pose_entries(G, controls.body_shape, controls.pose)
     return SceneFields(pose_volume=pose_volume_from_entries(G, entries),
-                       expression_offsets=G.expression_offsets_fn(latents.identity, controls.expression),
+                       expression_fields=G.expression_fields_fn(latents.identity, controls.expression),
                        manifold=G.manifold, radiance=G.network_radiance_fn(G.radiance_styles(latents)))
 
 

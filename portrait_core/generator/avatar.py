@@ -84,8 +84,8 @@ class Avatar:
         key = expression.detach().cpu().numpy().tobytes()
         if self._expression_cache is None or self._expression_cache[0] != key:
             identity = self.latents.identity.expand(expression.shape[0], -1)
-            self._expression_cache = (key, self.generator.expression_offsets_fn(identity, expression,
-                                                                                 self._neutral_expression_volume))
+            self._expression_cache = (key, self.generator.expression_fields_fn(identity, expression,
+                                                                                self._neutral_expression_volume))
         return self._expression_cache[1]
 
     def _check_controls(self, where: str, pose: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:
@@ -123,7 +123,7 @@ class Avatar:
         g = self.generator
         scene = SceneFields(
             pose_volume=self._pose_volume(pose),
-            expression_offsets=self._expression_fn(expression),
+            expression_fields=self._expression_fn(expression),
             manifold=self.manifold,
             radiance=g.texture_radiance_fn(self.textures),
             radiance_hr=g.texture_radiance_fn(self.textures_hr) if super_resolve else None,

@@ -105,6 +105,10 @@ class ExpressionDeformConfig:
     """Half-size of the head box along x, y, z (metres)."""
     fade: float = 0.25
     """Fraction of each half-extent over which the window falls from 1 to 0."""
+    shading: bool = False
+    """Expression shading: a fourth, zero-initialised output channel, a log colour factor relative to the neutral
+    expression (``rgb * 2 sigmoid(-d)``, so 1 at neutral), which lets an open mouth's interior and creases darken
+    although the canonical radiance is the neutral face (a Busto addition; see docs/generator.md)."""
     mapping: MappingConfig = field(default_factory=lambda: MappingConfig(hidden=128))
 
 

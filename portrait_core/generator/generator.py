@@ -54,8 +54,9 @@ class SceneFields:
 
     pose_volume: Tensor
     """[B, 3, G, G, G] smoothed observed->canonical-pose displacements on the posed-space grid (metres)."""
-    expression_offsets: Callable[[Tensor], Tensor]
-    """Canonical-pose points [B, P, 3] -> Delta [B, P, 3] (metres)."""
+    expression_fields: Callable[[Tensor], Tensor]
+    """Canonical-pose points [B, P, 3] -> [B, P, 3 or 4]: Delta (metres), then the expression shading logit when
+    the config has ``expression.shading`` (see :func:`rendering.expression_shading_factor`)."""
     manifold: Callable[[Tensor], Tensor]
     """Canonical points [B, P, 3] -> manifold field s [B, P]."""
     radiance: RadianceFn
@@ -239,33 +240,40 @@ class Generator(nn.Module):
         return points + R.sample_grid(pose_volume, points, self.pose_box_centre, self.cfg.pose.box_half_extent,
                                       "border")
 
-    def expression_deformation(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
-        """Direct, differentiable expression offsets at arbitrary canonical-pose points.
+    def expression_fields(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
+        """Direct, differentiable expression fields at arbitrary canonical-pose points.
 
         points [B, P, 3] metres (canonical pose, expressive), identity [B, 80], expression [B, 64] ->
-        Delta [B, P, 3] metres: ``points + Delta`` is the neutral canonical point. Defined relative to the neutral
-        expression, ``Delta = f(x; id, exp) - f(x; id, 0)``, so a neutral expression is exactly the identity
-        deformation (the baked textures are the neutral face). Zero outside the head box.
+        [B, P, 3 or 4]: Delta in metres (``points + Delta`` is the neutral canonical point), then the shading logit
+        when the config has ``expression.shading``. Defined relative to the neutral expression,
+        ``f(x; id, exp) - f(x; id, 0)``, so a neutral expression is exactly the identity deformation with no
+        shading (the baked textures are the neutral face). Zero outside the head box.
         """
         styles = self.expression_styles(torch.cat([identity, identity]),
                                          torch.cat([expression, torch.zeros_like(expression)]))
         raw = self.expression_deform(torch.cat([points, points]), styles)
         return raw[: points.shape[0]] - raw[points.shape[0]:]
 
+    def expression_deformation(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
+        """Delta [B, P, 3] metres of :meth:`expression_fields` (the geometry only)."""
+        return self.expression_fields(points, identity, expression)[..., :3]
+
     def expression_volume(self, identity: Tensor, expression: Tensor) -> Tensor:
-        """The raw offsets ``f(x; id, exp)`` on the head-box grid: [B, 3, G, G, G] (metres)."""
+        """The raw fields ``f(x; id, exp)`` on the head-box grid: [B, 3 or 4, G, G, G] (Delta in metres, then the
+        shading logit)."""
         g = self.cfg.render.expression_grid
         nodes = R.grid_points(self.head_box_centre, self.head_box_half, g).reshape(1, -1, 3)
         styles = self.expression_styles(identity, expression)
         raw = self.expression_deform(nodes.expand(styles.shape[0], -1, -1), styles)
-        return raw.reshape(-1, g, g, g, 3).permute(0, 4, 1, 2, 3).contiguous()
+        return raw.reshape(-1, g, g, g, raw.shape[-1]).permute(0, 4, 1, 2, 3).contiguous()
 
-    def expression_offsets_fn(self, identity: Tensor, expression: Tensor,
-                              neutral_volume: Tensor | None = None) -> Callable[[Tensor], Tensor]:
-        """Delta(points) for a batch of frames (identity [B, 80], expression [B, 64]): trilinear in the head-box
-        grid (``neutral_volume`` [1 or B, 3, G, G, G] may be passed in when cached), or direct when the grid is 0."""
+    def expression_fields_fn(self, identity: Tensor, expression: Tensor,
+                             neutral_volume: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """Points -> :meth:`expression_fields` for a batch of frames (identity [B, 80], expression [B, 64]):
+        trilinear in the head-box grid (``neutral_volume`` [1 or B, C, G, G, G] may be passed in when cached), or
+        direct when the grid is 0."""
         if self.cfg.render.expression_grid == 0:
-            return lambda points: self.expression_deformation(points, identity, expression)
+            return lambda points: self.expression_fields(points, identity, expression)
         if neutral_volume is None:
             volumes = self.expression_volume(torch.cat([identity, identity]),
                                              torch.cat([expression, torch.zeros_like(expression)]))
@@ -273,6 +281,12 @@ class Generator(nn.Module):
         else:
             volume = self.expression_volume(identity, expression) - neutral_volume
         return lambda points: R.sample_grid(volume, points, self.head_box_centre, self.head_box_half, "zeros")
+
+    def expression_offsets_fn(self, identity: Tensor, expression: Tensor,
+                              neutral_volume: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """Delta(points) [B, P, 3] metres of :meth:`expression_fields_fn` (the geometry only)."""
+        fields = self.expression_fields_fn(identity, expression, neutral_volume)
+        return lambda points: fields(points)[..., :3]
 
     def manifold_volume(self) -> Tensor:
         """The learned part of the manifold field on its grid, [1, 1, G, G, G] (cached while the manifold
@@ -392,15 +406,21 @@ class Generator(nn.Module):
         n = observed.shape[2]
         # 2. pose deformation: observed -> canonical pose (smoothed inverse LBS)
         canonical_pose = self.pose_deformation(scene.pose_volume, observed.reshape(b, -1, 3))
-        # 3. expression deformation: canonical pose (expressive) -> canonical (neutral)
-        delta = scene.expression_offsets(canonical_pose)
+        # 3. expression deformation: canonical pose (expressive) -> canonical (neutral), and expression shading
+        expression = scene.expression_fields(canonical_pose)
+        delta = expression[..., :3]
         canonical = (canonical_pose + delta).reshape(b, h * w, n, 3)
         # 4. manifold intersections: first crossing of every level along every ray
         s = scene.manifold(canonical.reshape(b, -1, 3)).reshape(b, h * w, n)
         crossings = R.intersect_levels(s, depths, self.levels)
         hits = R.interpolate_at_crossings(canonical, crossings)  # [B, R, L, 3]
-        # 5. radiance at the canonical intersections
+        # 5. radiance at the canonical intersections (the neutral face), shaded by the expression
         rgb, alpha, feats = scene.radiance(hits, crossings.valid)
+        shading = None
+        if expression.shape[-1] > 3:
+            logits = R.interpolate_at_crossings(expression[..., 3:].reshape(b, h * w, n, 1), crossings)
+            shading = R.expression_shading_factor(logits)  # [B, R, L, 1]
+            rgb = (rgb * shading).clamp(max=1.0)
         # 6. sorted front-to-back compositing over white
         lr = R.composite(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
         image_lr, alpha_lr, depth_lr = _to_image(lr.rgb, h, w), _to_image(lr.opacity[..., None], h, w), \
@@ -416,6 +436,8 @@ class Generator(nn.Module):
             valid_hr = R.upsample_rays(crossings.valid.to(hits.dtype), (h, w), scale) > 0.99
             depth_hr = R.upsample_rays(crossings.depth, (h, w), scale)
             rgb_hr, alpha_hr, _ = scene.radiance_hr(hits_hr, valid_hr)
+            if shading is not None:
+                rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
             hr = R.composite(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
             hh, ww = h * scale, w * scale
             image, alpha_img, depth_img = _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), \
@@ -456,7 +478,7 @@ class Generator(nn.Module):
             radiance_hr = self.texture_radiance_fn(hr_textures)
         scene = SceneFields(
             pose_volume=self.pose_volume(state),
-            expression_offsets=self.expression_offsets_fn(latents.identity, controls.expression),
+            expression_fields=self.expression_fields_fn(latents.identity, controls.expression),
             manifold=self.baked_manifold_fn() if rc.train_manifold == "grid" else self.manifold,
             radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
                       else self.network_radiance_fn(radiance_styles)),

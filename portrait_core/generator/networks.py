@@ -206,7 +206,8 @@ class ExpressionDeformNet(nn.Module):
 
     3-d input (no always-zero channels), zero-initialised output layer (training starts at the identity
     deformation), Delta in the units of the point (pitfall #1 fixed), confined to the head box by
-    :func:`box_window`.
+    :func:`box_window`. With ``cfg.shading`` a zero-initialised ``shading_head`` adds a fourth channel, the
+    expression shading logit (unitless, windowed like Delta).
     """
 
     def __init__(self, cfg: ExpressionDeformConfig):
@@ -217,6 +218,11 @@ class ExpressionDeformNet(nn.Module):
         self.head = nn.Linear(cfg.width, 3)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.shading_head = None
+        if cfg.shading:
+            self.shading_head = nn.Linear(cfg.width, 1)
+            nn.init.zeros_(self.shading_head.weight)
+            nn.init.zeros_(self.shading_head.bias)
         self.register_buffer("box_centre", torch.tensor(cfg.head_box_centre, dtype=torch.float32), persistent=False)
         self.register_buffer("box_half", torch.tensor(cfg.head_box_half_extent, dtype=torch.float32),
                              persistent=False)
@@ -228,15 +234,25 @@ class ExpressionDeformNet(nn.Module):
     def window(self, points: Tensor) -> Tensor:
         return box_window(points, self.box_centre.to(points.dtype), self.box_half.to(points.dtype), self.cfg.fade)
 
+    @property
+    def channels(self) -> int:
+        """3 (Delta) or 4 (Delta and the shading logit)."""
+        return 3 if self.shading_head is None else 4
+
     def forward(self, points: Tensor, styles: Tensor) -> Tensor:
-        """points [B, P, 3] metres (canonical pose, expressive), styles [B, style_dim] -> Delta [B, P, 3] metres,
-        so that ``points + Delta`` is the neutral canonical point."""
+        """points [B, P, 3] metres (canonical pose, expressive), styles [B, style_dim] -> [B, P, channels]:
+        Delta in metres, so that ``points + Delta`` is the neutral canonical point, then (with shading) the
+        shading logit."""
         freq, phase = _split_film(styles, self.cfg.depth, self.cfg.width)
         freq, phase = freq[:, :, None, :], phase[:, :, None, :]
         h = to_network_units(points) * self.cfg.input_scale
         for i, layer in enumerate(self.layers):
             h = layer(h, freq[:, i], phase[:, i])
-        return self.head(h) * C.UNIT_METRES * self.window(points)
+        window = self.window(points)
+        delta = self.head(h) * C.UNIT_METRES * window
+        if self.shading_head is None:
+            return delta
+        return torch.cat([delta, self.shading_head(h) * window], -1)
 
 
 # --- pose smoother -------------------------------------------------------------------------------------------

@@ -123,6 +123,12 @@ def interpolate_at_crossings(values: Tensor, crossings: LevelCrossings) -> Tenso
     return v_a + f * (v_b - v_a)
 
 
+def expression_shading_factor(logit: Tensor) -> Tensor:
+    """Colour factor ``2 sigmoid(-logit)`` of the expression shading logit: 1 at 0 (the neutral expression),
+    toward 0 (dark: an open mouth's interior) for large positive logits, at most 2 (brighter) for negative ones."""
+    return 2.0 * torch.sigmoid(-logit)
+
+
 # --- compositing -------------------------------------------------------------------------------------------------------
 
 def alpha_from_sigma(sigma: Tensor, valid: Tensor, delta: float) -> Tensor:

@@ -192,6 +192,35 @@ def test_supervised_loss_decreases_on_a_fixed_batch(tiny_data):
     assert np.mean(fit[-3:]) < 0.85 * np.mean(fit[:3]), fit
 
 
+def test_expression_shading_learns_from_the_images_and_is_kept_sparse(tiny_data):
+    torch.manual_seed(0)
+    data = S.SupervisedData(tiny_data)
+    cfg = S.SupervisedConfig(data=str(tiny_data), out="", preset="tiny", batch=4, resolution=16, face_resolution=8,
+                             patch_prob=0.0)
+    G = Generator(generator_config("tiny", expression={"shading": True}))
+    batch = data.batch(torch.arange(4))
+    terms = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))
+    assert float(terms["shading"].detach()) == 0.0  # zero-initialised: no shading yet
+    (terms["image"] + terms["face"]).backward()
+    assert G.expression_deform.shading_head.weight.grad.abs().sum() > 0  # the images train it
+    head = G.expression_deform.shading_head
+    with torch.no_grad():
+        head.weight.normal_(std=0.5)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    sparsity = []
+    for step in range(10):
+        reg = S.deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None, 64,
+                                         cfg.smooth_jitter, torch.Generator().manual_seed(step))
+        sparsity.append(float(reg["shading"]))
+        opt.zero_grad()
+        reg["shading"].backward()
+        opt.step()
+    assert sparsity[0] > 0.01 and sparsity[-1] < 0.5 * sparsity[0], sparsity
+    plain = S.deformation_regularisers(Generator(generator_config("tiny")), batch["identity"], batch["expression"],
+                                       batch["body_shape"], None, 16, cfg.smooth_jitter, torch.Generator())
+    assert "shading" not in plain
+
+
 def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch", "2",

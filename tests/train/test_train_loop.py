@@ -133,11 +133,13 @@ def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckp
     from train.loop import d_losses, g_losses, render_fakes
 
     cfg = tiny_cfg(dataset_root, tmp_path, face_recon_ckpt, steps=1)
+    cfg = replace(cfg, model=replace(cfg.model, generator_overrides='{"expression": {"shading": true}}'))
     st, ctx = prepare(cfg)
-    # the expression head starts at zero (identity deformation), which blocks gradients to the deformation's
-    # mapping network at step 0 only; give it the small weights it has after a few steps
+    # the expression and shading heads start at zero (identity deformation, no shading), which blocks gradients
+    # to the deformation's mapping network at step 0 only; give them the small weights they have after a few steps
     with torch.no_grad():
         torch.nn.init.normal_(st.G.expression_deform.head.weight, std=1e-3)
+        torch.nn.init.normal_(st.G.expression_deform.shading_head.weight, std=1e-3)
     inputs = sample_fake_inputs(ctx.table, 2, torch.Generator().manual_seed(0), mirror=False)
     fakes = render_fakes(st, ctx, inputs)
     losses = g_losses(st, ctx, fakes)
@@ -151,6 +153,7 @@ def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckp
         "G/imitation": ({"deform", "mapping"}, {"radiance", "manifold", "smoother"}),
         "G/smooth_expression": ({"deform", "mapping"}, {"radiance", "manifold"}),
         "G/minimal_deformation": ({"deform", "mapping"}, {"radiance", "manifold", "smoother"}),
+        "G/shading": ({"deform", "mapping"}, {"radiance", "manifold", "smoother"}),
         "G/smooth_pose": ({"smoother"}, {"radiance", "deform"}),
         "G/landmark": ({"radiance", "manifold"}, set()),
         "G/face/adv": ({"radiance", "manifold", "smoother"}, set()),

@@ -23,8 +23,8 @@ def tiny_generator_360():
 
 
 def randomise_zero_inits(generator, seed: int = 0) -> None:
-    """Give the zero-initialised layers (manifold residual, expression head) random weights so tests exercise
-    non-trivial fields."""
+    """Give the zero-initialised layers (manifold residual, expression head and shading head) random weights so
+    tests exercise non-trivial fields."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         last = generator.manifold.mlp[-1]
@@ -32,3 +32,6 @@ def randomise_zero_inits(generator, seed: int = 0) -> None:
         head = generator.expression_deform.head
         head.weight.copy_(torch.randn(head.weight.shape, generator=g) * 0.01)
         head.bias.copy_(torch.randn(head.bias.shape, generator=g) * 0.01)
+        shading = generator.expression_deform.shading_head
+        if shading is not None:
+            shading.weight.copy_(torch.randn(shading.weight.shape, generator=g) * 0.5)

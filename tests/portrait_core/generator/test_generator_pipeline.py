@@ -281,9 +281,11 @@ def test_export_fields(trained_like):
     assert delta.shape == (20, 3)
 
 
-def test_grid_and_texture_training_path_is_the_avatar_computation():
+@pytest.mark.parametrize("shading", [False, True])
+def test_grid_and_texture_training_path_is_the_avatar_computation(shading):
     torch.manual_seed(8)
-    g = Generator(generator_config("tiny", render={"train_manifold": "grid", "train_radiance": "textures"}))
+    g = Generator(generator_config("tiny", render={"train_manifold": "grid", "train_radiance": "textures"},
+                                   expression={"shading": shading}))
     randomise_zero_inits(g)
     latents = Latents.sample(1, seed=3)
     controls = _controls(1, seed=9, pose_scale=0.2)
@@ -296,6 +298,54 @@ def test_grid_and_texture_training_path_is_the_avatar_computation():
     (out.image.square().mean() + out.image_lr.square().mean()).backward()
     for name in ("manifold", "radiance", "deform", "smoother", "mapping"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in g.param_groups()[name]), name
+    if shading:
+        assert g.expression_deform.shading_head.weight.grad.abs().sum() > 0
+
+
+def test_expression_shading_multiplies_the_colours_and_is_exact_at_neutral(trained_like):
+    """The shading channel scales every hit's colour by 2 sigmoid(-logit): a huge logit leaves only the white
+    background showing through the translucent parts (image = 1 - alpha), a zero logit is no shading; and a
+    generator with a randomised shading head renders the neutral expression exactly as one without it."""
+    from portrait_core.generator.generator import SceneFields
+    from portrait_core.generator.rendering import expression_shading_factor
+
+    assert expression_shading_factor(torch.tensor(0.0)) == 1.0
+    assert expression_shading_factor(torch.tensor(30.0)) < 1e-12 and expression_shading_factor(torch.tensor(-30.0)) == 2.0
+    g = trained_like
+    latents = Latents.sample(1, seed=4)
+    controls = _controls(1, seed=5, pose_scale=0.1)
+    camera = Camera.portrait()
+    with torch.no_grad():
+        avatar = g.make_avatar(latents, truncation=0.7)
+        plain = avatar.render(controls.pose, controls.expression, camera)
+        offsets = g.expression_offsets_fn(latents.identity, controls.expression)
+
+        def scene(logit: float) -> SceneFields:
+            fields = lambda p: torch.cat([offsets(p), torch.full_like(p[..., :1], logit)], -1)  # noqa: E731
+            return SceneFields(avatar._pose_volume(controls.pose), fields, avatar.manifold,
+                               g.texture_radiance_fn(avatar.textures), g.texture_radiance_fn(avatar.textures_hr))
+
+        same = g.render_scene(scene(0.0), camera, super_resolve=True)
+        dark = g.render_scene(scene(40.0), camera, super_resolve=True)
+    torch.testing.assert_close(same.image, plain.image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(same.image_lr, plain.image_lr, atol=1e-6, rtol=0)
+    for image, alpha in ((dark.image, dark.alpha), (dark.image_lr, dark.alpha_lr)):
+        torch.testing.assert_close((image + 1) / 2, (1 - alpha).expand_as(image), atol=1e-5, rtol=0)
+    assert plain.alpha.mean() > 0.1  # there is something to darken
+
+    torch.manual_seed(11)
+    shaded = Generator(generator_config("tiny", expression={"shading": True})).eval()
+    randomise_zero_inits(shaded, seed=2)
+    unshaded = Generator(generator_config("tiny")).eval()
+    unshaded.load_state_dict({k: v for k, v in shaded.state_dict().items() if "shading_head" not in k})
+    neutral = Controls(controls.pose, torch.zeros(1, 64), controls.body_shape)
+    with torch.no_grad():
+        a = shaded(latents, neutral, camera, super_resolve=True)
+        b = unshaded(latents, neutral, camera, super_resolve=True)
+        c = shaded(latents, controls, camera, super_resolve=True)
+        d = unshaded(latents, controls, camera, super_resolve=True)
+    assert torch.equal(a.image, b.image)
+    assert (c.image - d.image).abs().mean() > 1e-3  # an expression does shade
 
 
 def test_face_camera_follows_the_head_and_renders(tiny_generator):
