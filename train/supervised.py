@@ -232,6 +232,33 @@ def random_window(cam: Camera, images: list[Tensor], res: int, scale: int,
     return window_camera(cam, j0.float() / eff, i0.float() / eff, res / eff), crops
 
 
+MOUTH_LANDMARKS = slice(48, 68)
+"""iBUG-68 outer and inner lip landmarks."""
+
+
+def face_landmarks_uv(G: Generator, batch: dict[str, Tensor], camera: Camera) -> Tensor:
+    """The 3DMM landmarks of each record's (identity, expression), placed on its posed body and projected by
+    ``camera`` (the face camera or a window of it): [B, 68, 2] normalised image coordinates (x right, y down)."""
+    lm = G.face.landmarks(batch["identity"], batch["expression"])  # [B, 68, 3] face frame, metres
+    T = G.body.face_transform(batch["body_shape"], batch["pose"])
+    uv, _ = camera.project_normalised(lm @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3])
+    return uv
+
+
+def mouth_weight_map(mouth_uv: Tensor, res: int, weight: float, margin: float = 0.25) -> Tensor:
+    """Per-pixel loss weights [B, 1, res, res]: ``weight`` at pixel centres inside the box around each image's mouth
+    landmarks ``mouth_uv`` [B, M, 2] (normalised image coordinates), widened by ``margin`` of its size on every side
+    (the open mouth's interior, the lip edges), 1 elsewhere."""
+    lo, hi = mouth_uv.amin(1), mouth_uv.amax(1)
+    pad = (hi - lo) * margin
+    lo, hi = lo - pad, hi + pad
+    centres = (torch.arange(res, dtype=mouth_uv.dtype, device=mouth_uv.device) + 0.5) / res
+    inside_x = (centres[None] >= lo[:, :1]) & (centres[None] <= hi[:, :1])  # [B, res]
+    inside_y = (centres[None] >= lo[:, 1:]) & (centres[None] <= hi[:, 1:])
+    inside = inside_y[:, :, None] & inside_x[:, None, :]
+    return 1.0 + (weight - 1.0) * inside[:, None].to(mouth_uv.dtype)
+
+
 def downsample(x: Tensor, size: int) -> Tensor:
     """Area (box) downsampling [B, C, H, W] -> [B, C, size, size] (antialiased bicubic when not a divisor)."""
     if x.shape[-1] == size:
@@ -256,6 +283,7 @@ class SupervisedConfig:
     patch_scale: int = 2
     face_patch_prob: float = 0.0
     face_patch_scale: int = 2
+    face_mouth_weight: float = 1.0
     lr: float = 5e-4
     lr_manifold_scale: float = 0.3
     lr_colour_head_scale: float = 1.0
@@ -307,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that the face-camera term uses random windows instead of the whole crop")
     p.add_argument("--face-patch-scale", type=int, default=d.face_patch_scale,
                    help="face windows' pixel density over --face-resolution (capped by the face crops' size)")
+    p.add_argument("--face-mouth-weight", type=float, default=d.face_mouth_weight,
+                   help="weight of the face-camera L1 inside the box around the projected 3DMM lip landmarks (1: "
+                        "uniform); the open mouth and the lips are what makes an expression visible")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-manifold-scale", type=float, default=d.lr_manifold_scale)
     p.add_argument("--lr-colour-head-scale", type=float, default=d.lr_colour_head_scale,
@@ -449,7 +480,13 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
         fcam, (face,) = random_window(face_camera(batch["face_camera"]), [batch["face"]], fres,
                                       face_scale if use_face_patch else 1, gen)
         face_out = G.render_scene(scene, fcam, fres)
-        terms["face"] = (face_out.image_lr - face).abs().mean()
+        face_err = (face_out.image_lr - face).abs()
+        if cfg.face_mouth_weight != 1.0:
+            with torch.no_grad():
+                weights = mouth_weight_map(face_landmarks_uv(G, batch, fcam)[:, MOUTH_LANDMARKS], fres,
+                                           cfg.face_mouth_weight)
+            face_err = face_err * weights / weights.mean()
+        terms["face"] = face_err.mean()
         if cfg.w_face_grad > 0:
             terms["face_grad"] = image_gradient_l1(face_out.image_lr, face)
     terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,

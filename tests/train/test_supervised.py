@@ -221,6 +221,32 @@ def test_expression_shading_learns_from_the_images_and_is_kept_sparse(tiny_data)
     assert "shading" not in plain
 
 
+def test_mouth_weights_cover_the_projected_lips_in_frames_and_windows(tiny_data):
+    uv = torch.tensor([[[0.25, 0.5], [0.75, 0.7]]])  # a mouth box 0.5 wide, 0.2 high
+    w = S.mouth_weight_map(uv, 8, 4.0, margin=0.25)  # widened to x 0.125..0.875, y 0.45..0.75
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[4:6, 1:7] = True  # pixel centres (k + 0.5) / 8 inside the widened box
+    assert torch.equal(w[0, 0] == 4.0, inside) and torch.equal(w[0, 0] == 1.0, ~inside)
+    data = S.SupervisedData(tiny_data)
+    G = Generator(generator_config("tiny"))
+    batch = data.batch(torch.arange(4))
+    cam = S.face_camera(batch["face_camera"])
+    lips = S.face_landmarks_uv(G, batch, cam)
+    assert lips.shape == (4, 68, 2)
+    eyes_v, mouth_v = lips[:, 36:48, 1].mean(1), lips[:, S.MOUTH_LANDMARKS, 1].mean(1)
+    assert ((lips > 0) & (lips < 1)).all() and (mouth_v > eyes_v + 0.1).all()  # in the crop, mouth below the eyes
+    win, _ = S.random_window(cam, [batch["face"]], 4, 2, torch.Generator().manual_seed(0))
+    u0, v0 = -win.intrinsics[:, 0, 2] * 0.5 + cam.intrinsics[:, 0, 2], -win.intrinsics[:, 1, 2] * 0.5 + cam.intrinsics[:, 1, 2]
+    in_window = S.face_landmarks_uv(G, batch, win)
+    torch.testing.assert_close(in_window, (lips - torch.stack([u0, v0], -1)[:, None]) / 0.5, atol=1e-4, rtol=0)
+    cfg = S.SupervisedConfig(data=str(tiny_data), out="", preset="tiny", batch=4, resolution=16, face_resolution=8,
+                             patch_prob=0.0)
+    plain = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))["face"]
+    cfg.face_mouth_weight = 5.0
+    weighted = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))["face"]
+    assert float(weighted.detach()) != float(plain.detach())
+
+
 def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch", "2",
