@@ -297,6 +297,7 @@ class SupervisedConfig:
     w_smooth_expression: float = 0.05
     w_minimal_deformation: float = 100.0
     w_shading: float = 0.01
+    w_shading_imitation: float = 0.0
     w_smooth_pose: float = 1.0
     reg_points: int = 128
     imitation_moving_fraction: float = 0.0
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-min-fraction", type=float, default=d.lr_min_fraction,
                    help="cosine decay of the learning rate to this fraction at --steps")
     for name in ("image", "alpha", "grad", "face", "face_grad", "imitation", "smooth_expression", "minimal_deformation",
-                 "smooth_pose", "shading"):
+                 "smooth_pose", "shading", "shading_imitation"):
         p.add_argument(f"--w-{name.replace('_', '-')}", type=float, default=getattr(d, f"w_{name}"),
                        dest=f"w_{name}")
     p.add_argument("--reg-points", type=int, default=d.reg_points)
@@ -395,6 +396,46 @@ def imitation_vertices(offsets: Tensor, n: int, moving_fraction: float, gen: tor
     return torch.cat([moving, uniform])
 
 
+INNER_LIPS = list(range(60, 68))
+"""iBUG-68 inner-lip contour (60 and 64 are the corners)."""
+
+
+def inside_polygon(points: Tensor, polygon: Tensor) -> Tensor:
+    """Even-odd test of 2D points [B, P, 2] against closed polygons [B, K, 2] -> [B, P] bool (vectorised over
+    edges)."""
+    a = polygon[:, None, :, :]  # [B, 1, K, 2]
+    b = polygon.roll(-1, dims=1)[:, None, :, :]
+    p = points[:, :, None, :]  # [B, P, 1, 2]
+    straddles = (a[..., 1] > p[..., 1]) != (b[..., 1] > p[..., 1])
+    dy = b[..., 1] - a[..., 1]
+    x_cross = a[..., 0] + (p[..., 1] - a[..., 1]) * (b[..., 0] - a[..., 0]) / torch.where(dy == 0, torch.ones_like(dy), dy)
+    return ((straddles & (p[..., 0] < x_cross)).sum(-1) % 2) == 1
+
+
+def mouth_interior_shading(G: Generator, identity: Tensor, expression: Tensor, body_shape: Tensor, n: int,
+                           gen: torch.Generator, logit: float = 3.0, depth: float = 0.04) -> tuple[Tensor, Tensor]:
+    """The 3DMM's open mouth as a shading target: ``n`` canonical-pose points [B, n, 3] around each expressive
+    mouth (uniform in the box of the lip landmarks, widened 1 cm, from 1 cm in front of the lips to ``depth``
+    behind them) and their target shading logits [B, n]: ``logit`` (dark) where a point lies inside the inner-lip
+    contour seen from the front (+Z), behind the lip line and outside the neutral expression's contour, 0
+    elsewhere; so the neutral target is 0, as the shading itself is."""
+    b = identity.shape[0]
+    lm = G.face.landmarks(identity, expression)  # [B, 68, 3], face frame
+    lips = lm[:, 48:68]
+    lo, hi = lips.amin(1) - 0.01, lips.amax(1) + 0.01
+    lo = torch.cat([lo[:, :2], lips[:, :, 2].amax(1, keepdim=True) - depth], -1)
+    u = torch.rand(1, n, 3, generator=gen).to(lo)
+    pts = lo[:, None] + u * (hi - lo)[:, None]
+    inner = lm[:, INNER_LIPS]
+    lip_line = inner[:, :, 2].amax(1, keepdim=True)  # the front of the inner lips
+    inside = inside_polygon(pts[..., :2], inner[..., :2]) & (pts[..., 2] <= lip_line)
+    neutral = G.face.landmarks(identity, torch.zeros_like(expression))[:, INNER_LIPS]
+    inside &= ~inside_polygon(pts[..., :2], neutral[..., :2])  # what the expression opens (a neutral slit is not)
+    T = G.body.face_transform(body_shape)
+    canonical = pts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
+    return canonical, inside.to(pts.dtype) * logit
+
+
 def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor, body_shape: Tensor,
                              pose: Tensor | None, n: int, jitter: float, gen: torch.Generator,
                              moving_fraction: float = 0.0) -> dict[str, Tensor]:
@@ -421,6 +462,10 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
            "minimal_deformation": L.minimal_deformation(delta[:, n:])}
     if fields.shape[-1] > 3:
         out["shading"] = L.shading_sparsity(fields[:, n:2 * n, 3])
+        with torch.no_grad():
+            mouth_pts, mouth_target = mouth_interior_shading(G, identity, expression, body_shape, n, gen)
+        pred = G.expression_fields(mouth_pts, identity, expression)[..., 3]
+        out["shading_imitation"] = (pred - mouth_target).square().mean()
     if pose is not None:
         out["smooth_pose"] = L.grid_smoothness(G.pose_volume(G.body.posed(body_shape, pose)))
     return out

@@ -123,8 +123,9 @@ def test_load_generator_accepts_the_default_path():
 
 def test_pose_and_expression_controls_change_the_picture(model, tmp_path):
     """The shipped model's controls respond (mean |pixel change| 0-255 between a sweep's neutral tile and its
-    extreme, as printed by the contact sheet). Measured for this model: head turn 4.7, nod 4.7, jaw_open 1.35,
-    smile 0.82; the first CPU model's jaw_open was 0.43 (its expression deformation had not trained)."""
+    extreme, as printed by the contact sheet). Measured for this model: head turn 4.74, nod 4.70, jaw_open 1.80 (a
+    dark open mouth, from the expression shading), smile 0.67; the first CPU model's jaw_open was 0.43 (its expression
+    deformation had not trained), the model before expression shading had 1.35 (the lips stretched, no interior)."""
     from portrait_core.assets.contact_sheet import contact_sheet
 
     G, samplers = model
@@ -133,4 +134,4 @@ def test_pose_and_expression_controls_change_the_picture(model, tmp_path):
     assert path.is_file()
     by_name = {next(k for k in ("turn", "nod", "jaw_open", "smile") if k in label): v for label, v in responses.items()}
     assert by_name["turn"] > 2.5 and by_name["nod"] > 2.5, by_name
-    assert by_name["jaw_open"] > 1.0 and by_name["smile"] > 0.5, by_name
+    assert by_name["jaw_open"] > 1.5 and by_name["smile"] > 0.5, by_name
