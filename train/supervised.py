@@ -419,7 +419,6 @@ def mouth_interior_shading(G: Generator, identity: Tensor, expression: Tensor, b
     behind them) and their target shading logits [B, n]: ``logit`` (dark) where a point lies inside the inner-lip
     contour seen from the front (+Z), behind the lip line and outside the neutral expression's contour, 0
     elsewhere; so the neutral target is 0, as the shading itself is."""
-    b = identity.shape[0]
     lm = G.face.landmarks(identity, expression)  # [B, 68, 3], face frame
     lips = lm[:, 48:68]
     lo, hi = lips.amin(1) - 0.01, lips.amax(1) + 0.01

@@ -247,6 +247,26 @@ def test_mouth_weights_cover_the_projected_lips_in_frames_and_windows(tiny_data)
     assert float(weighted.detach()) != float(plain.detach())
 
 
+def test_the_mouth_interior_target_is_what_an_open_jaw_opens():
+    square = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
+    pts = torch.tensor([[[0.5, 0.5], [1.5, 0.5], [0.5, -0.1], [0.99, 0.01]]])
+    assert S.inside_polygon(pts, square).tolist() == [[True, False, False, True]]
+    G = Generator(generator_config("tiny", expression={"shading": True}))
+    expression = torch.zeros(3, 64)
+    expression[1, 0], expression[2, 0] = 1.5, 3.0  # jaw_open
+    identity, betas = torch.zeros(3, 80), torch.zeros(3, 10)
+    pts, target = S.mouth_interior_shading(G, identity, expression, betas, 4000, torch.Generator().manual_seed(0))
+    dark = (target > 0).float().mean(1)
+    assert dark[0] == 0 and 0 < dark[1] < dark[2], dark  # neutral: nothing; a wider jaw opens more
+    lips = G.face.landmarks(identity, expression)[2, 48:68]
+    T = G.body.face_transform(betas)[2]
+    in_face = pts[2][target[2] > 0] - T[:3, 3]  # canonical -> face frame (a translation for the canonical pose)
+    assert (in_face[:, 0].abs() < (lips[:, 0].abs().max())).all()  # between the mouth corners
+    assert (in_face[:, 1] < lips[:, 1].max()).all() and (in_face[:, 1] > lips[:, 1].min()).all()
+    reg = S.deformation_regularisers(G, identity, expression, betas, None, 64, 0.01, torch.Generator())
+    assert float(reg["shading_imitation"].detach()) > 0  # zero shading misses the open mouths
+
+
 def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     out = tmp_path / "run"
     args = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch", "2",
