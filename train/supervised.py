@@ -437,10 +437,11 @@ def mouth_interior_shading(G: Generator, identity: Tensor, expression: Tensor, b
 
 def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor, body_shape: Tensor,
                              pose: Tensor | None, n: int, jitter: float, gen: torch.Generator,
-                             moving_fraction: float = 0.0) -> dict[str, Tensor]:
+                             moving_fraction: float = 0.0, shading_imitation: bool = True) -> dict[str, Tensor]:
     """3DMM imitation at 3DMM vertices (:func:`imitation_vertices`), expression smoothness and minimal deformation
-    at random head-box points, the expression shading's sparsity there (with ``expression.shading``), and (when
-    ``pose`` is given) the pose-grid smoothness - the GAN loop's regularisers, via train.losses."""
+    at random head-box points, the expression shading's sparsity there and (``shading_imitation``) its fit to the
+    3DMM's open mouth (:func:`mouth_interior_shading`; both with ``expression.shading``), and (when ``pose`` is
+    given) the pose-grid smoothness - the GAN loop's regularisers, via train.losses."""
     b = identity.shape[0]
     face = G.face
     with torch.no_grad():
@@ -461,6 +462,7 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
            "minimal_deformation": L.minimal_deformation(delta[:, n:])}
     if fields.shape[-1] > 3:
         out["shading"] = L.shading_sparsity(fields[:, n:2 * n, 3])
+    if fields.shape[-1] > 3 and shading_imitation:
         with torch.no_grad():
             mouth_pts, mouth_target = mouth_interior_shading(G, identity, expression, body_shape, n, gen)
         pred = G.expression_fields(mouth_pts, identity, expression)[..., 3]
@@ -534,7 +536,8 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
         if cfg.w_face_grad > 0:
             terms["face_grad"] = image_gradient_l1(face_out.image_lr, face)
     terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,
-                                          cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction))
+                                          cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction,
+                                          cfg.w_shading_imitation > 0))
     if cfg.w_smooth_pose > 0:
         terms["smooth_pose"] = L.grid_smoothness(scene.pose_volume)
     total = sum(getattr(cfg, f"w_{k}") * v for k, v in terms.items())
@@ -691,7 +694,8 @@ def imitation_warmup(G: Generator, data: SupervisedData, cfg: SupervisedConfig, 
             g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / cfg.imitation_warmup)))
         idx = pool[torch.randint(pool.numel(), (batch,), generator=gen)]
         terms = deformation_regularisers(G, data.identity[idx], data.expression[idx], data.body_shape[idx], None,
-                                         2 * cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction)
+                                         2 * cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction,
+                                         cfg.w_shading_imitation > 0)
         total = sum(getattr(cfg, f"w_{name}") * v for name, v in terms.items())
         opt.zero_grad(set_to_none=True)
         total.backward()
