@@ -239,10 +239,10 @@ MOUTH_LANDMARKS = slice(48, 68)
 def face_landmarks_uv(G: Generator, batch: dict[str, Tensor], camera: Camera) -> Tensor:
     """The 3DMM landmarks of each record's (identity, expression), placed on its posed body and projected by
     ``camera`` (the face camera or a window of it): [B, 68, 2] normalised image coordinates (x right, y down)."""
-    lm = G.face.landmarks(batch["identity"], batch["expression"])  # [B, 68, 3] face frame, metres
-    T = G.body.face_transform(batch["body_shape"], batch["pose"])
-    uv, _ = camera.project_normalised(lm @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3])
-    return uv
+    from train.face_recon import LandmarkProjector
+
+    return LandmarkProjector(G.face, G.body)(batch["identity"], batch["expression"], batch["body_shape"],
+                                             batch["pose"], camera)
 
 
 def mouth_weight_map(mouth_uv: Tensor, res: int, weight: float, margin: float = 0.25) -> Tensor:
