@@ -30,6 +30,7 @@ Re-running with the same ``--out`` resumes. ``--eval-only`` just evaluates ``gen
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from torch import Tensor
 from portrait_core import conventions as C
 from portrait_core.assets import DefaultSamplers
 from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS, appearance_code, clothing_colour_stats
+from portrait_core.face import EXPRESSION_NAMES
 from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator, save_generator
 from portrait_core.generator import rendering as R
 from portrait_core.generator.checkpoint import transfer_weights
@@ -165,6 +167,12 @@ class SupervisedData:
     @property
     def resolution(self) -> int:
         return self.image.shape[-1]
+
+    def control_range(self, components: int = len(EXPRESSION_NAMES)) -> tuple[Tensor, Tensor]:
+        """(low, high) [components]: the range the training labels reach in the leading expression components
+        (the named controls of the synthetic 3DMM), for :func:`sweep_expressions`."""
+        labels = self.expression[self.train_index, :components]
+        return labels.amin(0), labels.amax(0)
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         """Float tensors for records ``idx``: image/face in [-1, 1], mask in [0, 1], labels, appearance."""
@@ -301,6 +309,7 @@ class SupervisedConfig:
     w_smooth_pose: float = 1.0
     reg_points: int = 128
     imitation_moving_fraction: float = 0.0
+    imitation_sweep_fraction: float = 0.0
     smooth_jitter: float = 0.01
     holdout: int = 16
     seed: int = 0
@@ -310,8 +319,15 @@ class SupervisedConfig:
     sample_every: int = 50
     eval_resolution: int = 64
     init: str = ""
+    stage: str = "radiance"
     imitation_warmup: int = 0
     limit: int = 0
+
+
+STAGES = {"radiance": ("mapping", "manifold", "radiance", "colour_head", "deform", "smoother"),
+          "superres": ("superres", "superres_mapping")}
+"""What each ``--stage`` trains (``Generator.param_groups`` names): ``radiance`` the whole generator at ray
+resolution but the super-resolution; ``superres`` only the super-resolution, on the data at full density."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg-points", type=int, default=d.reg_points)
     p.add_argument("--imitation-moving-fraction", type=float, default=d.imitation_moving_fraction,
                    help="fraction of the imitation vertices drawn where the 3DMM moves (rest: uniform)")
+    p.add_argument("--imitation-sweep-fraction", type=float, default=d.imitation_sweep_fraction,
+                   help="fraction of the deformation regularisers' expressions replaced by one named control alone, "
+                        "uniform over the range its labels reach (see sweep_expressions)")
     p.add_argument("--holdout", type=int, default=d.holdout, help="identities held out for evaluation")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
@@ -360,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: never)")
     p.add_argument("--eval-resolution", type=int, default=d.eval_resolution)
     p.add_argument("--init", default=d.init, help="initialise from a generator checkpoint (.safetensors)")
+    p.add_argument("--stage", default=d.stage, choices=["radiance", "superres"],
+                   help="radiance: train the generator at ray resolution (super-resolution untouched); superres: "
+                        "train only the super-resolution on the data at full density (the rest frozen)")
     p.add_argument("--imitation-warmup", type=int, default=d.imitation_warmup, metavar="STEPS",
                    help="before the first step, fit only the expression branch (deformation + its mapping) to the "
                         "3DMM for this many cheap render-free steps (imitation, smoothness, minimal deformation)")
@@ -383,17 +405,37 @@ def image_gradient_l1(pred: Tensor, target: Tensor) -> Tensor:
     return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
 
 
+def sweep_expressions(expression: Tensor, low: Tensor, high: Tensor, fraction: float,
+                      gen: torch.Generator) -> Tensor:
+    """[B, 64] label expressions with ``fraction`` of the rows replaced by a single slider move: one of the
+    leading K components (``low``/``high`` [K], the range the training labels reach) at a value uniform in its
+    range, the others 0. The labels cluster near neutral (a smile of 2.5 is a 2-sigma label), and with all
+    components at once the large jaw offsets dominate the imitation, so the smaller controls fall short of the
+    3DMM at the ends of their sliders; these rows fit each control alone over its whole range."""
+    if fraction <= 0:
+        return expression
+    b, k = expression.shape[0], low.shape[0]
+    rows = torch.rand(b, generator=gen) < fraction
+    comp = torch.randint(k, (b,), generator=gen)
+    value = low[comp] + torch.rand(b, generator=gen) * (high[comp] - low[comp])
+    sweep = torch.zeros_like(expression)
+    sweep[torch.arange(b), comp] = value.to(expression)
+    return torch.where(rows[:, None], sweep, expression)
+
+
 def imitation_vertices(offsets: Tensor, n: int, moving_fraction: float, gen: torch.Generator) -> Tensor:
-    """``n`` 3DMM vertex indices for the imitation term: ``moving_fraction`` of them drawn with probability
-    proportional to the batch's mean offset length (the lips, jaw and mouth corners that make an expression
-    visible are a few percent of the face), the rest uniformly. offsets [B, N, 3] -> [n] long."""
+    """``n`` 3DMM vertex indices per image for the imitation term, [B, n] long: ``moving_fraction`` of them drawn
+    with probability proportional to that image's offset length (the lips, jaw and mouth corners that make an
+    expression visible are a few percent of the face; per image, so a smile's corners are not drowned by another
+    image's open jaw), the rest uniformly (shared by the batch). offsets [B, N, 3]."""
+    b, count = offsets.shape[:2]
     n_moving = int(round(n * moving_fraction))
-    uniform = torch.randint(offsets.shape[1], (n - n_moving,), generator=gen)
-    weight = offsets.norm(dim=-1).mean(0)
-    if n_moving == 0 or not weight.max() > 0:  # nothing moves (neutral batch): all uniform
-        return torch.cat([uniform, torch.randint(offsets.shape[1], (n_moving,), generator=gen)])
-    moving = torch.multinomial(weight, n_moving, replacement=True, generator=gen)
-    return torch.cat([moving, uniform])
+    uniform = torch.randint(count, (1, n - n_moving), generator=gen).expand(b, -1)
+    weight = offsets.norm(dim=-1)
+    still = ~(weight.amax(1) > 0)  # nothing moves (a neutral image): all uniform
+    weight = torch.where(still[:, None], torch.ones_like(weight), weight)
+    moving = torch.multinomial(weight, n_moving, replacement=True, generator=gen) if n_moving else uniform[:, :0]
+    return torch.cat([moving, uniform], 1)
 
 
 INNER_LIPS = list(range(60, 68))
@@ -446,9 +488,9 @@ def deformation_regularisers(G: Generator, identity: Tensor, expression: Tensor,
     face = G.face
     with torch.no_grad():
         all_offsets = face.expression_offsets(identity, expression)
-        idx = imitation_vertices(all_offsets, n, moving_fraction, gen)
-        verts = face.vertices(identity, expression)[:, idx]
-        offsets = all_offsets[:, idx]
+        idx = imitation_vertices(all_offsets, n, moving_fraction, gen)[..., None].expand(-1, -1, 3)
+        verts = face.vertices(identity, expression).gather(1, idx)
+        offsets = all_offsets.gather(1, idx)
         T = G.body.face_transform(body_shape)
         pts = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
         target = -(offsets @ T[:, :3, :3].transpose(1, 2))
@@ -505,9 +547,42 @@ def training_scene(G: Generator, latents: Latents, controls: Controls, entries: 
                        manifold=G.manifold, radiance=G.network_radiance_fn(G.radiance_styles(latents)))
 
 
+def superres_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tensor], gen: torch.Generator
+                    ) -> dict[str, Tensor]:
+    """Loss terms of the super-resolution stage (``--stage superres``) plus ``total``: everything but the
+    super-resolution is frozen and evaluated as an avatar does (level textures and manifold grid baked without
+    gradients), and the super-resolved image is regressed onto the data at its full pixel density - a random
+    window of the portrait (``2 * resolution`` pixels, ``resolution`` rays) and the whole face crop (its own
+    size, half as many rays): L1 on image, alpha and image gradients, face L1 and face gradients."""
+    latents = Latents(batch["identity"], batch["appearance"])
+    controls = Controls(batch["pose"], batch["expression"], batch["body_shape"])
+    sr = G.cfg.superres.scale
+    with torch.no_grad():
+        textures = G.bake_textures(G.radiance_styles(latents))
+        scene = SceneFields(pose_volume=G.pose_volume(G.body.posed(controls.body_shape, controls.pose)),
+                            expression_fields=G.expression_fields_fn(latents.identity, controls.expression),
+                            manifold=G.baked_manifold_fn(), radiance=G.texture_radiance_fn(textures))
+    hr_textures = G.super_resolve_textures(textures, G.superres_styles(latents))
+    scene = dataclasses.replace(scene, radiance_hr=G.texture_radiance_fn(hr_textures))
+    res_hr = sr * cfg.resolution
+    cam, (image, mask) = random_window(portrait_camera(batch["camera"]), [batch["image"], batch["mask"]], res_hr,
+                                       max(1, batch["image"].shape[-1] // res_hr), gen)
+    out = G.render_scene(scene, cam, cfg.resolution, super_resolve=True)
+    terms = {"image": (out.image - image).abs().mean(), "alpha": (out.alpha - mask).abs().mean(),
+             "grad": image_gradient_l1(out.image, image)}
+    if cfg.w_face > 0:
+        face = batch["face"]
+        face_out = G.render_scene(scene, face_camera(batch["face_camera"]), face.shape[-1] // sr, super_resolve=True)
+        terms["face"] = (face_out.image - face).abs().mean()
+        terms["face_grad"] = image_gradient_l1(face_out.image, face)
+    terms["total"] = sum(getattr(cfg, f"w_{k}") * v for k, v in terms.items())
+    return terms
+
+
 def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tensor], step: int,
-                      gen: torch.Generator) -> dict[str, Tensor]:
-    """Unweighted loss terms of one step plus ``total`` (weighted)."""
+                      gen: torch.Generator, control_range: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+    """Unweighted loss terms of one step plus ``total`` (weighted); ``control_range`` (``SupervisedData.
+    control_range()``) is needed when ``cfg.imitation_sweep_fraction`` > 0."""
     latents = Latents(batch["identity"], batch["appearance"])
     controls = Controls(batch["pose"], batch["expression"], batch["body_shape"])
     res = cfg.resolution
@@ -535,7 +610,12 @@ def supervised_losses(G: Generator, cfg: SupervisedConfig, batch: dict[str, Tens
         terms["face"] = face_err.mean()
         if cfg.w_face_grad > 0:
             terms["face_grad"] = image_gradient_l1(face_out.image_lr, face)
-    terms.update(deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None,
+    reg_expression = batch["expression"]
+    if cfg.imitation_sweep_fraction > 0:
+        if control_range is None:
+            raise ValueError("imitation_sweep_fraction > 0 needs the labels' control_range")
+        reg_expression = sweep_expressions(reg_expression, *control_range, cfg.imitation_sweep_fraction, gen)
+    terms.update(deformation_regularisers(G, batch["identity"], reg_expression, batch["body_shape"], None,
                                           cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction,
                                           cfg.w_shading_imitation > 0))
     if cfg.w_smooth_pose > 0:
@@ -575,8 +655,9 @@ def evaluate_heldout(G: Generator, data: SupervisedData, index: Tensor, resoluti
         a, m = out.alpha > 0.5, msk > 0.5
         sums["iou"] += float(((a & m).flatten(1).sum(1) / (a | m).flatten(1).sum(1).clamp_min(1)).sum())
         fres = min(resolution, data.face.shape[-1])
-        fo = G(lat, ctl, face_camera(bt["face_camera"]), resolution=fres)
-        ferr = (fo.image_lr + 1) / 2 - (downsample(bt["face"], fres) + 1) / 2
+        sr = G.cfg.superres.scale if super_resolve else 1
+        fo = G(lat, ctl, face_camera(bt["face_camera"]), resolution=max(1, fres // sr), super_resolve=super_resolve)
+        ferr = (fo.image + 1) / 2 - (downsample(bt["face"], fo.image.shape[-1]) + 1) / 2
         fmse = ferr.square().flatten(1).mean(1)
         sums["face_l1"] += float(ferr.abs().flatten(1).mean(1).sum())
         sums["face_mse"] += float(fmse.sum())
@@ -688,12 +769,14 @@ def imitation_warmup(G: Generator, data: SupervisedData, cfg: SupervisedConfig, 
     params = [*G.expression_deform.parameters(), *G.expression_mapping.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
     pool = data.train_index
+    sweep_range = data.control_range()
     terms: dict[str, Tensor] = {}
     for k in range(cfg.imitation_warmup):
         for g in opt.param_groups:  # cosine to 10 %
             g["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * k / cfg.imitation_warmup)))
         idx = pool[torch.randint(pool.numel(), (batch,), generator=gen)]
-        terms = deformation_regularisers(G, data.identity[idx], data.expression[idx], data.body_shape[idx], None,
+        expression = sweep_expressions(data.expression[idx], *sweep_range, cfg.imitation_sweep_fraction, gen)
+        terms = deformation_regularisers(G, data.identity[idx], expression, data.body_shape[idx], None,
                                          2 * cfg.reg_points, cfg.smooth_jitter, gen, cfg.imitation_moving_fraction,
                                          cfg.w_shading_imitation > 0)
         total = sum(getattr(cfg, f"w_{name}") * v for name, v in terms.items())
@@ -744,7 +827,11 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
     scale = {"manifold": cfg.lr_manifold_scale, "colour_head": cfg.lr_colour_head_scale}
     G.requires_grad_(False)
     param_groups = []
-    for name in ("mapping", "manifold", "radiance", "colour_head", "deform", "smoother"):
+    if cfg.stage not in STAGES:
+        raise ValueError(f"unknown stage {cfg.stage!r} (expected one of {', '.join(STAGES)})")
+    if cfg.stage == "superres" and G.superres is None:
+        raise ValueError("--stage superres: this generator has no super-resolution (superres.enabled=False)")
+    for name in STAGES[cfg.stage]:
         params = groups[name]
         if not params:
             continue
@@ -794,6 +881,7 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
                        info=checkpoint_info(cfg, data, step, wall, last, evaluation, lineage))
         log(f"saved step {step} ({wall / 60:.1f} min)")
 
+    control_range = data.control_range()
     while step < cfg.steps and time.time() < deadline:
         ts = time.time()
         if pos + cfg.batch > perm.numel():
@@ -806,12 +894,15 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * scale * warm
         bt = data.batch(idx)
-        missing = [i for i in idx.tolist() if i not in entry_cache]
-        if missing:
-            fresh = pose_entries(G, data.body_shape[missing], data.pose[missing])
-            entry_cache.update(zip(missing, fresh.half()))
-        bt["pose_entries"] = torch.stack([entry_cache[i] for i in idx.tolist()]).float()
-        terms = supervised_losses(G, cfg, bt, step, gen)
+        if cfg.stage == "superres":
+            terms = superres_losses(G, cfg, bt, gen)
+        else:
+            missing = [i for i in idx.tolist() if i not in entry_cache]
+            if missing:
+                fresh = pose_entries(G, data.body_shape[missing], data.pose[missing])
+                entry_cache.update(zip(missing, fresh.half()))
+            bt["pose_entries"] = torch.stack([entry_cache[i] for i in idx.tolist()]).float()
+            terms = supervised_losses(G, cfg, bt, step, gen, control_range)
         bad = L.all_finite(terms)
         if bad is not None:
             raise FloatingPointError(f"step {step}: loss {bad} is not finite")

@@ -111,18 +111,36 @@ def test_random_window_crops_and_camera_agree():
     torch.testing.assert_close(whole, S.downsample(image, res))
 
 
-def test_imitation_vertices_favour_the_moving_ones():
-    offsets = torch.zeros(2, 1000, 3)
-    offsets[0, [5, 17], 1] = 0.01  # two vertices move in one batch entry
-    offsets[1, 17, 1] = 0.02
+def test_imitation_vertices_favour_each_images_moving_ones():
+    offsets = torch.zeros(3, 1000, 3)
+    offsets[0, [5, 17], 1] = torch.tensor([0.01, 0.03])  # image 0 moves two vertices (1:3)
+    offsets[1, 400, 1] = 0.2  # image 1 moves another one, much further
     gen = torch.Generator().manual_seed(0)
     moving = S.imitation_vertices(offsets, 64, 1.0, gen)
-    assert moving.shape == (64,) and set(moving.tolist()) <= {5, 17}
-    assert (moving == 17).sum() > (moving == 5).sum()  # in proportion to the mean offset length (3:1)
+    assert moving.shape == (3, 64)
+    assert set(moving[0].tolist()) <= {5, 17} and (moving[0] == 17).sum() > (moving[0] == 5).sum()
+    assert set(moving[1].tolist()) == {400}  # not drowned by, nor drowning, the other image
+    assert len(set(moving[2].tolist())) > 40  # image 2 is neutral: uniform
     half = S.imitation_vertices(offsets, 64, 0.5, gen)
-    assert set(half[:32].tolist()) <= {5, 17} and len(set(half[32:].tolist())) > 20  # the rest uniform
-    still = S.imitation_vertices(torch.zeros(2, 1000, 3), 64, 1.0, gen)  # nothing moves: uniform
-    assert len(set(still.tolist())) > 40
+    assert set(half[0, :32].tolist()) <= {5, 17} and len(set(half[0, 32:].tolist())) > 20  # the rest uniform
+    assert torch.equal(half[0, 32:], half[1, 32:])  # and shared
+
+
+def test_sweep_expressions_move_one_control_over_its_label_range():
+    labels = torch.randn(200, C.EXPRESSION_DIM) * 0.3
+    low, high = torch.tensor([0.0, -3.0, -1.0]), torch.tensor([3.0, 3.0, 1.0])
+    gen = torch.Generator().manual_seed(0)
+    assert S.sweep_expressions(labels, low, high, 0.0, gen) is labels
+    out = S.sweep_expressions(labels, low, high, 0.5, gen)
+    swept = (out != labels).any(1)
+    assert 60 < int(swept.sum()) < 140
+    moved = out[swept]
+    assert ((moved != 0).sum(1) <= 1).all() and (moved[:, 3:] == 0).all()  # one leading control alone
+    comp = moved[:, :3].abs().argmax(1)
+    value = moved[torch.arange(len(moved)), comp]
+    assert ((value >= low[comp]) & (value <= high[comp])).all()
+    assert value[comp == 1].abs().max() > 2.0  # reaches the ends of the range, which the labels rarely do
+    assert torch.equal(out[~swept], labels[~swept])
 
 
 def test_cached_pose_volume_equals_generator():
@@ -169,6 +187,10 @@ def test_data_codes_split_and_samplers(tiny_data):
     lat, betas = s.identities(5, seed=1)
     lat.validate()
     assert betas.shape == (5, 10)
+    low, high = data.control_range()  # over the training images only
+    train_labels = data.expression[data.train_index, :8]
+    torch.testing.assert_close(low, train_labels.amin(0))
+    torch.testing.assert_close(high, train_labels.amax(0))
 
 
 def test_supervised_loss_decreases_on_a_fixed_batch(tiny_data):
@@ -363,3 +385,52 @@ def test_modulated_colour_head_gets_its_own_learning_rate(tiny_data, tmp_path):
     assert len(groups["colour_head"]["params"]) == 4
     G = load_generator(out / "generator.safetensors")
     assert G.cfg.radiance.modulated_colour and G.radiance.modulated_rgb.weight.abs().sum() > 0
+
+
+def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_data, tmp_path):
+    from portrait_core.generator import save_generator
+
+    torch.manual_seed(0)
+    data = S.SupervisedData(tiny_data)
+    G = Generator(generator_config("tiny"))
+    with torch.no_grad():  # an opaque shell, so that the textures hold something to super-resolve
+        G.radiance.sigma_heads[0].bias.fill_(5.0)
+    cfg = S.SupervisedConfig(data=str(tiny_data), out="", stage="superres", resolution=8, w_grad=0.3, w_face=1.0,
+                             w_face_grad=0.3)
+    batch = data.batch(torch.arange(4))
+    terms = S.superres_losses(G, cfg, batch, torch.Generator().manual_seed(0))
+    assert set(terms) == {"image", "alpha", "grad", "face", "face_grad", "total"}
+    terms["total"].backward()
+    sr = {id(p) for name in S.STAGES["superres"] for p in G.param_groups()[name]}
+    reached = {id(p) for p in G.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert reached and reached <= sr  # the rest is evaluated as a frozen avatar
+    G.zero_grad(set_to_none=True)
+    # the targets are the data at its full density: 32^2 portraits -> 16^2 windows of 8^2 rays, whole 16^2 faces
+    params = [p for name in S.STAGES["superres"] for p in G.param_groups()[name]]
+    opt = torch.optim.Adam(params, lr=1e-2)
+    fit = []
+    for step in range(12):
+        terms = S.superres_losses(G, cfg, batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        fit.append(float(terms["total"].detach()))
+    assert np.mean(fit[-3:]) < 0.97 * np.mean(fit[:3]), fit  # (a frozen or unreachable SR stays flat)
+    # the CLI stage: from a checkpoint, only the super-resolution changes
+    save_generator(tmp_path / "init.safetensors", G)
+    out = tmp_path / "run"
+    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "2", "--batch", "2", "--stage", "superres",
+                   "--resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
+                   "--threads", "1", "--init", str(tmp_path / "init.safetensors")]) == 0
+    trained = load_generator(out / "generator.safetensors").state_dict()
+    changed = {k for k, v in G.state_dict().items() if "style_avg" not in k and not torch.equal(trained[k], v)}
+    assert changed and all(k.startswith("superres") for k in changed), changed
+
+
+def test_superres_stage_needs_a_super_resolution(tiny_data, tmp_path):
+    from portrait_core.generator import save_generator
+
+    save_generator(tmp_path / "plain.safetensors", Generator(generator_config("tiny", superres={"enabled": False})))
+    with pytest.raises(ValueError, match="no super-resolution"):
+        S.main(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "1", "--stage", "superres",
+                "--init", str(tmp_path / "plain.safetensors"), "--holdout", "1", "--sample-every", "0", "--threads", "1"])
