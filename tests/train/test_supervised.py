@@ -409,7 +409,7 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
     params = [p for name in S.STAGES["superres"] for p in G.param_groups()[name]]
     opt = torch.optim.Adam(params, lr=1e-2)
     fit = []
-    for step in range(12):
+    for _ in range(12):
         terms = S.superres_losses(G, cfg, batch, torch.Generator().manual_seed(0))
         opt.zero_grad()
         terms["total"].backward()
