@@ -874,7 +874,8 @@ def train_supervised(cfg: SupervisedConfig, log=print) -> Path:
         set_style_averages(G, samplers.identity, samplers.appearance)
         evaluation = None
         if final and data.heldout_index.numel():
-            evaluation = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution)
+            evaluation = evaluate_heldout(G, data, data.heldout_index, cfg.eval_resolution,
+                                          super_resolve=cfg.stage == "superres")  # what the stage trained
             (out / "eval.json").write_text(json.dumps(evaluation, indent=1))
             log(f"held-out: {json.dumps(evaluation)}")
         save_generator(out / "generator.safetensors", G,
