@@ -24,7 +24,19 @@ from .structures import Latents, RenderOutput, check_tensor
 if TYPE_CHECKING:
     from .generator import Generator
 
-__all__ = ["Avatar"]
+__all__ = ["Avatar", "level_slab_occupancy"]
+
+
+def level_slab_occupancy(s: Tensor, alpha: Tensor, levels: Tensor) -> Tensor:
+    """Accumulated opacity [P] at points with manifold values ``s`` [P] (smaller inside) given each level's
+    texel opacity ``alpha`` [P, L] there (``levels`` [L], evenly spaced). Level l is a slab of thickness
+    ``h = |levels[1] - levels[0]|`` centred on ``s = l``; the fraction ``f = clamp((l - s) / h + 1/2, 0, 1)``
+    of it lies between the point and the outside and contributes ``1 - (1 - alpha)^f``, so the occupancy is
+    continuous in ``s`` and equals the hard "all enclosing levels" value half a spacing away from every level."""
+    spacing = (levels[0] - levels[1]).abs() if levels.numel() > 1 else levels.new_tensor(1.0)
+    fraction = ((levels[None, :] - s[:, None]) / spacing + 0.5).clamp(0.0, 1.0)
+    log_transmittance = fraction * torch.log1p(-alpha.clamp(0.0, 1.0 - 1e-6))
+    return 1.0 - log_transmittance.sum(-1).exp()
 
 
 class Avatar:
@@ -150,10 +162,14 @@ class Avatar:
 
     @torch.no_grad()
     def density_field(self, points: Tensor, pose: Tensor | None = None, expression: Tensor | None = None) -> Tensor:
-        """Occupancy [N] in [0, 1] for mesh extraction (threshold 0.5): the opacity accumulated over every level
-        that encloses the point (``s(x) <= l``), read from the level textures at the point's parametrisation
-        coordinates. It is the opacity a viewer along the parametrisation ray (frontal: along -Z; 360: towards
-        the shell centre) has accumulated on reaching the point, so its 0.5 level set is the rendered surface.
+        """Occupancy [N] in [0, 1] for mesh extraction (threshold 0.5): the opacity accumulated over the levels
+        that enclose the point, read from the level textures at the point's parametrisation coordinates. It is the
+        opacity a viewer along the parametrisation ray (frontal: along -Z; 360: towards the shell centre) has
+        accumulated on reaching the point, so its 0.5 level set is the rendered surface.
+
+        Each level counts as a slab one level spacing thick centred on its surface, through which its opacity
+        builds up continuously (:func:`level_slab_occupancy`); a hard "inside the level or not" would make the
+        occupancy a staircase over the nested levels and the extracted surface a terrace of level patches.
         ``points`` [N, 3] metres, observed if ``pose``/``expression`` are given, else canonical."""
         canonical = self.to_canonical(points, pose, expression)
         g, rc = self.generator, self.generator.cfg.render
@@ -161,12 +177,10 @@ class Avatar:
         out = []
         for chunk in canonical.split(rc.chunk_size):
             s = self.manifold(chunk[None])[0]  # [P]
-            inside = s[:, None] <= g.levels.to(s.dtype)  # [P, L]
             uv = R.texture_coords(chunk, rc.mode, g.shell_centre, rc.texture_half_extent)
             uv = uv[None, :, None, :].expand(1, -1, g.levels.shape[0], 2)
             alpha = R.sample_textures(textures[:, :, 3:4], uv, rc.mode)[0, :, :, 0]  # [P, L]
-            transmittance = torch.where(inside, 1.0 - alpha, torch.ones_like(alpha)).prod(-1)
-            out.append(1.0 - transmittance)
+            out.append(level_slab_occupancy(s, alpha, g.levels.to(s.dtype)))
         return torch.cat(out)
 
     @torch.no_grad()
