@@ -165,9 +165,8 @@ class Avatar:
         """Occupancy [N] in [0, 1] for mesh extraction (threshold 0.5): the opacity accumulated over the levels
         that enclose the point, read from the level textures at the point's parametrisation coordinates. It is the
         opacity a viewer along the parametrisation ray (frontal: along -Z; 360: towards the shell centre) has
-        accumulated on reaching the point, so its 0.5 level set is the rendered surface.
-
-        Each level counts as a slab one level spacing thick centred on its surface, through which its opacity
+        accumulated on reaching the point, so its 0.5 level set is the rendered surface (to within half a level
+        spacing). Each level counts as a slab one level spacing thick centred on its surface, through which its opacity
         builds up continuously (:func:`level_slab_occupancy`); a hard "inside the level or not" would make the
         occupancy a staircase over the nested levels and the extracted surface a terrace of level patches.
         ``points`` [N, 3] metres, observed if ``pose``/``expression`` are given, else canonical."""
