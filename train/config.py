@@ -20,6 +20,9 @@ class ConfigError(ValueError):
     """A bad preset name, override key or value."""
 
 
+OBJECTIVES = ("adversarial", "supervised")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     root: str = "runs/data/synth32"
@@ -34,6 +37,11 @@ class DataConfig:
     """DataLoader worker processes (0 = load in the training process)."""
     generate_count: int = 0
     """If > 0 and ``root`` has no labels.json, render this many images with ``python -m portrait_core.data synth``."""
+    extra_roots: str = ""
+    """Supervised objective: comma-separated further dataset folders, loaded before ``root`` (identities never span
+    folders)."""
+    holdout: int = 0
+    """Supervised objective: the last ``holdout`` identities of ``root`` are held out of training and evaluated."""
 
 
 @dataclass(frozen=True)
@@ -78,22 +86,63 @@ class LossConfig:
     """3DMM landmark loss: frozen face-reconstruction landmarks of the face render vs the requested 3DMM's."""
     expression_coeff: float = 0.1
     """Expression coefficients recovered by the frozen face reconstruction net vs the requested ones."""
-    imitation: float = 10.0
-    """3DMM imitation: the generator's expression deformation at 3DMM vertices vs the 3DMM expression offsets."""
-    smooth_expression: float = 1.0
-    """Smoothness of the expression deformation (finite differences under small jitter)."""
+    imitation: float = 1e4
+    """3DMM imitation: the generator's expression deformation at 3DMM vertices vs the 3DMM expression offsets, an
+    error in metres^2: 1e4 makes a (1 cm)^2 error cost 1 (calibrated on the shipped model's runs)."""
+    smooth_expression: float = 0.05
+    """Smoothness of the expression deformation (finite differences under small jitter; a squared Jacobian, so a
+    weight near 1 would forbid a 1.5 cm jaw drop)."""
     smooth_pose: float = 1.0
-    """Smoothness of the pose deformation (inverse-LBS transforms of neighbouring samples), if the G exposes it."""
-    minimal_deformation: float = 0.1
-    """Minimal deformation: mean |delta|^2 of the expression deformation at random canonical points."""
+    """The paper's smoother loss ||D(T) - AvgPool(T)||_1 on the inverse-LBS entries T of the pose grid."""
+    minimal_deformation: float = 100.0
+    """Minimal deformation: mean |delta|^2 (metres^2) of the expression deformation at random head-box points
+    (100: a 1 cm deformation everywhere costs 0.01)."""
     shading: float = 0.01
     """Expression shading sparsity: mean |logit| at the same points (generators with ``expression.shading``)."""
     consistency: float = 3.0
     """Stage 2: cross-resolution consistency |down(HR) - LR|^2 (image and alpha)."""
+    shading_imitation: float = 0.0
+    """The 3DMM's open mouth as the expression shading's target (``regularisers.mouth_interior_shading``, MSE of
+    logits); generators with ``expression.shading``."""
     smooth_jitter: float = 0.01
     """Jitter (metres) for the smoothness finite differences."""
     num_reg_points: int = 256
     """Random points per sample for the deformation regularisers."""
+    imitation_moving_fraction: float = 0.0
+    """Fraction of the imitation vertices drawn where the 3DMM moves (per image, by offset length; rest uniform)."""
+    imitation_sweep_fraction: float = 0.0
+    """Fraction of the regularisers' expressions replaced by one named control alone, uniform over the range its
+    labels reach (``regularisers.sweep_expressions``)."""
+    imitation_warmup: int = 0
+    """Render-free steps fitting only the expression branch to the 3DMM (imitation, smoothness, minimal
+    deformation, shading terms) before the first training step of a fresh run."""
+
+
+@dataclass(frozen=True)
+class SupervisedConfig:
+    """Loss weights and sampling of the supervised objective (``objective=supervised``): regression of renders
+    with the records' own labels onto the labelled images (L1)."""
+
+    image: float = 1.0
+    """L1 of the portrait render (ray resolution ``data.resolution``) vs the area-downsampled image."""
+    alpha: float = 1.0
+    """L1 of the render's alpha vs the mask."""
+    grad: float = 0.2
+    """L1 of image gradients (finite differences)."""
+    face: float = 0.5
+    """L1 of the face-camera render (``data.face_resolution``) vs the face crop."""
+    face_grad: float = 0.0
+    """L1 of the face render's image gradients."""
+    patch_prob: float = 0.5
+    """Probability that a step renders random windows of the portrait at ``patch_scale`` times the density."""
+    patch_scale: int = 2
+    face_patch_prob: float = 0.0
+    """The same for the face term (capped at the face crops' own resolution)."""
+    face_patch_scale: int = 2
+    face_mouth_weight: float = 1.0
+    """Weight of the face L1 inside the box around the projected 3DMM lip landmarks (1: uniform)."""
+    eval_resolution: int = 64
+    """Resolution of the held-out evaluation and the sample sheets."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +163,14 @@ class OptimConfig:
     """EMA ramp-up: half-life <= step * batch * rampup (0 = off)."""
     amp: bool = True
     """Mixed precision (fp16 autocast + GradScaler) on CUDA; ignored on CPU."""
+    lr_manifold_scale: float = 1.0
+    """Learning-rate multiplier of the manifold network (param group 'manifold')."""
+    lr_colour_head_scale: float = 1.0
+    """Learning-rate multiplier of the modulated colour head (radiance.modulated_colour), its own group if != 1."""
+    lr_min_fraction: float = 1.0
+    """Cosine decay of every learning rate to this fraction at ``run.steps`` (1 = constant)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over the first steps."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +223,8 @@ class RunConfig:
     eval_every: int = 0
     """Cheap SWD on a fixed batch every N steps to track the 'best' checkpoint (0 = at checkpoints)."""
     eval_images: int = 16
+    minutes: float = 0.0
+    """Wall-clock budget of this invocation (0 = none): saves a checkpoint and stops when spent (resume later)."""
     progress: bool = True
     """Rich progress bar with ETA."""
     tensorboard: bool = True
@@ -174,6 +233,9 @@ class RunConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "tiny"
+    objective: str = "adversarial"
+    """'adversarial': the GAN (three discriminators + regularisers); 'supervised': regression of renders with the
+    records' own labels onto a fully labelled dataset (SynthPortrait) - the warm start."""
     stage: int = 1
     """1: low-res portrait+face+torso training; 2: super-resolution with stage 1 frozen."""
     seed: int = 0
@@ -187,19 +249,28 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     pose: PoseLearningConfig = field(default_factory=PoseLearningConfig)
     face_recon: FaceReconConfig = field(default_factory=FaceReconConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self, world_size: int = 1) -> TrainConfig:
         """Check cross-field constraints; raise ConfigError. Returns self."""
         if self.stage not in (1, 2):
             raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0 < self.optim.lr_min_fraction <= 1:
+            raise ConfigError("optim.lr_min_fraction must be in (0, 1]")
+        if self.objective == "supervised" and self.data.holdout < 0:
+            raise ConfigError("data.holdout must be >= 0")
         if self.optim.batch <= 0 or self.optim.batch % world_size:
             raise ConfigError(f"optim.batch={self.optim.batch} (global) must be a positive multiple of the "
                               f"world size {world_size}")
         for name in ("resolution", "face_resolution"):
             r = getattr(self.data, name)
-            if r < 8 or r & (r - 1):
-                raise ConfigError(f"data.{name}={r} must be a power of two >= 8")
+            if self.objective == "adversarial" and (r < 8 or r & (r - 1)):
+                raise ConfigError(f"data.{name}={r} must be a power of two >= 8 (the discriminators halve it)")
+            if r < 4:
+                raise ConfigError(f"data.{name}={r} must be >= 4")
         if not 0 < self.model.torso_fraction <= 1:
             raise ConfigError("model.torso_fraction must be in (0, 1]")
         if self.loss.r1_interval < 1:
@@ -281,8 +352,54 @@ def _phq360() -> TrainConfig:
     )
 
 
+def _warm128() -> TrainConfig:
+    """Supervised warm start on SynthPortrait (the shipped default model's recipe, portrait_core/assets/
+    MODEL_CARD.md): the ``small`` generator regressed at 32^2 rays (+ 32^2 face camera) onto 128^2 renders."""
+    return TrainConfig(
+        preset="warm128",
+        objective="supervised",
+        threads=2,
+        data=DataConfig(root="runs/data/synth_default", extra_roots="runs/data/synth_extra", resolution=32,
+                        face_resolution=32, mirror=False, holdout=16),
+        model=ModelConfig(generator="small"),
+        loss=LossConfig(num_reg_points=128),
+        optim=OptimConfig(batch=3, lr_g=4e-4, lr_mapping_scale=1.0, lr_manifold_scale=0.3, beta1=0.9, beta2=0.99,
+                          grad_clip=10.0, ema_half_life_kimg=0.0, lr_min_fraction=0.1, warmup_steps=20),
+        run=RunConfig(steps=4500, log_every=10, image_every=50, ckpt_every=200, keep_last=3, eval_images=0),
+    )
+
+
+def _warm128_sr() -> TrainConfig:
+    """Supervised stage 2: only the super-resolution, regressed onto the renders at their full density (a random
+    64^2 window of the 128^2 portrait from 32^2 rays, the whole face crop from half its size in rays)."""
+    base = _warm128()
+    return replace(base, preset="warm128-sr", stage=2, model=replace(base.model, init_from="runs/warm128"),
+                   supervised=SupervisedConfig(image=1.0, alpha=1.0, grad=0.2, face=0.5, face_grad=0.0),
+                   optim=replace(base.optim, lr_g=1e-3, lr_min_fraction=1.0), run=replace(base.run, steps=450))
+
+
+def _adv64() -> TrainConfig:
+    """Adversarial stage 1 from scratch at 64^2 sized for a 2-core CPU (about 3 s per step at batch 8): the
+    ``small`` generator with 32^2 level textures read during training and a 96-wide radiance network, light
+    discriminators. The learning proof of docs/training.md was made with it."""
+    return TrainConfig(
+        preset="adv64",
+        threads=2,
+        data=DataConfig(root="runs/data/synth64", resolution=64, face_resolution=64, generate_count=2048),
+        model=ModelConfig(generator="small", d_channel_base=1024, d_channel_max=64, generator_overrides=json.dumps(
+            {"render": {"train_radiance": "textures", "texture_resolution": 32}, "radiance": {"width": 96}})),
+        loss=LossConfig(num_reg_points=128),
+        optim=OptimConfig(batch=8, lr_g=1e-4, lr_d=2e-4, ema_half_life_kimg=2.0),
+        face_recon=FaceReconConfig(steps=800, batch=64, width=32),
+        run=RunConfig(steps=2600, log_every=10, image_every=200, ckpt_every=200, keep_last=100, eval_images=32),
+    )
+
+
 PRESETS: dict[str, typing.Callable[[], TrainConfig]] = {
     "tiny": _tiny,
+    "adv64": _adv64,
+    "warm128": _warm128,
+    "warm128-sr": _warm128_sr,
     "synth128": _synth128,
     "synth512": _synth512,
     "shhq128": _shhq128,

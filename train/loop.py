@@ -1,11 +1,7 @@
-"""The training loop: one TrainState, step functions, and the short loop that calls them.
+"""The training loop: one TrainState, one Context, and the short loop that asks the config's objective
+(train/objectives.py: adversarial or supervised) for one step at a time.
 
-    data -> fake inputs (+ G pose branch) -> render portrait + face (one generator pass each)
-         -> D step (+ lazy R1) -> G step (+ regularisers) -> EMA -> log -> atomic checkpoint
-
-Stage 1 trains everything at the generator's ray resolution with three discriminators (whole portrait, face
-camera, torso strip). Stage 2 freezes stage 1 and trains the super-resolution network with new high-resolution
-discriminators and the cross-resolution consistency loss. See docs/training.md for the loss table.
+    objective.step (forward, backward, optimizer updates) -> EMA -> log -> images -> eval -> atomic checkpoint
 
 Exactness: all randomness comes from torch's global RNG (generator internals), the fake-input generator and the
 data order, whose states are saved; sample images and evaluations run under ``torch.random.fork_rng`` so they do
@@ -20,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -39,21 +34,17 @@ from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train import data as tdata
 from train import dist
-from train import losses as L
+from train import objectives as O
 from train import schedules as S
 from train.config import TrainConfig, from_dict, to_json
 from train.data import FakeInputs, GlobalOrder, LabelTable, RealStream, ensure_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, build_generator, load_generator, save_generator
-from train.networks import NECK_HEAD, Discriminator, PoseBranch, ema_update, label_pitch_yaw
+from train.networks import Discriminator, PoseBranch
+from train.objectives import D_NAMES, NonFiniteLossError, render_fakes
 from train.run import Logger, default_device, find_resumable, image_grid, new_run_dir, write_run_files
 
-D_NAMES = ("whole", "face", "torso")
-
-
-class NonFiniteLossError(RuntimeError):
-    def __init__(self, name: str, step: int):
-        super().__init__(f"non-finite loss {name!r} at step {step}")
-        self.name, self.step = name, step
+__all__ = ["TrainState", "Context", "prepare", "train", "train_step", "build_state", "NonFiniteLossError",
+           "D_NAMES"]
 
 
 class StopRequested(Exception):
@@ -72,13 +63,15 @@ class TrainState:
     pose_branch: PoseBranch | None
     pose_branch_ema: PoseBranch | None
     opt_G: torch.optim.Optimizer
-    opt_D: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer | None  # None: an objective without discriminators
     scaler_G: torch.amp.GradScaler
     scaler_D: torch.amp.GradScaler
     order: GlobalOrder
     fake_gen: torch.Generator
     step: int = 0
     best: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    """Training wall time before this process (resumed runs)."""
 
     def state_dict(self) -> dict:
         return {
@@ -87,7 +80,8 @@ class TrainState:
             "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "D": self.D.state_dict(),
             "pose_branch": self.pose_branch.state_dict() if self.pose_branch is not None else {},
             "pose_branch_ema": self.pose_branch_ema.state_dict() if self.pose_branch_ema is not None else {},
-            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "opt_G": self.opt_G.state_dict(),
+            "opt_D": self.opt_D.state_dict() if self.opt_D is not None else {},
             "scaler_G": self.scaler_G.state_dict(), "scaler_D": self.scaler_D.state_dict(),
             "order": self.order.state_dict(), "fake_gen": self.fake_gen.get_state(),
             "rng": capture_rng(), "best": json.dumps(self.best),
@@ -103,13 +97,15 @@ class TrainState:
             self.pose_branch.load_state_dict(s["pose_branch"])
             self.pose_branch_ema.load_state_dict(s["pose_branch_ema"])
         self.opt_G.load_state_dict(s["opt_G"])
-        self.opt_D.load_state_dict(s["opt_D"])
+        if self.opt_D is not None:
+            self.opt_D.load_state_dict(s["opt_D"])
         self.scaler_G.load_state_dict(s["scaler_G"])
         self.scaler_D.load_state_dict(s["scaler_D"])
         self.order.load_state_dict(s["order"])
         self.fake_gen.set_state(s["fake_gen"])
         self.step = int(s["step"])
         self.best = json.loads(s.get("best", "{}"))
+        self.wall_seconds = float(s.get("wall_seconds", 0.0))
         if restore_rng:
             restore_rng_state(s["rng"])
 
@@ -149,13 +145,16 @@ class Context:
     world: int
     run_dir: Path | None
     dataset: object
-    stream: RealStream
+    stream: object  # RealStream (adversarial) or labelled.LabelledStream (supervised): .next() -> batch dict
     table: LabelTable
     recon: nn.Module | None
     projector: nn.Module | None
     logger: Logger
     amp: bool
+    objective: object = None  # train.objectives.AdversarialObjective / SupervisedObjective
     stop_signal: list = field(default_factory=list)
+    t_start: float = field(default_factory=time.time)
+    last_losses: dict = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
@@ -173,18 +172,27 @@ def _make_ds(cfg: TrainConfig, res: int, face_res: int, in_ch: int = 3) -> nn.Mo
     })
 
 
-def trainable_generator_params(G: nn.Module, stage: int) -> dict[str, list[nn.Parameter]]:
-    """Named parameter groups the stage trains (stage 2: only the super-resolution network and its mapping)."""
-    groups = G.param_groups()
+def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool = False
+                               ) -> dict[str, list[nn.Parameter]]:
+    """Named parameter groups the stage trains (stage 2: only the super-resolution network and its mapping);
+    ``colour_head_group``: the modulated colour head gets its own group (out of 'radiance')."""
+    groups = dict(G.param_groups())
+    if colour_head_group and G.cfg.radiance.modulated_colour:
+        head = [*G.radiance.colour_modulation.parameters(), *G.radiance.modulated_rgb.parameters()]
+        groups["radiance"] = [p for p in groups["radiance"] if all(p is not q for q in head)]
+        groups["colour_head"] = head
     if stage == 2:
         groups = {k: v for k, v in groups.items() if k in ("superres", "superres_mapping")}
         if not groups:
             raise ValueError("stage 2 needs a generator with super-resolution (superres.enabled)")
-    return groups
+    return {k: v for k, v in groups.items() if v}
 
 
-def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor | None = None) -> TrainState:
-    """Fresh models and optimizers (seeded by cfg.seed; identical on every rank)."""
+def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor | None = None,
+                log=print) -> TrainState:
+    """Fresh models and optimizers (seeded by cfg.seed; identical on every rank). ``label_identities``: the
+    truncation averages of a N(0, I)-noise generator are taken over them."""
+    adversarial = cfg.objective == "adversarial"
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -196,7 +204,10 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
         if overrides:
             info, state = G.checkpoint_info, G.state_dict()
             G = Generator(generator_config(G.cfg, **overrides))
-            transfer_weights(G, state, f"model.init_from={cfg.model.init_from} with model.generator_overrides")
+            fresh = transfer_weights(G, state, f"model.init_from={cfg.model.init_from} with "
+                                             f"model.generator_overrides")
+            if fresh:
+                log(f"new parameters at their initialisation: {', '.join(fresh)}")
             G.checkpoint_info = info
         if label_identities is not None and not tdata.uses_appearance_codes(G):
             G.update_w_avg(n=1024, identities=label_identities)
@@ -206,31 +217,35 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
             G.update_w_avg(n=1024, identities=label_identities)
     G = G.to(device)
     res = G.cfg.output_resolution if cfg.stage == 2 else G.cfg.render.resolution
-    if cfg.data.resolution != res:
+    if adversarial and cfg.data.resolution != res:
         raise ValueError(f"data.resolution={cfg.data.resolution} must equal the generator's "
                          f"{'super-resolved' if cfg.stage == 2 else 'ray'} resolution {res} "
                          f"(generator preset {cfg.model.generator!r}, stage {cfg.stage})")
-    D = _make_ds(cfg, cfg.data.resolution, cfg.data.face_resolution).to(device)
+    # the supervised objective renders at data.resolution rays whatever the generator's default
+    D = _make_ds(cfg, cfg.data.resolution, cfg.data.face_resolution).to(device) if adversarial else nn.ModuleDict()
     pose_branch = pose_ema = None
     if cfg.pose.enabled:
         pose_branch = PoseBranch(G.cfg.identity_dim + G.cfg.noise_dim, cfg.pose.hidden, cfg.pose.max_angle,
                                  cfg.pose.symmetry).to(device)
         pose_ema = copy.deepcopy(pose_branch).eval().requires_grad_(False)
     G.requires_grad_(False)
-    groups = trainable_generator_params(G, cfg.stage)
     o = cfg.optim
+    groups = trainable_generator_params(G, cfg.stage, colour_head_group=o.lr_colour_head_scale != 1.0)
+    scale = {"mapping": o.lr_mapping_scale, "manifold": o.lr_manifold_scale, "colour_head": o.lr_colour_head_scale}
     param_groups = []
     for name, params in groups.items():
         for p in params:
             p.requires_grad_(True)
-        lr = o.lr_g * (o.lr_mapping_scale if name == "mapping" else 1.0)
-        param_groups.append({"params": params, "lr": lr, "name": name})
+        param_groups.append({"params": params, "lr": o.lr_g * scale.get(name, 1.0), "name": name})
     if pose_branch is not None and cfg.stage == 1:
         param_groups.append({"params": list(pose_branch.parameters()), "lr": o.lr_g, "name": "pose_branch"})
     elif pose_branch is not None:
         pose_branch.requires_grad_(False)
+    first = S.cosine_lr_factor(0, cfg.run.steps, o.lr_min_fraction, o.warmup_steps)
+    for g in param_groups:
+        g["base_lr"], g["lr"] = g["lr"], g["lr"] * first
     opt_G = torch.optim.Adam(param_groups, betas=(o.beta1, o.beta2), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2), eps=1e-8) if adversarial else None
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     use_amp = o.amp and device.type == "cuda"
     scaler_G = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -251,305 +266,19 @@ def _generator_file(path: str) -> Path:
                                  f"folder or a .safetensors file)") from None
 
 
-# ------------------------------------------------------------------------------------------ rendering
-@dataclass
-class Fakes:
-    inputs: FakeInputs
-    pose: Tensor  # pose actually rendered [B, 6, 3]
-    pose_g: Tensor | None  # G pose branch output (360 mode)
-    portrait: object  # RenderOutput
-    face: object  # RenderOutput
-    face_camera: Camera
-
-
-def render_fakes(st: TrainState, ctx: Context, inputs: FakeInputs, generator: nn.Module | None = None,
-                 pose_branch: nn.Module | None = None) -> Fakes:
-    cfg = st.cfg
-    G = generator or st.G
-    pb = pose_branch if pose_branch is not None else st.pose_branch
-    pose, pose_g = inputs.pose, None
-    if pb is not None:
-        pose_g = pb(torch.cat([inputs.identity, inputs.noise], 1), inputs.camera)
-        mask = torch.zeros(1, 6, 1, device=pose.device, dtype=pose.dtype)
-        mask[:, list(NECK_HEAD)] = 1
-        pose = pose * (1 - mask) + pose_g * mask
-    latents = Latents(inputs.identity, inputs.noise)
-    controls = Controls(pose, inputs.expression, inputs.body_shape)
-    cam = portrait_camera(inputs.camera)
-    sr = cfg.stage == 2
-    with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
-        portrait = G(latents, controls, cam, super_resolve=sr)
-        face_cam = G.face_camera(controls)
-        face_res = cfg.data.face_resolution // (G.cfg.superres.scale if sr else 1)
-        face = G(latents, controls, face_cam, super_resolve=sr, resolution=face_res)
-    return Fakes(inputs, pose, pose_g, portrait, face, face_cam)
-
-
-def portrait_camera(label: Tensor) -> Camera:
-    """Camera of a 25-float portrait label with the depth range radius -/+ PORTRAIT_DEPTH_HALF_RANGE around the
-    portrait look-at point (any radius: SynthPortrait's 2.23 m or 360PHQ's 2.7 m)."""
-    cam = Camera.from_label25(label)
-    r = (cam.origin - cam.origin.new_tensor(C.PORTRAIT_LOOK_AT)).norm(dim=-1)
-    return cam.with_near_far(r - C.PORTRAIT_DEPTH_HALF_RANGE, r + C.PORTRAIT_DEPTH_HALF_RANGE)
-
-
-def front_facing(labels: Tensor) -> Tensor:
-    """Cameras in front of the subject (camera centre z > 0, i.e. within 90 degrees of frontal yaw): bool [B]."""
-    return labels[:, 11] > 0
-
-
-def _rgba(out) -> tuple[Tensor, Tensor]:
-    return torch.cat([out.image, out.alpha * 2 - 1], 1), torch.cat([out.image_lr, out.alpha_lr * 2 - 1], 1)
-
-
-def _camera_targets(labels: Tensor) -> Tensor:
-    pitch, yaw = label_pitch_yaw(labels.float(), C.PORTRAIT_LOOK_AT)
-    return L.camera_target(pitch, yaw)
-
-
-# ------------------------------------------------------------------------------------------ step functions
-def d_losses(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes,
-             do_r1: bool) -> dict[str, Tensor]:
-    """The discriminators' loss terms on detached fakes and reals (+ lazy R1 on every discriminator); the weighted
-    sum is ``D/total``."""
-    cfg, lc = st.cfg, st.cfg.loss
-    st.D.requires_grad_(True)
-    frac = cfg.model.torso_fraction
-    fake_img = fakes.portrait.image.detach().float()
-    fake_face = fakes.face.image.detach().float()
-    real_img, real_face = reals["image"], reals["face"]
-    inputs = {
-        "whole": (real_img, fake_img, reals["camera"], fakes.inputs.camera),
-        "face": (real_face, fake_face, None, None),
-        "torso": (L.lower_strip(real_img, frac), L.lower_strip(fake_img, frac), None, None),
-    }
-    losses: dict[str, Tensor] = {}
-    total = 0.0
-    r1_scale = 0.5 * lc.r1_gamma * lc.r1_interval
-    with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
-        for name in D_NAMES:
-            D = st.D[name]
-            real_x, fake_x, real_cam, fake_cam = inputs[name]
-            real_x = real_x.detach().requires_grad_(do_r1 and lc.r1_gamma > 0)
-            out_r, out_f = D(real_x, real_cam), D(fake_x, fake_cam)
-            real_w = None
-            if name == "face" and cfg.pose.full_yaw:
-                # back views have no face: their "face crops" (the back of the head) are not face reals
-                real_w = front_facing(reals["camera"]).to(out_r.logit.dtype)
-            adv = L.d_logistic(out_r.logit, out_f.logit, real_w)
-            losses[f"D/{name}/adv"] = adv
-            total = total + adv
-            if name == "whole":
-                cam_l = L.mse(out_r.camera, _camera_targets(reals["camera"])) + \
-                    L.mse(out_f.camera, _camera_targets(fakes.inputs.camera))
-                losses["D/whole/camera"] = cam_l
-                total = total + lc.camera * cam_l
-                if cfg.pose.enabled:  # 3DPortraitGAN: D's pose branch learns from fakes only
-                    pose_l = L.pose_prediction(out_f.pose, fakes.pose.detach())
-                    losses["D/whole/pose"] = pose_l
-                    total = total + cfg.pose.d_pose_weight * pose_l
-                else:
-                    pose_l = L.mse(out_r.pose, reals["pose"]) + L.mse(out_f.pose, fakes.pose.detach())
-                    losses["D/whole/pose"] = pose_l
-                    total = total + lc.pose * pose_l
-            if do_r1 and lc.r1_gamma > 0:
-                with torch.autocast(ctx.device.type, enabled=False):
-                    r1 = L.r1_penalty(out_r.logit, real_x)
-                losses[f"D/{name}/r1"] = r1
-                total = total + r1_scale * r1
-    losses["D/total"] = total
-    return losses
-
-
-def d_step(st: TrainState, ctx: Context, reals: dict[str, Tensor], fakes: Fakes, do_r1: bool) -> dict[str, Tensor]:
-    """One discriminator update (Adam, per-D gradient clipping)."""
-    cfg = st.cfg
-    losses = d_losses(st, ctx, reals, fakes, do_r1)
-    _inject_nan(st.step, losses)
-    _check_finite(st.step, losses)
-    st.opt_D.zero_grad(set_to_none=True)
-    st.scaler_D.scale(losses["D/total"]).backward()
-    dist.allreduce_grads(st.D.parameters(), ctx.world)
-    st.scaler_D.unscale_(st.opt_D)
-    for name in D_NAMES:
-        norm = torch.nn.utils.clip_grad_norm_(st.D[name].parameters(), cfg.optim.grad_clip or math.inf)
-        _check_grad_norm(st, f"D/{name}", norm, st.scaler_D)
-    st.scaler_D.step(st.opt_D)
-    st.scaler_D.update()
-    return losses
-
-
-def deformation_regularisers(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
-    """3DMM imitation, expression smoothness, minimal deformation and pose-deformation smoothness."""
-    lc = st.cfg.loss
-    G = st.G
-    inp = fakes.inputs
-    b = inp.identity.shape[0]
-    out: dict[str, Tensor] = {}
-    n = lc.num_reg_points
-    face = G.face
-    # 3DMM imitation at a random subset of the 3DMM's vertices, placed in canonical-pose space (face frame ->
-    # canonical: BodyModel.face_transform with no pose; a pure translation)
-    with torch.no_grad():
-        nv = face.num_vertices
-        idx = torch.randint(nv, (n,), generator=st.fake_gen).to(ctx.device)
-        verts = face.vertices(inp.identity, inp.expression)[:, idx]
-        offsets = face.expression_offsets(inp.identity, inp.expression)[:, idx]
-        T = G.body.face_transform(inp.body_shape)
-        pts = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
-        target = -(offsets @ T[:, :3, :3].transpose(1, 2))
-        half = G.head_box_half
-        # regularisation points are shared by the batch, so the result does not depend on how the global batch
-        # is split across ranks
-        box_pts = G.head_box_centre + (torch.rand(1, n, 3, generator=st.fake_gen).to(ctx.device) * 2 - 1) * half
-        box_pts = box_pts.expand(b, -1, -1)
-        jitter = torch.randn(1, 2 * n, 3, generator=st.fake_gen).to(ctx.device).expand(b, -1, -1) * lc.smooth_jitter
-    all_pts = torch.cat([pts, box_pts], 1)
-    fields = G.expression_fields(torch.cat([all_pts, all_pts + jitter], 1), inp.identity, inp.expression)
-    delta, delta_j = fields[:, :2 * n, :3], fields[:, 2 * n:, :3]
-    out["G/imitation"] = L.imitation(delta[:, :n], target)
-    out["G/smooth_expression"] = L.smoothness(delta, delta_j, lc.smooth_jitter)
-    out["G/minimal_deformation"] = L.minimal_deformation(delta[:, n:])
-    if fields.shape[-1] > 3:
-        out["G/shading"] = L.shading_sparsity(fields[:, n:2 * n, 3])
-    if lc.smooth_pose > 0 and any(p.requires_grad for p in G.pose_smoother.parameters()):
-        state = G.body.posed(inp.body_shape, fakes.pose.detach())
-        out["G/smooth_pose"] = L.grid_smoothness(G.pose_volume(state))
-    return out
-
-
-def g_losses(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
-    """The generator's loss terms: weighted adversarial terms from the three Ds, camera/pose regression, 3DMM
-    landmark and expression terms through the frozen face reconstruction net, deformation regularisers, pose prior
-    (stage 2: adversarial + cross-resolution consistency). The weighted sum is ``G/total``."""
-    cfg, lc = st.cfg, st.cfg.loss
-    st.D.requires_grad_(False)
-    frac = cfg.model.torso_fraction
-    img, face_img = fakes.portrait.image, fakes.face.image
-    losses: dict[str, Tensor] = {}
-    total = 0.0
-    weights = {"whole": lc.whole, "face": lc.face, "torso": lc.torso}
-    with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
-        out_w = st.D["whole"](img, fakes.inputs.camera)
-        out_f = st.D["face"](face_img, None)
-        out_t = st.D["torso"](L.lower_strip(img, frac), None)
-        for name, o in (("whole", out_w), ("face", out_f), ("torso", out_t)):
-            adv = L.g_nonsaturating(o.logit)
-            losses[f"G/{name}/adv"] = adv
-            total = total + weights[name] * adv
-        cam_l = L.mse(out_w.camera, _camera_targets(fakes.inputs.camera))
-        losses["G/camera"] = cam_l
-        total = total + lc.camera * cam_l
-        if not cfg.pose.enabled:
-            pose_l = L.mse(out_w.pose, fakes.pose)
-            losses["G/pose"] = pose_l
-            total = total + lc.pose * pose_l
-        if cfg.stage == 1:
-            if ctx.recon is not None and (lc.landmark > 0 or lc.expression_coeff > 0):
-                pred = ctx.recon(face_img.float())
-                if ctx.projector is not None and lc.landmark > 0:
-                    with torch.no_grad():
-                        tgt = ctx.projector(fakes.inputs.identity, fakes.inputs.expression, fakes.inputs.body_shape,
-                                            fakes.pose, fakes.face_camera)
-                    lm = L.landmark_loss(pred["landmarks"], tgt) * 100.0
-                    losses["G/landmark"] = lm
-                    total = total + lc.landmark * lm
-                ex = L.mse(pred["expression"], fakes.inputs.expression)
-                losses["G/expression_coeff"] = ex
-                total = total + lc.expression_coeff * ex
-            reg = deformation_regularisers(st, ctx, fakes)
-            losses.update(reg)
-            total = total + lc.imitation * reg["G/imitation"] + lc.smooth_expression * reg["G/smooth_expression"] + \
-                lc.minimal_deformation * reg["G/minimal_deformation"]
-            if "G/shading" in reg:
-                total = total + lc.shading * reg["G/shading"]
-            if "G/smooth_pose" in reg:
-                total = total + lc.smooth_pose * reg["G/smooth_pose"]
-            if fakes.pose_g is not None:
-                w = S.pose_prior_weight(st.step, cfg.optim.batch, cfg.pose.prior_weight, cfg.pose.prior_hold_kimg,
-                                        cfg.pose.prior_decay_kimg)
-                prior = L.pose_prior(fakes.pose_g[:, list(NECK_HEAD)], fakes.inputs.pose[:, list(NECK_HEAD)])
-                losses["G/pose_prior"] = prior
-                losses["G/pose_prior_weight"] = torch.tensor(w)
-                total = total + w * prior
-        else:
-            hr, lr = _rgba(fakes.portrait)
-            cons = L.cross_resolution_consistency(hr, lr.detach())
-            hr_f, lr_f = _rgba(fakes.face)
-            cons = cons + L.cross_resolution_consistency(hr_f, lr_f.detach())
-            losses["G/consistency"] = cons
-            total = total + lc.consistency * cons
-    losses["G/total"] = total
-    return losses
-
-
-def g_step(st: TrainState, ctx: Context, fakes: Fakes) -> dict[str, Tensor]:
-    """One generator update (Adam, global gradient clipping) of the stage's trainable parameters."""
-    cfg = st.cfg
-    losses = g_losses(st, ctx, fakes)
-    _inject_nan(st.step, losses)
-    _check_finite(st.step, losses)
-    st.opt_G.zero_grad(set_to_none=True)
-    st.scaler_G.scale(losses["G/total"]).backward()
-    params = [p for g in st.opt_G.param_groups for p in g["params"]]
-    dist.allreduce_grads(params, ctx.world)
-    st.scaler_G.unscale_(st.opt_G)
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
-    _check_grad_norm(st, "G", norm, st.scaler_G)
-    st.scaler_G.step(st.opt_G)
-    st.scaler_G.update()
-    return losses
-
-
-def ema_step(st: TrainState) -> float:
-    o = st.cfg.optim
-    beta = S.ema_beta(st.step, o.batch, o.ema_half_life_kimg, o.ema_rampup)
-    ema_update(st.G_ema, st.G, beta)
-    if st.pose_branch is not None:
-        ema_update(st.pose_branch_ema, st.pose_branch, beta)
-    return beta
-
-
+# ---------------------------------------------------------------------------------------------- the step
 def train_step(st: TrainState, ctx: Context) -> dict[str, float]:
-    """One full iteration; returns the logged scalars. Raises NonFiniteLossError before any update it would
-    poison."""
-    cfg = st.cfg
-    reals = {k: v.to(ctx.device, non_blocking=True) for k, v in ctx.stream.next().items()}
-    per = cfg.batch_per_gpu(ctx.world)
-    # sample the global batch of fake inputs on every rank (same generator state), keep this rank's slice
-    inputs = sample_fake_inputs(ctx.table, cfg.optim.batch, st.fake_gen, cfg.data.mirror)
-    inputs = inputs.slice(ctx.rank * per, (ctx.rank + 1) * per).to(ctx.device)
-    fakes = render_fakes(st, ctx, inputs)
-    d_losses = d_step(st, ctx, reals, fakes, S.r1_due(st.step, cfg.loss.r1_interval))
-    g_losses = g_step(st, ctx, fakes)
-    beta = ema_step(st)
+    """One iteration of the config's objective, then the EMA; returns the logged scalars. Raises
+    NonFiniteLossError before any update it would poison."""
+    losses = ctx.objective.step(st, ctx)
+    beta = O.ema_step(st)
     st.step += 1
-    out = {k: float(v.detach()) for k, v in {**d_losses, **g_losses}.items()}
+    out = {k: float(v.detach()) for k, v in losses.items()}
     out["ema_beta"] = beta
+    for g in st.opt_G.param_groups:  # the learning-rate schedule of the next step
+        g["lr"] = g["base_lr"] * S.cosine_lr_factor(st.step, st.cfg.run.steps, st.cfg.optim.lr_min_fraction,
+                                                     st.cfg.optim.warmup_steps)
     return dist.average_scalars(out, ctx.world)
-
-
-def _check_finite(step: int, losses: dict[str, Tensor]) -> None:
-    """Raise on every rank if any rank has a non-finite loss (a lone raise would dead-lock the others)."""
-    bad = L.all_finite(losses)
-    if dist.any_flag(bad is not None):
-        raise NonFiniteLossError(bad or "<a loss on another rank>", step)
-
-
-def _check_grad_norm(st: TrainState, name: str, norm: Tensor, scaler) -> None:
-    """Finite losses can still give non-finite gradients; without AMP that is fatal (with AMP the GradScaler skips
-    the step and lowers its scale)."""
-    if not scaler.is_enabled() and dist.any_flag(not bool(torch.isfinite(norm))):
-        raise NonFiniteLossError(f"{name} gradient norm", st.step)
-
-
-def _inject_nan(step: int, losses: dict[str, Tensor]) -> None:
-    spec = os.environ.get("BUSTO_INJECT_NAN", "")
-    if not spec:
-        return
-    s, _, name = spec.partition(":")
-    if int(s) == step and name in losses:
-        losses[name] = losses[name] * float("nan")
 
 
 # --------------------------------------------------------------------------------------- images and eval
@@ -590,6 +319,13 @@ def log_images(st: TrainState, ctx: Context) -> None:
     sweep_e = G(lat_k, Controls(torch.zeros_like(pose), expr, one.body_shape.expand(k, -1)), front,
                 super_resolve=sr).image.float()
     ctx.logger.image("samples/sweep", st.step, image_grid(torch.cat([sweep_p, sweep_e]), k))
+    if cfg.objective == "supervised" and ctx.run_dir is not None:  # held-out target | render | alpha | face
+        from train.labelled import sample_grid
+
+        data = ctx.dataset
+        rows = data.heldout_index[:4] if data.heldout_index.numel() else data.train_index[:4]
+        sample_grid(G, data, rows, ctx.run_dir / "samples" / f"heldout-{st.step:08d}.png",
+                    cfg.supervised.eval_resolution)
 
 
 @torch.no_grad()
@@ -608,16 +344,59 @@ def quick_swd(st: TrainState, ctx: Context) -> float:
 
 
 # -------------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(st: TrainState, ctx: Context) -> Path | None:
+METHODS = {"adversarial": "busto-adversarial", "supervised": "busto-supervised-warm-start"}
+"""``info.method`` of the exported generators of each objective."""
+
+
+def init_lineage(info: dict, path: str) -> list[dict]:
+    """The runs a generator started from ``model.init_from`` descends from, oldest first: the init checkpoint's own
+    lineage plus one entry for it (method, optimisation steps, wall seconds)."""
+    entry = {"checkpoint": str(path), "method": info.get("method"), "step": info.get("step"),
+             "wall_seconds": info.get("wall_seconds")}
+    return [*info.get("lineage", []), entry]
+
+
+def checkpoint_info(st: TrainState, ctx: Context, last: dict[str, float] | None = None,
+                    heldout: dict | None = None) -> dict:
+    """``info`` of the exported generator: method, step, wall time, lineage, the data, the resolved config, the last
+    losses and (supervised) the held-out scores; appearance-code generators carry their noise contract on."""
+    cfg = st.cfg
+    init_info = getattr(st.G, "checkpoint_info", None) or {}
+    info = {"method": METHODS[cfg.objective], "step": st.step, "preset": cfg.preset, "stage": cfg.stage,
+            "wall_seconds": round(st.wall_seconds + time.time() - ctx.t_start, 1), "threads": cfg.threads,
+            "lineage": init_lineage(init_info, cfg.model.init_from) if cfg.model.init_from else [],
+            "train": json.loads(to_json(cfg)), "last_losses": last or {}}
+    if cfg.objective == "supervised":
+        from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS
+
+        data = ctx.dataset
+        info["data"] = {"root": [str(r) for r in data.roots], "images": len(data),
+                        "train_images": int(data.train_index.numel()), "heldout_images": int(data.heldout_index.numel()),
+                        "identities": data.num_identities, "resolution": data.resolution,
+                        "generator": data.info.get("generator"), "yaw_mode": data.info.get("yaw_mode")}
+        info["noise_latent"] = {"kind": "appearance_code", "module": "portrait_core.assets.appearance",
+                                "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS}
+        info["samplers"] = "samplers.safetensors in the run folder; default_samplers.safetensors in " \
+                           "portrait_core/assets for the shipped model"
+        info["heldout"] = heldout
+    elif ctx.table.noise is not None:  # carry the appearance-code contract on (train.evaluate, the assets read it)
+        info["noise_latent"] = init_info.get("noise_latent", {"kind": "appearance_code"})
+    return info
+
+
+def save_checkpoint(st: TrainState, ctx: Context, heldout: dict | None = None) -> Path | None:
     if not ctx.is_main:
         return None
     state = st.state_dict()
-    info = {"step": st.step, "preset": st.cfg.preset, "stage": st.cfg.stage}
-    if ctx.table.noise is not None:  # carry the appearance-code contract on (train.evaluate, the assets read it)
-        info["noise_latent"] = (getattr(st.G, "checkpoint_info", None) or {}).get("noise_latent",
-                                                                                 {"kind": "appearance_code"})
+    state["wall_seconds"] = st.wall_seconds + time.time() - ctx.t_start
+    info = checkpoint_info(st, ctx, ctx.last_losses, heldout)
 
     def export(path: Path) -> None:
+        if st.cfg.objective == "supervised":  # truncation averages over the training (identity, appearance) pairs
+            from train.labelled import set_style_averages
+
+            samplers = ctx.dataset.samplers()
+            set_style_averages(st.G_ema, samplers.identity.to(ctx.device), samplers.appearance.to(ctx.device))
         save_generator(path, st.G_ema, info=info)
 
     protect = {st.best["checkpoint"]} if st.best.get("checkpoint") else set()
@@ -678,9 +457,11 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
     root = ensure_dataset(cfg.data.root, cfg.data.resolution, cfg.data.generate_count if rank == 0 else 0, log) \
         if rank == 0 else Path(cfg.data.root)
     dist.barrier()
+    if cfg.objective == "supervised":
+        return _prepare_supervised(cfg, resume_from, run_dir, root, device, rank, world, log)
     dataset = tdata.open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
     table = LabelTable.from_dataset(dataset)
-    st = build_state(cfg, device, table.identity)
+    st = build_state(cfg, device, table.identity, log)
     if tdata.uses_appearance_codes(st.G):  # noise = appearance codes from the init generator's samplers
         stored = run_dir / "samplers.safetensors" if run_dir is not None else None
         src = stored if stored is not None and stored.is_file() else \
@@ -697,11 +478,44 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
         write_run_files(run_dir, cfg, world, str(device))
     recon, projector = _face_recon(cfg, run_dir, root, device, logger, rank)
     ctx = Context(cfg, device, rank, world, run_dir, dataset, stream, table, recon, projector, logger,
-                  amp=cfg.optim.amp and device.type == "cuda")
+                  amp=cfg.optim.amp and device.type == "cuda", objective=O.AdversarialObjective())
     if resume_from is not None:
         st.load_state_dict(ck.load_state(resume_from, map_location=device))
         logger.info(f"resumed from {resume_from} at step {st.step}")
     dist.broadcast_module_states([st.G, st.G_ema, st.D] + ([st.pose_branch] if st.pose_branch else []))
+    return st, ctx
+
+
+def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Path, root: Path, device, rank: int,
+                        world: int, log) -> tuple[TrainState, Context]:
+    """The supervised objective's state and context: the labelled data in memory (held-out split), its label
+    tables as the samplers of the exported generator, the imitation warm-up of a fresh run."""
+    from train.labelled import LabelledData, LabelledStream
+
+    if world > 1:
+        raise ValueError("objective=supervised runs in one process (no torchrun)")
+    roots = [r for r in cfg.data.extra_roots.split(",") if r.strip()] + [str(root)]
+    data = LabelledData(roots, holdout=cfg.data.holdout)
+    log(f"data: {len(data)} images ({data.train_index.numel()} train, {data.heldout_index.numel()} held out), "
+        f"{data.num_identities} identities, {data.resolution}^2")
+    st = build_state(cfg, device, None, log)
+    st.G.train()
+    # Adam's second moments of rarely-used weights can decay into float32 denormals, which x86 CPUs process far
+    # more slowly; flushing them to zero changes nothing measurable in the updates.
+    torch.set_flush_denormal(True)
+    st.order = GlobalOrder(int(data.train_index.numel()), cfg.seed)
+    samplers = data.samplers()
+    logger = Logger(run_dir, cfg.run.steps, 0, cfg.run.progress, cfg.run.tensorboard, True)
+    write_run_files(run_dir, cfg, world, str(device))
+    samplers.save(run_dir / "samplers.safetensors")
+    ctx = Context(cfg, device, rank, world, run_dir, data, LabelledStream(data, st.order, cfg.optim.batch),
+                  data.label_table(), None, None, logger, amp=False, objective=O.SupervisedObjective())
+    if resume_from is not None:
+        st.load_state_dict(ck.load_state(resume_from, map_location=device))
+        logger.info(f"resumed from {resume_from} at step {st.step}")
+    elif cfg.loss.imitation_warmup > 0 and cfg.stage == 1:
+        O.imitation_warmup(st.G, cfg, data.label_table(), st.fake_gen, logger.info)
+        st.G_ema.load_state_dict(st.G.state_dict())
     return st, ctx
 
 
@@ -763,28 +577,41 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
     ctx.stop_signal = pending  # a signal during set-up stops after the first step (with a checkpoint)
     cfg = st.cfg
     lg = ctx.logger
-    lg.info(f"run folder {ctx.run_dir}; preset {cfg.preset}, stage {cfg.stage}, device {ctx.device}, world "
-            f"{ctx.world}, batch {cfg.optim.batch} global / {cfg.batch_per_gpu(ctx.world)} per GPU")
+    lg.info(f"run folder {ctx.run_dir}; preset {cfg.preset}, objective {cfg.objective}, stage {cfg.stage}, "
+            f"device {ctx.device}, world {ctx.world}, batch {cfg.optim.batch} global / "
+            f"{cfg.batch_per_gpu(ctx.world)} per GPU")
     t_start, step0 = time.time(), st.step
+    ctx.t_start = t_start
+    deadline = t_start + cfg.run.minutes * 60 if cfg.run.minutes > 0 else math.inf
     code = 0
     try:
+        if st.step >= cfg.run.steps and ctx.run_dir is not None and \
+                ck.latest_checkpoint(ctx.run_dir / "checkpoints") is None:
+            # nothing to train (e.g. run.steps=0 after an imitation warm-up): still export what was prepared
+            path = save_checkpoint(st, ctx, _final_heldout(st, ctx))
+            lg.info(f"checkpoint {path}")
         while st.step < cfg.run.steps:
             scalars = train_step(st, ctx)
+            ctx.last_losses = scalars
             s = st.step
+            totals = " ".join(f"{k.split('/')[0]} {scalars[k]:.4f}" for k in ("D/total", "G/total") if k in scalars)
             if S.every(s, cfg.run.log_every) or s == cfg.run.steps:
                 rate = (s - step0) / max(time.time() - t_start, 1e-9)
                 scalars["perf/steps_per_s"] = rate
                 lg.scalars(s, scalars)
-                lg.info(f"step {s}/{cfg.run.steps} D {scalars['D/total']:.4f} G {scalars['G/total']:.4f} "
-                        f"({rate:.2f} steps/s, eta {S.eta_seconds(s - step0, cfg.run.steps - step0, time.time() - t_start):.0f}s)")
-            lg.progress(s, f"D {scalars['D/total']:.3f} G {scalars['G/total']:.3f}")
+                lg.info(f"step {s}/{cfg.run.steps} {totals} ({rate:.2f} steps/s, eta "
+                        f"{S.eta_seconds(s - step0, cfg.run.steps - step0, time.time() - t_start):.0f}s)")
+            lg.progress(s, totals)
             if ctx.is_main and S.every(s, cfg.run.image_every):
                 with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
                     log_images(st, ctx)
+            out_of_time = time.time() > deadline
             stop = dist.any_flag(bool(ctx.stop_signal))
-            if S.every(s, cfg.run.ckpt_every) or s == cfg.run.steps or stop:
+            last = s == cfg.run.steps or stop or out_of_time
+            if S.every(s, cfg.run.ckpt_every) or last:
                 _maybe_eval_best(st, ctx)
-                path = save_checkpoint(st, ctx)
+                heldout = _final_heldout(st, ctx) if last else None
+                path = save_checkpoint(st, ctx, heldout)
                 dist.barrier()
                 if path is not None:
                     lg.info(f"checkpoint {path}")
@@ -792,6 +619,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
                 sig = ctx.stop_signal[0] if ctx.stop_signal else signal.SIGTERM
                 lg.info(f"stopped by signal {signal.Signals(sig).name} at step {s}; checkpoint saved")
                 code = 128 + int(sig)
+                break
+            if out_of_time:
+                lg.info(f"run.minutes={cfg.run.minutes} spent at step {s}; checkpoint saved (continue with --resume)")
                 break
     except NonFiniteLossError as e:
         last = ck.latest_checkpoint(ctx.run_dir / "checkpoints") if ctx.run_dir else None
@@ -802,6 +632,22 @@ def train(cfg: TrainConfig, resume: str | None = None) -> int:
         lg.close()
     dist.shutdown()
     return code
+
+
+def _final_heldout(st: TrainState, ctx: Context) -> dict | None:
+    """Supervised runs: the held-out scores of the EMA generator (what the stage trained: stage 2 super-resolved),
+    written to ``<run>/eval.json`` and into the exported generator's info."""
+    if st.cfg.objective != "supervised" or not ctx.is_main or ctx.dataset.heldout_index.numel() == 0:
+        return None
+    from train.labelled import evaluate_heldout
+
+    with torch.random.fork_rng():
+        res = evaluate_heldout(st.G_ema, ctx.dataset, ctx.dataset.heldout_index, st.cfg.supervised.eval_resolution,
+                               super_resolve=st.cfg.stage == 2)
+    res["step"] = st.step
+    ck.atomic_write_text(ctx.run_dir / "eval.json", json.dumps(res, indent=1))
+    ctx.logger.info(f"held-out: {json.dumps(res)}")
+    return res
 
 
 def _maybe_eval_best(st: TrainState, ctx: Context) -> None:

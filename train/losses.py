@@ -94,6 +94,13 @@ def pose_prediction(pose_d: Tensor, pose_g: Tensor) -> Tensor:
     return (pose_d.float() - pose_g.float()).square().flatten(1).sum(1).mean()
 
 
+def image_gradient_l1(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 between horizontal and vertical finite differences of two images [B, C, H, W]."""
+    dx = lambda x: x[..., :, 1:] - x[..., :, :-1]  # noqa: E731
+    dy = lambda x: x[..., 1:, :] - x[..., :-1, :]  # noqa: E731
+    return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
+
+
 # --------------------------------------------------------------------------------------------- stage 2
 def downsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Anti-aliased downsampling [B, C, H, W] -> [B, C, h, w] (area for integer factors, else bicubic+AA)."""
@@ -125,6 +132,13 @@ def all_finite(losses: dict[str, Tensor]) -> str | None:
         if not bool(torch.isfinite(v.detach()).all()):
             return name
     return None
+
+
+def pose_smoother_l1(smoothed_entries: Tensor, pooled_entries: Tensor) -> Tensor:
+    """AniPortraitGAN's smoother loss ||D(T) - AvgPool(T)||_1: the learned low-pass filter's output [B, 12, G, G, G]
+    vs a box filter of the same inverse-LBS entries T (mean absolute difference): keeps the smoother a smoothing
+    filter instead of letting the image losses sharpen it back into the seams between skinning regions."""
+    return (smoothed_entries.float() - pooled_entries.float()).abs().mean()
 
 
 def grid_smoothness(volume: Tensor) -> Tensor:

@@ -81,6 +81,18 @@ class ResidualDownBlock(nn.Module):
         return (y + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2)
 
 
+CAMERA_BOUND = torch.tensor([math.pi / 2, 1.0, 1.0])
+"""Range of the camera regression targets (pitch - pi/2, cos yaw, sin yaw): the camera head outputs within it."""
+POSE_BOUND = math.pi
+"""Bound of each predicted axis-angle component (radians)."""
+
+
+def bounded(raw: Tensor, bound: Tensor | float) -> Tensor:
+    """``bound * tanh(raw / bound)``: the identity near 0 (a zero-initialised head starts as before) and never
+    beyond ``bound``, so a fresh or diverging discriminator cannot put an unbounded regression error into G."""
+    return bound * torch.tanh(raw / bound)
+
+
 @dataclass
 class DOutput:
     logit: Tensor  # [B]
@@ -139,9 +151,9 @@ class Discriminator(nn.Module):
             camera_label = torch.where(flip[:, None], mirror_label25(camera_label), camera_label)
         f = self.features(x)
         logit = self.out_logit(f).squeeze(1)
-        cam = self.out_camera(f)
+        cam = bounded(self.out_camera(f), CAMERA_BOUND.to(f))
         cond = camera_label if camera_label is not None else f.new_zeros(f.shape[0], 25)
-        pose = self.pose_branch(torch.cat([f, cond.to(f.dtype)], dim=1)).view(-1, 6, 3)
+        pose = bounded(self.pose_branch(torch.cat([f, cond.to(f.dtype)], dim=1)), POSE_BOUND).view(-1, 6, 3)
         if flip is not None:
             # mirrored yaw: theta -> pi - theta, i.e. cos -> -cos
             cam = torch.where(flip[:, None], cam * cam.new_tensor([1.0, -1.0, 1.0]), cam)

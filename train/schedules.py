@@ -31,6 +31,14 @@ def ema_beta(step: int, batch: int, half_life_kimg: float, rampup: float) -> flo
     return 0.5 ** (batch / half_life)
 
 
+def cosine_lr_factor(step: int, total: int, min_fraction: float, warmup: int) -> float:
+    """Learning-rate factor at ``step``: linear warm-up over ``warmup`` steps (from 1/warmup), then cosine decay from
+    1 to ``min_fraction`` at ``total`` steps (``min_fraction`` 1 = constant)."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    frac = min(step, total) / max(1, total)
+    return warm * (min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 def r1_due(step: int, interval: int) -> bool:
     """Lazy R1: regularise on steps 0, interval, 2*interval, ..."""
     return step % interval == 0

@@ -222,6 +222,11 @@ class Generator(nn.Module):
         of 12 matrix entries, exact wherever the map is locally affine (rigid body parts), and a zero pose gives
         exactly zero. Differentiable in the smoother's kernels and in the pose code.
         """
+        return self.pose_volume_from_entries(self.pose_entries(state))
+
+    def pose_entries(self, state: BodyState) -> Tensor:
+        """The unsmoothed inverse-LBS affine maps (nearest valid posed vertex) on the posed-space grid: their 12
+        entries [B, 12, G, G, G]. No learnable parameters (cacheable per pose); differentiable in the pose code."""
         g = self.cfg.render.pose_grid
         nodes = R.grid_points(self.pose_box_centre, self.cfg.pose.box_half_extent, g)  # [G, G, G, 3]
         b = state.vertices.shape[0]
@@ -229,9 +234,15 @@ class Generator(nn.Module):
         # the nearest-vertex choice is discrete; the chosen vertex transforms carry gradients to the pose code
         # (needed by 360-degree pose self-learning), and cost nothing when the pose needs no gradient
         transforms = self.body.inverse_lbs(state, flat)
-        entries = R.affine_entries(transforms.to(nodes.dtype)).reshape(b, g, g, g, 12).permute(0, 4, 1, 2, 3)
-        smoothed = self.pose_smoother(entries.contiguous()).permute(0, 2, 3, 4, 1)  # [B, G, G, G, 12]
-        displacement = R.apply_affine(smoothed, nodes.expand(b, -1, -1, -1, -1)) - nodes
+        return R.affine_entries(transforms.to(nodes.dtype)).reshape(b, g, g, g, 12).permute(0, 4, 1, 2, 3).contiguous()
+
+    def pose_volume_from_entries(self, entries: Tensor) -> Tensor:
+        """:meth:`pose_volume` from :meth:`pose_entries`: the learnable smoother filters the entries, the smoothed
+        map is applied to each grid node and stored as a displacement [B, 3, G, G, G]."""
+        g = self.cfg.render.pose_grid
+        nodes = R.grid_points(self.pose_box_centre, self.cfg.pose.box_half_extent, g)
+        smoothed = self.pose_smoother(entries).permute(0, 2, 3, 4, 1)  # [B, G, G, G, 12]
+        displacement = R.apply_affine(smoothed, nodes.expand(entries.shape[0], -1, -1, -1, -1)) - nodes
         return displacement.permute(0, 4, 1, 2, 3).contiguous()
 
     def pose_deformation(self, pose_volume: Tensor, points: Tensor) -> Tensor:
@@ -450,6 +461,31 @@ class Generator(nn.Module):
         }
         return RenderOutput(image * 2 - 1, alpha_img, depth_img, image_lr * 2 - 1, alpha_lr, depth_lr, features, aux)
 
+    def training_scene(self, latents: Latents, controls: Controls, *, truncation: float = 1.0,
+                       super_resolve: bool = False, pose_volume: Tensor | None = None) -> SceneFields:
+        """The differentiable scene of :meth:`forward` for a batch (styles, pose and expression grids, manifold,
+        radiance; with ``super_resolve`` the super-resolved textures): build it once and render it from several
+        cameras with :meth:`render_scene` (training renders the portrait and the face camera from one scene).
+        ``pose_volume``: a precomputed :meth:`pose_volume` (e.g. from cached inverse-LBS entries)."""
+        radiance_styles = self.radiance_styles(latents, truncation)
+        rc = self.cfg.render
+        textures = radiance_hr = None
+        if super_resolve or rc.train_radiance == "textures":
+            textures = self.bake_textures(radiance_styles)
+        if super_resolve:
+            hr_textures = self.super_resolve_textures(textures, self.superres_styles(latents, truncation))
+            radiance_hr = self.texture_radiance_fn(hr_textures)
+        if pose_volume is None:
+            pose_volume = self.pose_volume(self.body.posed(controls.body_shape, controls.pose))
+        return SceneFields(
+            pose_volume=pose_volume,
+            expression_fields=self.expression_fields_fn(latents.identity, controls.expression),
+            manifold=self.baked_manifold_fn() if rc.train_manifold == "grid" else self.manifold,
+            radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
+                      else self.network_radiance_fn(radiance_styles)),
+            radiance_hr=radiance_hr,
+        )
+
     def forward(self, latents: Latents, controls: Controls, camera: Camera, *, truncation: float = 1.0,
                 super_resolve: bool = False, resolution: int | None = None) -> RenderOutput:
         """Training path: render a batch (B identities x their controls x their cameras), differentiable.
@@ -467,23 +503,7 @@ class Generator(nn.Module):
         if controls.batch_size != b:
             raise ValueError(f"Generator.forward: latents batch {b} != controls batch {controls.batch_size}")
         camera = _camera_for_batch("Generator.forward", camera, b)
-        radiance_styles = self.radiance_styles(latents, truncation)
-        state = self.body.posed(controls.body_shape, controls.pose)
-        rc = self.cfg.render
-        textures = radiance_hr = None
-        if super_resolve or rc.train_radiance == "textures":
-            textures = self.bake_textures(radiance_styles)
-        if super_resolve:
-            hr_textures = self.super_resolve_textures(textures, self.superres_styles(latents, truncation))
-            radiance_hr = self.texture_radiance_fn(hr_textures)
-        scene = SceneFields(
-            pose_volume=self.pose_volume(state),
-            expression_fields=self.expression_fields_fn(latents.identity, controls.expression),
-            manifold=self.baked_manifold_fn() if rc.train_manifold == "grid" else self.manifold,
-            radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
-                      else self.network_radiance_fn(radiance_styles)),
-            radiance_hr=radiance_hr,
-        )
+        scene = self.training_scene(latents, controls, truncation=truncation, super_resolve=super_resolve)
         return self.render_scene(scene, camera, resolution, super_resolve)
 
     # ------------------------------------------------------------------ avatars and cameras

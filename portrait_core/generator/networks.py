@@ -284,6 +284,13 @@ class PoseSmoother(nn.Module):
             volume = F.conv3d(F.pad(volume, (p,) * 6, mode="replicate"), kernels[i], groups=self.channels)
         return volume
 
+    def box_filter(self, volume: Tensor) -> Tensor:
+        """The same passes with uniform kernels (the AvgPool that the paper's smoother loss compares with)."""
+        k, p = 2 * self.pad + 1, self.pad
+        for _ in range(self.passes):
+            volume = F.avg_pool3d(F.pad(volume, (p,) * 6, mode="replicate"), k, stride=1)
+        return volume
+
 
 # --- super-resolution ----------------------------------------------------------------------------------------
 

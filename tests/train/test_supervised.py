@@ -21,7 +21,12 @@ from portrait_core.assets.appearance import (
 )
 from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator
 from portrait_core.geometry.camera import Camera
-from train import supervised as S
+from train import cameras as TC
+from train import labelled as LB
+from train import loop
+from train import objectives as O
+from train import regularisers as RG
+from train.config import parse_overrides, preset
 
 
 def _extra(i: int) -> dict:
@@ -31,6 +36,14 @@ def _extra(i: int) -> dict:
     return {"skin": rng.uniform(0.3, 0.9, 3).round(3).tolist(), "hair_style": HAIR_STYLES[k % 4],
             "hair_colour": rng.uniform(0, 0.7, 3).round(3).tolist(), "clothing": ("solid", "stripes", "checks")[k % 3],
             "neckline": ("crew", "v", "scoop")[k % 3], "identity_index": k}
+
+
+def sup_cfg(**over):
+    """The ``warm128`` preset at the tiny fixtures' sizes (16^2 rays, 8^2 face, full frames), with dotted-key
+    overrides given as ``supervised__face_mouth_weight=5`` (``__`` for ``.``)."""
+    items = {"model.generator": "tiny", "data.resolution": 16, "data.face_resolution": 8,
+             "supervised.patch_prob": 0, **{k.replace("__", "."): v for k, v in over.items()}}
+    return parse_overrides(preset("warm128"), [f"{k}={v}" for k, v in items.items()])
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +93,7 @@ def test_clothing_colour_stats_reads_the_bottom_strip():
 def test_window_camera_rays_match_the_full_frame():
     cam = Camera.portrait(yaw=C.FRONTAL_YAW + 0.2, pitch=C.FRONTAL_PITCH - 0.1)
     full_res, res, i0, j0 = 64, 16, 20, 8
-    win = S.window_camera(cam, torch.tensor([j0 / full_res]), torch.tensor([i0 / full_res]), res / full_res)
+    win = TC.window_camera(cam, torch.tensor([j0 / full_res]), torch.tensor([i0 / full_res]), res / full_res)
     _, d_win = win.rays(res, res)
     _, d_full = cam.rays(full_res, full_res)
     d_full = d_full.reshape(1, full_res, full_res, 3)[:, i0:i0 + res, j0:j0 + res].reshape(1, -1, 3)
@@ -94,7 +107,7 @@ def test_random_window_crops_and_camera_agree():
     image = torch.stack([rows, cols, rows * 0]).expand(b, -1, -1, -1).contiguous()
     cam = Camera.portrait(yaw=C.FRONTAL_YAW + torch.tensor([0.0, 0.2, -0.3]), pitch=torch.full((b,), C.FRONTAL_PITCH))
     gen = torch.Generator().manual_seed(3)
-    win, (crop,) = S.random_window(cam, [image], res, full_res // res, gen)
+    win, (crop,) = TC.random_window(cam, [image], res, full_res // res, gen)
     assert crop.shape == (b, 3, res, res)
     _, d_full = cam.rays(full_res, full_res)
     _, d_win = win.rays(res, res)
@@ -106,9 +119,9 @@ def test_random_window_crops_and_camera_agree():
         want = d_full[k].reshape(full_res, full_res, 3)[i0:i0 + res, j0:j0 + res].reshape(-1, 3)
         torch.testing.assert_close(d_win[k], want, atol=1e-5, rtol=0)
     assert len(starts) > 1  # the windows are drawn per entry
-    whole_cam, (whole,) = S.random_window(cam, [image], res, 1, gen)  # scale 1: the whole frame, downsampled
+    whole_cam, (whole,) = TC.random_window(cam, [image], res, 1, gen)  # scale 1: the whole frame, downsampled
     assert whole_cam is cam
-    torch.testing.assert_close(whole, S.downsample(image, res))
+    torch.testing.assert_close(whole, TC.downsample(image, res))
 
 
 def test_imitation_vertices_favour_each_images_moving_ones():
@@ -116,12 +129,12 @@ def test_imitation_vertices_favour_each_images_moving_ones():
     offsets[0, [5, 17], 1] = torch.tensor([0.01, 0.03])  # image 0 moves two vertices (1:3)
     offsets[1, 400, 1] = 0.2  # image 1 moves another one, much further
     gen = torch.Generator().manual_seed(0)
-    moving = S.imitation_vertices(offsets, 64, 1.0, gen)
+    moving = RG.imitation_vertices(offsets, 64, 1.0, gen)
     assert moving.shape == (3, 64)
     assert set(moving[0].tolist()) <= {5, 17} and (moving[0] == 17).sum() > (moving[0] == 5).sum()
     assert set(moving[1].tolist()) == {400}  # not drowned by, nor drowning, the other image
     assert len(set(moving[2].tolist())) > 40  # image 2 is neutral: uniform
-    half = S.imitation_vertices(offsets, 64, 0.5, gen)
+    half = RG.imitation_vertices(offsets, 64, 0.5, gen)
     assert set(half[0, :32].tolist()) <= {5, 17} and len(set(half[0, 32:].tolist())) > 20  # the rest uniform
     assert torch.equal(half[0, 32:], half[1, 32:])  # and shared
 
@@ -130,8 +143,8 @@ def test_sweep_expressions_move_one_control_over_its_label_range():
     labels = torch.randn(200, C.EXPRESSION_DIM) * 0.3
     low, high = torch.tensor([0.0, -3.0, -1.0]), torch.tensor([3.0, 3.0, 1.0])
     gen = torch.Generator().manual_seed(0)
-    assert S.sweep_expressions(labels, low, high, 0.0, gen) is labels
-    out = S.sweep_expressions(labels, low, high, 0.5, gen)
+    assert RG.sweep_expressions(labels, low, high, 0.0, gen) is labels
+    out = RG.sweep_expressions(labels, low, high, 0.5, gen)
     swept = (out != labels).any(1)
     assert 60 < int(swept.sum()) < 140
     moved = out[swept]
@@ -151,8 +164,8 @@ def test_cached_pose_volume_equals_generator():
             p.add_(torch.randn_like(p) * 0.05)  # a non-trivial smoother
     betas = torch.randn(2, 10) * 0.5
     pose = torch.randn(2, 6, 3) * 0.15
-    entries = S.pose_entries(G, betas, pose)
-    got = S.pose_volume_from_entries(G, entries)
+    entries = G.pose_entries(G.body.posed(betas, pose))
+    got = G.pose_volume_from_entries(entries)
     want = G.pose_volume(G.body.posed(betas, pose))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     # the shared training scene renders what Generator.forward renders
@@ -160,23 +173,23 @@ def test_cached_pose_volume_equals_generator():
     ctl = Controls(pose, torch.randn(2, 64) * 0.5, betas)
     cam = Camera.portrait(batch=2)
     with torch.no_grad():
-        a = G.render_scene(S.training_scene(G, lat, ctl), cam, 12)
+        a = G.render_scene(G.training_scene(lat, ctl), cam, 12)
         b = G(lat, ctl, cam, resolution=12)
     torch.testing.assert_close(a.image, b.image, atol=1e-4, rtol=0)
     torch.testing.assert_close(a.alpha, b.alpha, atol=1e-4, rtol=0)
 
 
 def test_face_camera_label_orbits_the_posed_face(tiny_data):
-    data = S.SupervisedData(tiny_data)
+    data = LB.LabelledData(tiny_data)
     G = Generator(generator_config("tiny"))
-    cam = S.face_camera(data.face_camera[:3])
+    cam = TC.face_camera(data.face_camera[:3])
     ref = G.face_camera(Controls(data.pose[:3], data.expression[:3], data.body_shape[:3]))
     torch.testing.assert_close(cam.cam2world, ref.cam2world, atol=1e-4, rtol=0)
     torch.testing.assert_close(cam.near, ref.near, atol=1e-4, rtol=0)
 
 
 def test_data_codes_split_and_samplers(tiny_data):
-    data = S.SupervisedData(tiny_data, holdout=1)
+    data = LB.LabelledData(tiny_data, holdout=1)
     assert len(data) == 8 and data.num_identities == 4
     assert data.heldout_index.tolist() == [6, 7] and data.train_index.numel() == 6
     # the two views of an identity share one appearance code (clothing colour averaged over views)
@@ -195,17 +208,16 @@ def test_data_codes_split_and_samplers(tiny_data):
 
 def test_supervised_loss_decreases_on_a_fixed_batch(tiny_data):
     torch.manual_seed(0)
-    data = S.SupervisedData(tiny_data)
-    cfg = S.SupervisedConfig(data=str(tiny_data), out="", preset="tiny", batch=4, resolution=16, face_resolution=8,
-                             patch_prob=0.0, lr=2e-3)
+    data = LB.LabelledData(tiny_data)
+    cfg = sup_cfg()
     G = Generator(generator_config("tiny"))
     params = [p for name, ps in G.param_groups().items() if not name.startswith("superres") for p in ps]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(params, lr=2e-3, betas=(0.9, 0.99))
     batch = data.batch(torch.arange(4))
     gen = torch.Generator().manual_seed(0)
     fit = []
-    for step in range(14):
-        terms = S.supervised_losses(G, cfg, batch, step, gen)
+    for _ in range(14):
+        terms = O.SupervisedObjective.terms(G, cfg, batch, gen)
         assert all(math.isfinite(float(v.detach())) for v in terms.values())
         opt.zero_grad()
         terms["total"].backward()
@@ -216,12 +228,11 @@ def test_supervised_loss_decreases_on_a_fixed_batch(tiny_data):
 
 def test_expression_shading_learns_from_the_images_and_is_kept_sparse(tiny_data):
     torch.manual_seed(0)
-    data = S.SupervisedData(tiny_data)
-    cfg = S.SupervisedConfig(data=str(tiny_data), out="", preset="tiny", batch=4, resolution=16, face_resolution=8,
-                             patch_prob=0.0)
+    data = LB.LabelledData(tiny_data)
+    cfg = sup_cfg()
     G = Generator(generator_config("tiny", expression={"shading": True}))
     batch = data.batch(torch.arange(4))
-    terms = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))
+    terms = O.SupervisedObjective.terms(G, cfg, batch, torch.Generator().manual_seed(0))
     assert float(terms["shading"].detach()) == 0.0  # zero-initialised: no shading yet
     (terms["image"] + terms["face"]).backward()
     assert G.expression_deform.shading_head.weight.grad.abs().sum() > 0  # the images train it
@@ -231,53 +242,51 @@ def test_expression_shading_learns_from_the_images_and_is_kept_sparse(tiny_data)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     sparsity = []
     for step in range(10):
-        reg = S.deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], None, 64,
-                                         cfg.smooth_jitter, torch.Generator().manual_seed(step))
+        reg = RG.deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], 64,
+                                          cfg.loss.smooth_jitter, torch.Generator().manual_seed(step))
         sparsity.append(float(reg["shading"]))
         opt.zero_grad()
         reg["shading"].backward()
         opt.step()
     assert sparsity[0] > 0.01 and sparsity[-1] < 0.5 * sparsity[0], sparsity
-    plain = S.deformation_regularisers(Generator(generator_config("tiny")), batch["identity"], batch["expression"],
-                                       batch["body_shape"], None, 16, cfg.smooth_jitter, torch.Generator())
+    plain = RG.deformation_regularisers(Generator(generator_config("tiny")), batch["identity"], batch["expression"],
+                                        batch["body_shape"], 16, cfg.loss.smooth_jitter, torch.Generator())
     assert "shading" not in plain
 
 
 def test_mouth_weights_cover_the_projected_lips_in_frames_and_windows(tiny_data):
     uv = torch.tensor([[[0.25, 0.5], [0.75, 0.7]]])  # a mouth box 0.5 wide, 0.2 high
-    w = S.mouth_weight_map(uv, 8, 4.0, margin=0.25)  # widened to x 0.125..0.875, y 0.45..0.75
+    w = O.mouth_weight_map(uv, 8, 4.0, margin=0.25)  # widened to x 0.125..0.875, y 0.45..0.75
     inside = torch.zeros(8, 8, dtype=torch.bool)
     inside[4:6, 1:7] = True  # pixel centres (k + 0.5) / 8 inside the widened box
     assert torch.equal(w[0, 0] == 4.0, inside) and torch.equal(w[0, 0] == 1.0, ~inside)
-    data = S.SupervisedData(tiny_data)
+    data = LB.LabelledData(tiny_data)
     G = Generator(generator_config("tiny"))
     batch = data.batch(torch.arange(4))
-    cam = S.face_camera(batch["face_camera"])
-    lips = S.face_landmarks_uv(G, batch, cam)
+    cam = TC.face_camera(batch["face_camera"])
+    lips = O.face_landmarks_uv(G, batch, cam)
     assert lips.shape == (4, 68, 2)
-    eyes_v, mouth_v = lips[:, 36:48, 1].mean(1), lips[:, S.MOUTH_LANDMARKS, 1].mean(1)
+    eyes_v, mouth_v = lips[:, 36:48, 1].mean(1), lips[:, O.MOUTH_LANDMARKS, 1].mean(1)
     assert ((lips > 0) & (lips < 1)).all() and (mouth_v > eyes_v + 0.1).all()  # in the crop, mouth below the eyes
-    win, _ = S.random_window(cam, [batch["face"]], 4, 2, torch.Generator().manual_seed(0))
+    win, _ = TC.random_window(cam, [batch["face"]], 4, 2, torch.Generator().manual_seed(0))
     u0, v0 = -win.intrinsics[:, 0, 2] * 0.5 + cam.intrinsics[:, 0, 2], -win.intrinsics[:, 1, 2] * 0.5 + cam.intrinsics[:, 1, 2]
-    in_window = S.face_landmarks_uv(G, batch, win)
+    in_window = O.face_landmarks_uv(G, batch, win)
     torch.testing.assert_close(in_window, (lips - torch.stack([u0, v0], -1)[:, None]) / 0.5, atol=1e-4, rtol=0)
-    cfg = S.SupervisedConfig(data=str(tiny_data), out="", preset="tiny", batch=4, resolution=16, face_resolution=8,
-                             patch_prob=0.0)
-    plain = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))["face"]
-    cfg.face_mouth_weight = 5.0
-    weighted = S.supervised_losses(G, cfg, batch, 0, torch.Generator().manual_seed(0))["face"]
+    plain = O.SupervisedObjective.terms(G, sup_cfg(), batch, torch.Generator().manual_seed(0))["face"]
+    weighted = O.SupervisedObjective.terms(G, sup_cfg(supervised__face_mouth_weight=5), batch,
+                                           torch.Generator().manual_seed(0))["face"]
     assert float(weighted.detach()) != float(plain.detach())
 
 
 def test_the_mouth_interior_target_is_what_an_open_jaw_opens():
     square = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]])
     pts = torch.tensor([[[0.5, 0.5], [1.5, 0.5], [0.5, -0.1], [0.99, 0.01]]])
-    assert S.inside_polygon(pts, square).tolist() == [[True, False, False, True]]
+    assert RG.inside_polygon(pts, square).tolist() == [[True, False, False, True]]
     G = Generator(generator_config("tiny", expression={"shading": True}))
     expression = torch.zeros(3, 64)
     expression[1, 0], expression[2, 0] = 1.5, 3.0  # jaw_open
     identity, betas = torch.zeros(3, 80), torch.zeros(3, 10)
-    pts, target = S.mouth_interior_shading(G, identity, expression, betas, 4000, torch.Generator().manual_seed(0))
+    pts, target = RG.mouth_interior_shading(G, identity, expression, betas, 4000, torch.Generator().manual_seed(0))
     dark = (target > 0).float().mean(1)
     assert dark[0] == 0 and 0 < dark[1] < dark[2], dark  # neutral: nothing; a wider jaw opens more
     lips = G.face.landmarks(identity, expression)[2, 48:68]
@@ -285,30 +294,64 @@ def test_the_mouth_interior_target_is_what_an_open_jaw_opens():
     in_face = pts[2][target[2] > 0] - T[:3, 3]  # canonical -> face frame (a translation for the canonical pose)
     assert (in_face[:, 0].abs() < (lips[:, 0].abs().max())).all()  # between the mouth corners
     assert (in_face[:, 1] < lips[:, 1].max()).all() and (in_face[:, 1] > lips[:, 1].min()).all()
-    reg = S.deformation_regularisers(G, identity, expression, betas, None, 64, 0.01, torch.Generator())
+    reg = RG.deformation_regularisers(G, identity, expression, betas, 64, 0.01, torch.Generator(),
+                                      shading_imitation=True)
     assert float(reg["shading_imitation"].detach()) > 0  # zero shading misses the open mouths
 
 
-def test_cli_run_writes_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
+def run_warm(tiny_data, out, *overrides, preset_name="warm128") -> int:
+    """``python -m train warm128`` on the tiny fixture (12^2 rays, 8^2 face, one held-out identity) into ``out``."""
+    from train.__main__ import main
+
+    return main([preset_name, f"data.root={tiny_data}", "data.extra_roots=", "model.generator=tiny",
+                 "data.resolution=12", "data.face_resolution=8", "data.holdout=1", "supervised.eval_resolution=12",
+                 "run.image_every=0", "threads=1", "run.progress=false", "run.tensorboard=false",
+                 f"run.out={out.parent}", f"run.name={out.name}", *overrides, "--resume", "auto"])
+
+
+def latest_generator(run):
+    from train import checkpoint as ck
+
+    return load_generator(ck.resolve(run) / ck.GENERATOR_FILE)
+
+
+def test_supervised_run_writes_a_loadable_checkpoint_and_resumes(tiny_data, tmp_path):
     out = tmp_path / "run"
-    args = ["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "2", "--batch", "2",
-            "--resolution", "12", "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12",
-            "--sample-every", "0", "--threads", "1", "--face-patch-prob", "1", "--w-face-grad", "0.3"]
-    assert S.main(args) == 0
-    G = load_generator(out / "generator.safetensors")
+    assert run_warm(tiny_data, out, "run.steps=2", "optim.batch=2", "supervised.face_patch_prob=1",
+                    "supervised.face_grad=0.3") == 0
+    G = latest_generator(out)
     info = G.checkpoint_info
-    assert info["method"] == S.METHOD and info["step"] == 2
+    assert info["method"] == loop.METHODS["supervised"] and info["step"] == 2
+    assert info["noise_latent"]["kind"] == "appearance_code"
     assert info["heldout"]["images"] == 2 and 0 <= info["heldout"]["iou"] <= 1
     assert math.isfinite(info["heldout"]["psnr"])
+    assert json.loads((out / "eval.json").read_text())["step"] == 2
     samplers = DefaultSamplers.load(out / "samplers.safetensors")
     assert samplers.identity.shape[0] == 3
     # resume continues from step 2
-    args[args.index("--steps") + 1] = "3"
-    assert S.main(args) == 0
-    assert load_generator(out / "generator.safetensors").checkpoint_info["step"] == 3
-    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 2, 3]
-    assert all(math.isfinite(x["face_grad"]) for x in lines)  # the face-window and face-gradient terms ran
+    assert run_warm(tiny_data, out, "run.steps=3", "optim.batch=2") == 0
+    assert latest_generator(out).checkpoint_info["step"] == 3
+    lines = [json.loads(x) for x in (out / "stats.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines if "G/image" in x]
+    assert steps[-1] == 3
+    assert all(math.isfinite(x["G/face_grad"]) for x in lines if "G/face_grad" in x)  # the face terms ran
+
+
+def test_the_old_command_line_prints_and_runs_its_equivalent(tiny_data, tmp_path, capsys):
+    from train import supervised as alias
+
+    out = tmp_path / "old"
+    cmd = alias.translate(["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "1",
+                           "--w-face-grad", "0.3", "--lr", "1e-3", "--stage", "superres"])
+    assert cmd[:2] == ["train", "warm128-sr"] and "supervised.face_grad=0.3" in cmd and "optim.lr_g=1e-3" in cmd
+    assert f"run.name={out.name}" in cmd and "model.generator=tiny" in cmd
+    ev = alias.translate(["--data", "a", "b", "--out", str(out), "--eval-only", "--baselines", "--export", "x"])
+    assert ev[0] == "train.evaluate" and ev[ev.index("--data") + 1:ev.index("--data") + 3] == ["a", "b"]
+    assert alias.main(["--data", str(tiny_data), "--out", str(out), "--preset", "tiny", "--steps", "1",
+                       "--batch", "2", "--resolution", "12", "--face-resolution", "8", "--holdout", "1",
+                       "--eval-resolution", "12", "--sample-every", "0", "--threads", "1"]) == 0
+    assert "python -m train warm128" in capsys.readouterr().out
+    assert latest_generator(out).checkpoint_info["step"] == 1
 
 
 def test_several_roots_concatenate_and_hold_out_from_the_last(tiny_data, tmp_path):
@@ -316,30 +359,31 @@ def test_several_roots_concatenate_and_hold_out_from_the_last(tiny_data, tmp_pat
 
     other = tmp_path / "other"
     shutil.copytree(tiny_data, other)
-    data = S.SupervisedData([other, tiny_data], holdout=1)
+    data = LB.LabelledData([other, tiny_data], holdout=1)
     # identities never span roots: the copy's identity 0 is not the original's identity 0
     assert len(data) == 16 and data.num_identities == 8
     assert data.identity_of[:2].tolist() == [0, 0] and data.identity_of[8:10].tolist() == [4, 4]
     assert data.heldout_index.tolist() == [14, 15]
-    torch.testing.assert_close(data.image[8:], S.SupervisedData(tiny_data).image)
+    torch.testing.assert_close(data.image[8:], LB.LabelledData(tiny_data).image)
     with pytest.raises(ValueError, match="no dataset root"):
-        S.SupervisedData([])
+        LB.LabelledData([])
 
 
 def test_imitation_warmup_fits_the_3dmm_and_touches_only_the_expression_branch(tiny_data):
     torch.manual_seed(0)
-    data = S.SupervisedData(tiny_data)
+    data = LB.LabelledData(tiny_data)
     G = Generator(generator_config("tiny"))
-    cfg = S.SupervisedConfig(data=str(tiny_data), out="", imitation_warmup=80, lr=2e-3, reg_points=64)
+    cfg = sup_cfg(loss__imitation_warmup=80, optim__lr_g=2e-3, loss__num_reg_points=64)
     frozen = {k: v.clone() for k, v in G.state_dict().items() if not k.startswith(("expression_",))}
 
     def imitation() -> float:
         with torch.no_grad():
-            return float(S.deformation_regularisers(G, data.identity, data.expression, data.body_shape, None, 512,
-                                                    cfg.smooth_jitter, torch.Generator().manual_seed(5))["imitation"])
+            return float(RG.deformation_regularisers(G, data.identity, data.expression, data.body_shape, 512,
+                                                     cfg.loss.smooth_jitter, torch.Generator().manual_seed(5)
+                                                     )["imitation"])
 
     before = imitation()
-    last = S.imitation_warmup(G, data, cfg, torch.Generator().manual_seed(0), log=lambda *_: None)
+    last = O.imitation_warmup(G, cfg, data.label_table(), torch.Generator().manual_seed(0), log=lambda *_: None)
     assert math.isfinite(last["imitation"])
     assert imitation() < 0.5 * before, (before, imitation())
     after = G.state_dict()
@@ -355,11 +399,9 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
     save_generator(tmp_path / "init.safetensors", src,
                    info={"method": "x", "step": 7, "wall_seconds": 3.0, "lineage": [earlier]})
     out = tmp_path / "run"
-    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "0", "--resolution", "12",
-                   "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
-                   "--threads", "1", "--init", str(tmp_path / "init.safetensors"),
-                   "--generator-overrides", '{"manifold": {"levels": 9}}']) == 0
-    G = load_generator(out / "generator.safetensors")
+    assert run_warm(tiny_data, out, "run.steps=0", f"model.init_from={tmp_path / 'init.safetensors'}",
+                    'model.generator_overrides={"manifold": {"levels": 9}}') == 0
+    G = latest_generator(out)
     assert G.cfg.manifold.levels == 9 and src.cfg.manifold.levels != 9
     # the run records what it started from, and what that started from (oldest first)
     assert G.checkpoint_info["lineage"] == [earlier, {"checkpoint": str(tmp_path / "init.safetensors"),
@@ -375,15 +417,16 @@ def test_modulated_colour_head_gets_its_own_learning_rate(tiny_data, tmp_path):
     torch.manual_seed(0)
     save_generator(tmp_path / "init.safetensors", Generator(generator_config("tiny")), info={})
     out = tmp_path / "run"
-    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "1", "--batch", "2", "--resolution", "12",
-                   "--face-resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
-                   "--threads", "1", "--init", str(tmp_path / "init.safetensors"), "--lr", "1e-3",
-                   "--generator-overrides", '{"radiance": {"modulated_colour": true}}',
-                   "--lr-colour-head-scale", "5"]) == 0
-    groups = {g["name"]: g for g in torch.load(out / "state.pt", weights_only=True)["optimizer"]["param_groups"]}
+    assert run_warm(tiny_data, out, "run.steps=1", "optim.batch=2", f"model.init_from={tmp_path / 'init.safetensors'}",
+                    "optim.lr_g=1e-3", 'model.generator_overrides={"radiance": {"modulated_colour": true}}',
+                    "optim.lr_colour_head_scale=5") == 0
+    from train import checkpoint as ck
+
+    state = ck.load_state(ck.resolve(out))
+    groups = {g["name"]: g for g in state["opt_G"]["param_groups"]}
     assert groups["colour_head"]["base_lr"] == pytest.approx(5e-3) and groups["radiance"]["base_lr"] == 1e-3
     assert len(groups["colour_head"]["params"]) == 4
-    G = load_generator(out / "generator.safetensors")
+    G = latest_generator(out)
     assert G.cfg.radiance.modulated_colour and G.radiance.modulated_rgb.weight.abs().sum() > 0
 
 
@@ -391,26 +434,25 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
     from portrait_core.generator import save_generator
 
     torch.manual_seed(0)
-    data = S.SupervisedData(tiny_data)
+    data = LB.LabelledData(tiny_data)
     G = Generator(generator_config("tiny"))
     with torch.no_grad():  # an opaque shell, so that the textures hold something to super-resolve
         G.radiance.sigma_heads[0].bias.fill_(5.0)
-    cfg = S.SupervisedConfig(data=str(tiny_data), out="", stage="superres", resolution=8, w_grad=0.3, w_face=1.0,
-                             w_face_grad=0.3)
+    cfg = sup_cfg(stage=2, data__resolution=8, supervised__grad=0.3, supervised__face=1.0, supervised__face_grad=0.3)
     batch = data.batch(torch.arange(4))
-    terms = S.superres_losses(G, cfg, batch, torch.Generator().manual_seed(0))
+    terms = O.SupervisedObjective.superres_terms(G, cfg, batch, torch.Generator().manual_seed(0))
     assert set(terms) == {"image", "alpha", "grad", "face", "face_grad", "total"}
     terms["total"].backward()
-    sr = {id(p) for name in S.STAGES["superres"] for p in G.param_groups()[name]}
+    sr = {id(p) for name in ("superres", "superres_mapping") for p in G.param_groups()[name]}
     reached = {id(p) for p in G.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert reached and reached <= sr  # the rest is evaluated as a frozen avatar
     G.zero_grad(set_to_none=True)
     # the targets are the data at its full density: 32^2 portraits -> 16^2 windows of 8^2 rays, whole 16^2 faces
-    params = [p for name in S.STAGES["superres"] for p in G.param_groups()[name]]
+    params = [p for name in ("superres", "superres_mapping") for p in G.param_groups()[name]]
     opt = torch.optim.Adam(params, lr=1e-2)
     fit = []
     for _ in range(12):
-        terms = S.superres_losses(G, cfg, batch, torch.Generator().manual_seed(0))
+        terms = O.SupervisedObjective.superres_terms(G, cfg, batch, torch.Generator().manual_seed(0))
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -419,10 +461,9 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
     # the CLI stage: from a checkpoint, only the super-resolution changes
     save_generator(tmp_path / "init.safetensors", G)
     out = tmp_path / "run"
-    assert S.main(["--data", str(tiny_data), "--out", str(out), "--steps", "2", "--batch", "2", "--stage", "superres",
-                   "--resolution", "8", "--holdout", "1", "--eval-resolution", "12", "--sample-every", "0",
-                   "--threads", "1", "--init", str(tmp_path / "init.safetensors")]) == 0
-    trained = load_generator(out / "generator.safetensors").state_dict()
+    assert run_warm(tiny_data, out, "run.steps=2", "optim.batch=2", "data.resolution=8",
+                    f"model.init_from={tmp_path / 'init.safetensors'}", preset_name="warm128-sr") == 0
+    trained = latest_generator(out).state_dict()
     changed = {k for k, v in G.state_dict().items() if "style_avg" not in k and not torch.equal(trained[k], v)}
     assert changed and all(k.startswith("superres") for k in changed), changed
 
@@ -431,6 +472,6 @@ def test_superres_stage_needs_a_super_resolution(tiny_data, tmp_path):
     from portrait_core.generator import save_generator
 
     save_generator(tmp_path / "plain.safetensors", Generator(generator_config("tiny", superres={"enabled": False})))
-    with pytest.raises(ValueError, match="no super-resolution"):
-        S.main(["--data", str(tiny_data), "--out", str(tmp_path / "run"), "--steps", "1", "--stage", "superres",
-                "--init", str(tmp_path / "plain.safetensors"), "--holdout", "1", "--sample-every", "0", "--threads", "1"])
+    with pytest.raises(ValueError, match="super-resolution"):
+        run_warm(tiny_data, tmp_path / "run", "run.steps=1", f"model.init_from={tmp_path / 'plain.safetensors'}",
+                 preset_name="warm128-sr")

@@ -130,7 +130,9 @@ def test_resolution_mismatch_is_a_clear_error(dataset_root, face_recon_ckpt, tmp
 
 def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckpt, tmp_path, dataset_reader):
     from train.data import sample_fake_inputs
-    from train.loop import d_losses, g_losses, render_fakes
+    from train.objectives import AdversarialObjective, render_fakes
+
+    objective = AdversarialObjective()
 
     cfg = tiny_cfg(dataset_root, tmp_path, face_recon_ckpt, steps=1)
     cfg = replace(cfg, model=replace(cfg.model, generator_overrides='{"expression": {"shading": true}}'))
@@ -142,7 +144,7 @@ def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckp
         torch.nn.init.normal_(st.G.expression_deform.shading_head.weight, std=1e-3)
     inputs = sample_fake_inputs(ctx.table, 2, torch.Generator().manual_seed(0), mirror=False)
     fakes = render_fakes(st, ctx, inputs)
-    losses = g_losses(st, ctx, fakes)
+    losses = objective.g_losses(st, ctx, fakes)
     groups = st.G.param_groups()
 
     def reached(loss, params):
@@ -168,7 +170,7 @@ def test_each_loss_reaches_the_parameters_it_should(dataset_root, face_recon_ckp
     assert not any(p.requires_grad for p in ctx.recon.parameters())
     st.D.requires_grad_(True)
     reals = {k: v for k, v in ctx.stream.next().items()}
-    dl = d_losses(st, ctx, reals, fakes, do_r1=True)
+    dl = objective.d_losses(st, ctx, reals, fakes, do_r1=True)
     for name in ("whole", "face", "torso"):
         assert reached(dl[f"D/{name}/r1"], list(st.D[name].parameters()))
         others = [p for k in st.D if k != name for p in st.D[k].parameters()]
