@@ -322,7 +322,8 @@ def _synth512() -> TrainConfig:
     base = _synth128()
     return replace(
         base, preset="synth512", stage=2,
-        data=replace(base.data, root="runs/data/synth512", resolution=512, face_resolution=512),
+        # the paper renders stage-2 faces at 256^2 (the face crops of a 512^2 portrait dataset)
+        data=replace(base.data, root="runs/data/synth512", resolution=512, face_resolution=256),
         model=replace(base.model, d_channel_base=32768, d_channel_max=400, init_from="runs/synth128"),
         loss=replace(base.loss, r1_gamma=5.0, consistency=3.0),
         optim=replace(base.optim, batch=16, lr_g=2e-4, lr_d=2e-4, grad_clip=0.3),
@@ -346,6 +347,8 @@ def _phq360() -> TrainConfig:
     return replace(
         base, preset="phq360",
         data=replace(base.data, root="data/360phq"),
+        # back views need the full-sphere texture parametrisation (portrait_core.generator: render.mode)
+        model=replace(base.model, generator_overrides=json.dumps({"render": {"mode": "360"}})),
         # 360 PHQ has no expression labels and no face crops from behind: the face and landmark terms still apply
         # to the sampled (front-facing) face camera, the pose branch learns neck/head pose.
         pose=PoseLearningConfig(enabled=True, full_yaw=True, symmetry=True),

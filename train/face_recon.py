@@ -7,6 +7,11 @@ Trained on the dataset's face crops and labels (``python -m train.face_recon DAT
 Landmark targets: the face model's 68 landmarks (face frame, metres) for the label's (identity, expression),
 carried into observed space by ``BodyModel.face_transform(betas, pose)`` and projected with the face camera.
 
+Calibration: after training, each group of outputs (named expression, detail expression, identity, landmarks) is
+shrunk toward the training mean by one gain in [0, 1] fitted on a calibration split (least squares of the centred
+prediction against the centred target), and a group that still does not beat the mean on that split gets gain 0, i.e. predicts the mean exactly: a net that cannot see a coefficient at its resolution then adds no noise to
+the GAN's expression loss instead of being worse than the mean (MSE 0.051 vs 0.047 at 32^2 before).
+
 Checkpoint: one torch state dict (``weights_only=True``-loadable) with ``format="busto-face-recon"``, the
 network config and the validation report as plain data.
 """
@@ -27,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FORMAT = "busto-face-recon"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 NUM_LANDMARKS = 68
 #: The leading expression components carry named, large deformations (jaw_open, smile, brow_raise, blink, pucker,
 #: frown, brow_furrow, cheek_puff in the synthetic 3DMM); the rest are small detail modes.
@@ -69,6 +74,10 @@ class FaceReconNet(nn.Module):
         self.register_buffer("id_std", torch.ones(cfg.identity_dim))
         self.register_buffer("lmk_mean", torch.full((NUM_LANDMARKS, 2), 0.5))
         self.register_buffer("lmk_std", torch.full((NUM_LANDMARKS, 2), 0.05))
+        # calibrated shrinkage toward the mean (1 = the raw prediction), see the module docstring
+        self.register_buffer("exp_gain", torch.ones(cfg.expression_dim))
+        self.register_buffer("id_gain", torch.ones(cfg.identity_dim))
+        self.register_buffer("lmk_gain", torch.ones(NUM_LANDMARKS, 2))
 
     def forward_standardised(self, face: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if face.shape[-1] != self.cfg.resolution or face.shape[-2] != self.cfg.resolution:
@@ -79,9 +88,11 @@ class FaceReconNet(nn.Module):
         return out[:, :e], out[:, e:e + i], out[:, e + i:].view(-1, NUM_LANDMARKS, 2)
 
     def forward(self, face: Tensor) -> dict[str, Tensor]:
+        """De-standardised, calibrated predictions: mean + gain * (raw - mean)."""
         e, i, lm = self.forward_standardised(face)
-        return {"expression": e * self.exp_std + self.exp_mean, "identity": i * self.id_std + self.id_mean,
-                "landmarks": lm * self.lmk_std + self.lmk_mean}
+        return {"expression": e * self.exp_gain * self.exp_std + self.exp_mean,
+                "identity": i * self.id_gain * self.id_std + self.id_mean,
+                "landmarks": lm * self.lmk_gain * self.lmk_std + self.lmk_mean}
 
 
 # ------------------------------------------------------------------------------------ landmark targets
@@ -163,12 +174,57 @@ def recon_losses(net: FaceReconNet, batch: FaceReconData) -> dict[str, Tensor]:
     return out
 
 
+GROUPS = {"expression_named": ("expression", slice(0, NAMED_EXPRESSIONS)),
+          "expression_detail": ("expression", slice(NAMED_EXPRESSIONS, None)),
+          "identity": ("identity", slice(None)), "landmarks": ("landmarks", slice(None))}
+"""Output groups whose calibration and report are separate: (target, slice of its leading dimension)."""
+
+
+@torch.no_grad()
+def calibrate(net: FaceReconNet, cal: FaceReconData) -> dict[str, float]:
+    """Fit the per-output gains on ``cal`` (see the module docstring); returns each group's calibration-split MSE
+    ratio to the mean prediction (>= 1: the group is switched off, gain 0)."""
+    net.eval()
+    gains = {"expression": net.exp_gain, "identity": net.id_gain, "landmarks": net.lmk_gain}
+    for g in gains.values():
+        g.fill_(1.0)
+    raw = net(cal.faces)
+    means = {"expression": net.exp_mean, "identity": net.id_mean, "landmarks": net.lmk_mean}
+    for key, sl in GROUPS.values():  # one gain per group: per-coefficient gains overfit a small split
+        tgt = getattr(cal, key)
+        if tgt is None:
+            continue
+        p, t = (raw[key] - means[key])[:, sl], (tgt - means[key])[:, sl]
+        gains[key][sl] = float(((p * t).sum() / p.square().sum().clamp_min(1e-12)).clamp(0, 1))
+    pred = net(cal.faces)
+    ratios = {}
+    for name, (key, sl) in GROUPS.items():
+        tgt = getattr(cal, key)
+        if tgt is None:
+            continue
+        mse = float((pred[key][:, sl] - tgt[:, sl]).square().mean())
+        base = float((means[key][sl] - tgt[:, sl]).square().mean())
+        ratios[name] = mse / max(base, 1e-12)
+        if ratios[name] >= 1.0:  # nothing to see at this resolution: predict the mean exactly
+            gains[key][sl] = 0.0
+    return ratios
+
+
 @torch.no_grad()
 def evaluate(net: FaceReconNet, val: FaceReconData, train_stats: FaceReconData) -> dict[str, float]:
-    """Validation MSE per target and the trivial baseline (predicting the training mean)."""
+    """Validation MSE per target and per group (``GROUPS``) next to the trivial baseline (predicting the training
+    mean); ``<group>_ratio`` = MSE / baseline (< 1 beats the mean, 1 exactly the mean)."""
     net.eval()
     pred = net(val.faces)
     rep = {}
+    for name, (key, sl) in GROUPS.items():
+        tgt = getattr(val, key)
+        if tgt is None:
+            continue
+        mean = getattr(train_stats, key).mean(0, keepdim=True)
+        mse = float((pred[key][:, sl] - tgt[:, sl]).square().mean())
+        base = float((mean[:, sl] - tgt[:, sl]).square().mean())
+        rep[f"{name}_ratio"] = mse / max(base, 1e-12)
     for key in ("expression", "identity", "landmarks"):
         tgt = getattr(val, key)
         if tgt is None:
@@ -194,7 +250,8 @@ def fit(data: FaceReconData, steps: int = 300, batch: int = 32, lr: float = 2e-3
     n = len(data)
     perm = torch.randperm(n, generator=g)
     n_val = max(1, int(round(n * val_fraction))) if n > 1 else 0
-    val, tr = data.subset(perm[:n_val]), data.subset(perm[n_val:])
+    n_cal = max(1, int(round(n * val_fraction))) if n > 4 else 0
+    val, cal, tr = data.subset(perm[:n_val]), data.subset(perm[n_val:n_val + n_cal]), data.subset(perm[n_val + n_cal:])
     if len(tr) == 0:
         raise ValueError("face_recon.fit: no training samples")
     cfg = FaceReconNetConfig(resolution=data.faces.shape[-1], width=width)
@@ -230,8 +287,11 @@ def fit(data: FaceReconData, steps: int = 300, batch: int = 32, lr: float = 2e-3
         if log is not None and (step % 50 == 0 or step == steps - 1):
             log(f"face_recon step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.1f}s)")
     net = net.cpu().eval()
+    calibration = calibrate(net, cal) if n_cal else {}
     report = evaluate(net, val, tr) if n_val else {}
-    report.update(train_images=len(tr), val_images=n_val, steps=steps)
+    report.update(train_images=len(tr), calibration_images=n_cal, val_images=n_val, steps=steps,
+                  resolution=net.cfg.resolution,
+                  groups_off=[k for k, r in calibration.items() if r >= 1.0])
     return net, report
 
 

@@ -51,7 +51,9 @@ def write_fixture_dataset(root: Path, count: int = 48, resolution: int = 32, fac
         T = body.face_transform(betas, pose)
         fv = face.vertices(ident, expr)
         fv_obs = fv @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
-        face_cams = Camera.face(state.bone_transforms[:, C.HEAD], body.face_transform(betas)[:, :3, 3])
+        # the face camera looks at the head from the portrait camera's view, as SynthPortrait's does
+        face_cams = Camera.face(state.bone_transforms[:, C.HEAD], body.face_transform(betas)[:, :3, 3], yaw=yaw,
+                                pitch=pitch)
     lm = face.landmark_indices
     records = []
     for i in range(n):
