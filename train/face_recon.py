@@ -314,11 +314,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> FaceRec
         raise ValueError(f"{path}: not a readable face reconstruction checkpoint ({e})") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path}: not a face reconstruction checkpoint (format {blob.get('format') if isinstance(blob, dict) else type(blob).__name__!r})")
-    if blob.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: face reconstruction format version {blob.get('format_version')} != {FORMAT_VERSION}")
+    version = blob.get("format_version")
+    if version not in (3, FORMAT_VERSION):
+        raise ValueError(f"{path}: face reconstruction format version {version} != {FORMAT_VERSION}")
     net = FaceReconNet(FaceReconNetConfig(**blob["config"]))
+    state = dict(blob["state_dict"])
+    if version == 3:  # before calibration: every gain 1 (the raw prediction)
+        state.update({k: v for k, v in net.state_dict().items() if k.endswith("_gain")})
     try:
-        net.load_state_dict(blob["state_dict"])
+        net.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path}: face reconstruction weights do not match the network ({e})") from None
     net.to(device).eval().requires_grad_(False)

@@ -47,10 +47,6 @@ __all__ = ["TrainState", "Context", "prepare", "train", "train_step", "build_sta
            "D_NAMES"]
 
 
-class StopRequested(Exception):
-    pass
-
-
 # ------------------------------------------------------------------------------------------- the state
 @dataclass
 class TrainState:

@@ -21,10 +21,18 @@ def test_metrics_are_finite_and_deterministic(dataset_root, face_recon_ckpt, tmp
     kw = dict(images=8, face_recon=str(face_recon_ckpt), log=lambda *_: None)
     a = evaluate(run, **kw)
     b = evaluate(run, **kw)
-    for key in ("fid", "kid", "swd", "reprojection_error", "expression_named_mse", "landmark_error_px",
-                "pose_landmark_error_px", "pose_landmark_error_px_if_neutral"):
+    for key in ("fid", "kid", "fid_face", "kid_face", "swd", "reprojection_error", "expression_named_mse",
+                "landmark_error_px", "pose_landmark_error_px", "pose_landmark_error_px_if_neutral"):
         assert key in a["metrics"] and math.isfinite(a["metrics"][key]), key
     assert a["metrics"] == b["metrics"]
+    assert a["metrics"]["fid_face"] != a["metrics"]["fid"]  # a different image set (face renders vs face crops)
+    # the default size follows the data (160 fixture images -> 160), with a warning about small-N FID
+    said = []
+    size = evaluate(run, metrics=("swd",), log=said.append)["images"]
+    assert size == 160 and any("biased upward" in m for m in said)
+    said.clear()
+    assert evaluate(run, images=500, metrics=("swd",), log=said.append)["images"] == 160
+    assert any("500 fakes requested" in m for m in said)
     assert 0 < a["metrics"]["reprojection_coverage"] <= 1
     out = tmp_path / "r.json"
     assert main([str(run), "--images", "8", "--metrics", "swd,consistency", "--out", str(out)]) == 0

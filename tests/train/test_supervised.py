@@ -475,3 +475,23 @@ def test_superres_stage_needs_a_super_resolution(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="super-resolution"):
         run_warm(tiny_data, tmp_path / "run", "run.steps=1", f"model.init_from={tmp_path / 'plain.safetensors'}",
                  preset_name="warm128-sr")
+
+
+def test_heldout_evaluation_with_baselines_and_export(tiny_data, tmp_path):
+    from train import checkpoint as ck
+    from train.evaluate import main as evaluate_main
+
+    out = tmp_path / "run"
+    assert run_warm(tiny_data, out, "run.steps=1", "optim.batch=2") == 0
+    report = tmp_path / "held.json"
+    export = tmp_path / "assets"
+    assert evaluate_main([str(ck.resolve(out) / ck.GENERATOR_FILE), "--heldout", "1", "--data", str(tiny_data),
+                          "--heldout-resolution", "12", "--baselines", "--export", str(export),
+                          "--out", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["ray"]["images"] == 2 and math.isfinite(rep["ray"]["face_psnr"])
+    assert set(rep["baselines"]) == {"white", "mean_training_image", "untrained_generator"}
+    G = load_generator(export / "default.safetensors")
+    assert G.checkpoint_info["heldout"]["ray"]["psnr"] == rep["ray"]["psnr"]
+    assert DefaultSamplers.load(export / "default_samplers.safetensors").identity.shape[0] == 3
+    assert evaluate_main([str(out), "--heldout", "1"]) == 2  # --heldout needs the data
