@@ -144,6 +144,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
     if "fid" in metrics or "kid" in metrics:
         from portrait_core.metrics.fid import (
             InceptionUnavailable,
+            cached_inception_features,
             frechet_distance,
             inception_features,
             kernel_inception_distance,
@@ -153,7 +154,8 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
         fake_faces = torch.cat(faces).float()
         try:
             for suffix, r_img, f_img in (("", reals, fakes), ("_face", real_faces, fake_faces)):
-                fr, ff = inception_features(r_img, device=device), inception_features(f_img, device=device)
+                fr = cached_inception_features(r_img, device=device)  # the same reals in every evaluation
+                ff = inception_features(f_img, device=device)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     if "fid" in metrics:

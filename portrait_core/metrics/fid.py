@@ -10,6 +10,7 @@ kernel, averaged over deterministic subsets.
 from __future__ import annotations
 
 import importlib.util
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,6 +53,36 @@ def inception_features(images: Tensor, batch: int = 32, device: str = "cpu") -> 
                               antialias=x.shape[-1] > 299)
         out.append(net(x).reshape(x.shape[0], -1).double().cpu())
     return torch.cat(out)
+
+
+def cached_inception_features(images: Tensor, cache_dir: str | os.PathLike | None = None, batch: int = 32,
+                              device: str = "cpu") -> Tensor:
+    """:func:`inception_features`, cached on disk under the SHA-1 of the images' bytes (reals are the same in every
+    evaluation of a run). ``cache_dir``: default ``$XDG_CACHE_HOME/busto/inception`` (``~/.cache/...``); a corrupt
+    or unreadable cache entry is recomputed."""
+    import hashlib
+
+    x = images.detach().to("cpu", torch.float32).contiguous()
+    key = hashlib.sha1(x.numpy().tobytes() + str(tuple(x.shape)).encode()).hexdigest()
+    root = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+        "busto" / "inception"
+    path = root / f"{key}.pt"
+    if path.is_file():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(feats, Tensor) and feats.shape == (x.shape[0], 2048):
+                return feats
+        except Exception:  # noqa: BLE001 - recompute a damaged entry
+            pass
+    feats = inception_features(x, batch, device)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache is only slower
+        pass
+    return feats
 
 
 def _sqrt_psd(m: np.ndarray) -> np.ndarray:
