@@ -53,8 +53,9 @@ def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
     return p
 
 
-def open_dataset(root: str | os.PathLike, resolution: int, face_resolution: int, mirror: bool):
-    """``portrait_core.data.dataset.PortraitDataset`` (mirror appends x-flipped copies with mirrored labels)."""
+def open_dataset(root: str | os.PathLike, resolution: int, face_resolution: int | None, mirror: bool):
+    """``portrait_core.data.dataset.PortraitDataset`` (mirror appends x-flipped copies with mirrored labels;
+    ``face_resolution`` None: the face crops at the dataset's own size)."""
     from portrait_core.data.dataset import PortraitDataset
 
     return PortraitDataset(str(root), resolution=resolution, face_resolution=face_resolution, mirror=mirror)

@@ -115,8 +115,8 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
         raise ValueError("no dataset: pass --data (the generator is not inside a run folder with a config.json)")
     sr = (resolution == "hr") or (resolution == "auto" and cfg is not None and cfg.stage == 2)
     res = G.cfg.output_resolution if sr else G.cfg.render.resolution
-    face_res = (cfg.data.face_resolution if cfg is not None and not sr else 0) or res
-    ds = open_dataset(root, res, face_res, False)
+    ds = open_dataset(root, res, None, False)  # face crops at their own size: the protocol does not follow the run
+    face_res = int(ds.face_resolution or res)
     images = default_image_count(len(ds), images, log)
     table = LabelTable.from_dataset(ds)
     g = torch.Generator().manual_seed(seed)
