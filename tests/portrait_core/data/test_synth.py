@@ -20,10 +20,9 @@ def _records(root):
     return json.loads((root / "labels.json").read_text())["images"]
 
 
-def test_small_dataset_renders_fast_and_validates(synth_dataset):
+def test_small_dataset_renders_and_validates(synth_dataset):
     root, seconds = synth_dataset
-    print(f"8 images at 32x32 (+ face crops, meshes) in {seconds:.1f} s")
-    assert seconds < 60
+    print(f"8 images at 32x32 (+ face crops, meshes) in {seconds:.1f} s")  # a figure, not a timed assertion
     assert validate_labels(root, check_files=True, check_images=True) == []
     doc = json.loads((root / "labels.json").read_text())
     assert doc["info"]["resolution"] == 32 and doc["info"]["yaw_mode"] == "frontal" and doc["info"]["seed"] == 7
