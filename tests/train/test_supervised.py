@@ -244,7 +244,7 @@ def test_expression_shading_learns_from_the_images_and_is_kept_sparse(tiny_data)
     for step in range(10):
         reg = RG.deformation_regularisers(G, batch["identity"], batch["expression"], batch["body_shape"], 64,
                                           cfg.loss.smooth_jitter, torch.Generator().manual_seed(step))
-        sparsity.append(float(reg["shading"]))
+        sparsity.append(float(reg["shading"].detach()))
         opt.zero_grad()
         reg["shading"].backward()
         opt.step()
