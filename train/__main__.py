@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from train.loop import train
 
     try:
-        return train(cfg, resume=a.resume)
+        given = {item.split("=", 1)[0].strip() for item in a.overrides}
+        return train(cfg, resume=a.resume, given=given)
     except (DataError, CheckpointError, LabelError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

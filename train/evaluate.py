@@ -282,9 +282,12 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
                    baselines: bool = False, export: str = "", log=print) -> dict:
     """The model card's held-out protocol (``--heldout``): the last ``holdout`` identities of the last of ``roots``
     rendered with their own labels vs their images and face crops (``labelled.evaluate_heldout``: L1, PSNR, alpha
-    IoU, face PSNR), at ray resolution and, with super-resolution, super-resolved; ``baselines`` adds a white image,
+    IoU, face PSNR), at ray resolution and, with super-resolution, super-resolved (and bicubic); the expression
+    deformation vs the 3DMM at the held-out identities and the clothing-colour slope on 64 training images
+    (``train.fidelity``); ``baselines`` adds a white image,
     the mean training image and an untrained generator of the same config; ``export`` writes
     ``EXPORT/default.safetensors`` (the scores in its info) and ``EXPORT/default_samplers.safetensors``."""
+    from train.fidelity import clothing_colour_fidelity, expression_fidelity
     from train.labelled import LabelledData, baseline_metrics, evaluate_heldout
 
     gen_path, run = resolve_generator(target)
@@ -297,6 +300,9 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     if G.superres is not None:
         res["super_resolved"] = evaluate_heldout(G, data, held, resolution, super_resolve=True)
     res["step"] = (G.checkpoint_info or {}).get("step")
+    res["expression"] = expression_fidelity(G, data.identity[held], data.body_shape[held])
+    res["clothing_colour"] = clothing_colour_fidelity(G, data, data.train_index[:: max(1, len(data.train_index) // 64)],
+                                                      resolution)
     if baselines:
         res["baselines"] = baseline_metrics(G, data, held, resolution)
     if export:

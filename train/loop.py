@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from portrait_core import conventions as C
 from portrait_core.assets import DefaultSamplers
 from portrait_core.generator import Generator, generator_config
-from portrait_core.generator.checkpoint import transfer_weights
+from portrait_core.generator.checkpoint import replaced_keys, transfer_weights
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train import data as tdata
@@ -198,12 +198,18 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
         G = load_generator(_generator_file(cfg.model.init_from), device="cpu")
         overrides = json.loads(cfg.model.generator_overrides)
         if overrides:
-            info, state = G.checkpoint_info, G.state_dict()
+            info, state, old_cfg = G.checkpoint_info, G.state_dict(), G.cfg
             G = Generator(generator_config(G.cfg, **overrides))
+            drop = replaced_keys(old_cfg, G.cfg)
+            if drop:
+                log(f"model.generator_overrides rebuild {', '.join(p.rstrip('.') for p in drop)} from scratch; the "
+                    f"rest comes from {cfg.model.init_from}")
             fresh = transfer_weights(G, state, f"model.init_from={cfg.model.init_from} with "
-                                             f"model.generator_overrides")
+                                             f"model.generator_overrides", drop)
             if fresh:
-                log(f"new parameters at their initialisation: {', '.join(fresh)}")
+                modules = sorted({k.rsplit(".", 2)[0] if k.count(".") >= 2 else k for k in fresh})
+                log(f"{len(fresh)} tensors at their initialisation: {', '.join(modules[:12])}"
+                    + (f" and {len(modules) - 12} more modules" if len(modules) > 12 else ""))
             G.checkpoint_info = info
         if label_identities is not None and not tdata.uses_appearance_codes(G):
             G.update_w_avg(n=1024, identities=label_identities)
@@ -421,8 +427,10 @@ def _install_signal_handlers(flags: list) -> dict:
     return old
 
 
-def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[TrainState, Context]:
-    """Build (or resume) the state and the context. ``resume``: None, 'auto', or a run/checkpoint path."""
+def prepare(cfg: TrainConfig, resume: str | None = None, log=print, given: set[str] | None = None
+            ) -> tuple[TrainState, Context]:
+    """Build (or resume) the state and the context. ``resume``: None, 'auto', or a run/checkpoint path; ``given``:
+    the keys set on the command line (see :func:`_merge_resume_config`)."""
     rank, world = dist.rank(), dist.world_size()
     device = torch.device(default_device(cfg.device))
     if device.type == "cuda":
@@ -438,7 +446,7 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print) -> tuple[Tra
             resume_from = ck.resolve(src)
             stored = ck.load_state(resume_from)
             stored_cfg = from_dict(json.loads(stored["config"]))
-            merged = _merge_resume_config(stored_cfg, cfg)
+            merged = _merge_resume_config(stored_cfg, cfg, given)
             ignored = _differences(merged, cfg)
             if ignored and rank == 0:
                 log(f"resume: keeping the checkpoint's config; ignoring command-line values for {', '.join(ignored)}")
@@ -528,13 +536,30 @@ def _differences(a, b, prefix: str = "") -> list[str]:
     return out
 
 
-def _merge_resume_config(stored: TrainConfig, cli: TrainConfig) -> TrainConfig:
-    """Resume keeps the stored config but takes the CLI's run length, logging and device fields."""
-    from dataclasses import replace
+#: The fields a resumed run may change from the command line (its length, budget, logging and device).
+RESUMABLE_KEYS = ("device", "threads", "run.steps", "run.minutes", "run.progress", "run.tensorboard")
 
-    return replace(stored, device=cli.device, threads=cli.threads,
-                   run=replace(stored.run, steps=cli.run.steps, progress=cli.run.progress,
-                               tensorboard=cli.run.tensorboard))
+
+def _merge_resume_config(stored: TrainConfig, cli: TrainConfig, given: set[str] | None = None) -> TrainConfig:
+    """Resume keeps the stored config but takes the command line's :data:`RESUMABLE_KEYS` that were ``given``
+    (None: those that differ from the preset's values). Keys not given keep their stored values: a run of 300 steps
+    resumed without ``run.steps`` still ends at 300, not at the preset's length."""
+    from train.config import apply_override, preset
+
+    if given is None:
+        base = preset(cli.preset)
+        given = {k for k in RESUMABLE_KEYS if _get(cli, k) != _get(base, k)}
+    merged = stored
+    for key in RESUMABLE_KEYS:
+        if key in given:
+            merged = apply_override(merged, key, str(_get(cli, key)))
+    return merged
+
+
+def _get(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def _face_recon(cfg: TrainConfig, run_dir: Path | None, root: Path, device, logger: Logger, rank: int):
@@ -560,13 +585,13 @@ def _face_recon(cfg: TrainConfig, run_dir: Path | None, root: Path, device, logg
     return net, (proj.to(device) if proj is not None else None)
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> int:
+def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = None) -> int:
     """Run training; returns a process exit code (0 done, 1 non-finite loss, 130/143 stopped by a signal)."""
     dist.init()
     pending: list = []
     old = _install_signal_handlers(pending)
     try:
-        st, ctx = prepare(cfg, resume)
+        st, ctx = prepare(cfg, resume, given=given)
     except BaseException:
         _restore_signal_handlers(old)
         raise

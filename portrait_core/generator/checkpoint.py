@@ -149,11 +149,37 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     return generator.to(device).eval()
 
 
-def transfer_weights(generator, state: dict[str, torch.Tensor], where: str) -> list[str]:
+#: What a change of ``radiance.kind`` replaces: the radiance network, its mapping and its truncation average.
+RADIANCE_KEYS = ("radiance.", "radiance_mapping.", "radiance_style_avg")
+#: What a resized expression network replaces: the deformation network and its mapping.
+EXPRESSION_KEYS = ("expression_deform.", "expression_mapping.")
+
+
+def replaced_keys(old, new) -> tuple[str, ...]:
+    """State-dict prefixes that a change from config ``old`` to ``new`` (``GeneratorConfig``) rebuilds from scratch:
+    :data:`RADIANCE_KEYS` when the radiance network changes kind or size (or, for convolutional textures, the
+    level count), :data:`EXPRESSION_KEYS` when the expression network or its mapping changes size. Everything else
+    (manifold, pose smoother, super-resolution) must keep its shapes to transfer."""
+    def radiance(c):
+        r = c.radiance
+        return (r.kind, r.width, r.depth, r.feature_dim if r.kind == "cnn" else None, r.cnn_channels, r.mapping,
+                c.manifold.levels if r.kind == "cnn" else None)
+
+    def expression(c):
+        e = c.expression
+        return e.width, e.depth, e.mapping
+
+    keys = RADIANCE_KEYS if radiance(old) != radiance(new) else ()
+    return keys + (EXPRESSION_KEYS if expression(old) != expression(new) else ())
+
+
+def transfer_weights(generator, state: dict[str, torch.Tensor], where: str, drop: tuple[str, ...] = ()) -> list[str]:
     """Load ``state`` (another generator's ``state_dict``) into ``generator``, whose config may differ in settings
-    that keep the parameter shapes (more levels) or add modules (``radiance.modulated_colour``). Every tensor of
-    ``state`` must exist in ``generator`` with the same shape (ValueError naming ``where`` otherwise); returns
-    the generator's keys that ``state`` lacks, left at their initialisation."""
+    that keep the parameter shapes (more levels) or add modules (``radiance.modulated_colour``). Tensors whose
+    names start with a prefix in ``drop`` are discarded first (e.g. :data:`RADIANCE_KEYS` when the radiance kind
+    changes). Every other tensor of ``state`` must exist in ``generator`` with the same shape (ValueError naming
+    ``where`` otherwise); returns the generator's keys left at their initialisation."""
+    state = {k: v for k, v in state.items() if not k.startswith(drop)} if drop else state
     own = generator.state_dict()
     unexpected = [k for k in state if k not in own]
     reshaped = [f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in state

@@ -33,6 +33,7 @@ from .networks import (
     PoseSmoother,
     RadianceField,
     StyleRRDBNet,
+    TextureCNN,
 )
 from .structures import Controls, Latents, RenderOutput
 
@@ -77,7 +78,8 @@ class Generator(nn.Module):
         self.cfg = cfg
         latent_dim = cfg.identity_dim + cfg.noise_dim
         # per identity
-        self.radiance = RadianceField(cfg.radiance)
+        self.radiance = (TextureCNN(cfg.radiance, cfg.manifold.levels) if cfg.radiance.kind == "cnn"
+                         else RadianceField(cfg.radiance))
         self.radiance_mapping = MappingNetwork(latent_dim, self.radiance.style_dim, cfg.radiance.mapping, last_gain=0.25)
         self.manifold = ManifoldField(cfg.manifold)
         # per frame
@@ -168,14 +170,21 @@ class Generator(nn.Module):
 
     def canonical_radiance(self, points: Tensor, radiance_styles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The radiance field at canonical points [B, P, 3] (metres) plus the body prior on sigma:
-        rgb [B, P, 3] in [0, 1], sigma [B, P, 1] (raw), features [B, P, C]."""
+        rgb [B, P, 3] in [0, 1], sigma [B, P, 1] (raw), features [B, P, C]. FiLM-SIREN generators only."""
+        if self.cfg.radiance.kind != "siren":
+            raise ValueError(f"canonical_radiance needs a field at points; radiance.kind={self.cfg.radiance.kind!r} "
+                             "makes level textures (use bake_textures)")
         rgb, sigma, feats = self.radiance(points, radiance_styles)
+        return rgb, self._with_body_prior(sigma, points), feats
+
+    def _with_body_prior(self, sigma: Tensor, points: Tensor) -> Tensor:
+        """Raw sigma [B, P, 1] + ``body_prior_strength`` x the body prior at canonical points [B, P, 3]."""
         strength = self.cfg.radiance.body_prior_strength
-        if strength:
-            prior = R.sample_grid(self.body_prior.expand(points.shape[0], -1, -1, -1, -1), points, self.shell_centre,
-                                  self.cfg.render.manifold_grid_half_extent, "zeros")
-            sigma = sigma + strength * prior
-        return rgb, sigma, feats
+        if not strength:
+            return sigma
+        prior = R.sample_grid(self.body_prior.expand(points.shape[0], -1, -1, -1, -1), points, self.shell_centre,
+                              self.cfg.render.manifold_grid_half_extent, "zeros")
+        return sigma + strength * prior
 
     # ------------------------------------------------------------------ mapping and truncation
     def radiance_styles(self, latents: Latents, truncation: float = 1.0) -> Tensor:
@@ -354,7 +363,11 @@ class Generator(nn.Module):
         t, n_levels = self.cfg.render.texture_resolution, self.levels.shape[0]
         g = radiance_styles.shape[0]
         flat = hits.reshape(1, -1, 3).expand(g, -1, -1)
-        if torch.is_grad_enabled():
+        if self.cfg.radiance.kind == "cnn":  # [G, L, c, T, T] -> per bake point [G, T*T*L, c], as the field gives
+            rgb, sigma, feats = (x.permute(0, 3, 4, 1, 2).reshape(g, t * t * n_levels, -1)
+                                 for x in self.radiance(radiance_styles))
+            sigma = self._with_body_prior(sigma, hits.reshape(1, -1, 3)).expand(g, -1, -1)
+        elif torch.is_grad_enabled():
             rgb, sigma, feats = self.canonical_radiance(flat, radiance_styles)
         else:
             parts = [self.canonical_radiance(chunk, radiance_styles)
@@ -388,7 +401,9 @@ class Generator(nn.Module):
 
     def network_radiance_fn(self, radiance_styles: Tensor) -> RadianceFn:
         """Radiance by evaluating the FiLM-SIREN at the valid canonical hits (differentiable; invalid hits get
-        zeros, their alpha is 0 anyway)."""
+        zeros, their alpha is 0 anyway). Convolutional textures (``radiance.kind='cnn'``) are generated and read."""
+        if self.cfg.radiance.kind == "cnn":
+            return self.texture_radiance_fn(self.bake_textures(radiance_styles), with_features=True)
         n_feat = self.cfg.radiance.feature_dim
 
         def radiance(hits: Tensor, valid: Tensor):

@@ -27,7 +27,7 @@ from .config import (
 
 __all__ = [
     "to_network_units", "MappingNetwork", "FiLMSiren", "RadianceField", "ManifoldField", "ExpressionDeformNet",
-    "PoseSmoother", "StyleRRDBNet", "box_window",
+    "PoseSmoother", "StyleRRDBNet", "TextureCNN", "box_window",
 ]
 
 
@@ -154,6 +154,76 @@ class RadianceField(nn.Module):
         if self.cfg.modulated_colour:
             rgb = rgb + self.modulated_rgb(colour_input * self.colour_modulation(styles)[:, None, :])
         return torch.sigmoid(rgb), sigma, features
+
+
+class TextureCNN(nn.Module):
+    """Convolutional level textures (``radiance.kind='cnn'``): a style vector -> every level's texture at once.
+
+    A StyleGAN2-like synthesis network: a learned 4x4 constant, then one block per doubling of the side
+    (bilinear x2, two modulated 3x3 convs, LeakyReLU 0.2) with skip outputs: each block's modulated 1x1 conv
+    writes ``levels * (4 + feature_dim)`` channels that are upsampled and summed (coarse-to-fine). Output per
+    level and texel: rgb logits (3), raw sigma (1) and features, the same quantities as the FiLM-SIREN gives at
+    a point. The styles come straight from the mapping network (offset by +1 in the convolutions).
+    """
+
+    OUTPUT_GAIN = 0.25
+    """Scales the summed skip outputs, so an untrained network's logits stay near 0 (grey, body-prior alpha)."""
+
+    def __init__(self, cfg: RadianceConfig, levels: int):
+        super().__init__()
+        self.cfg, self.levels = cfg, levels
+        self.out_per_level = 4 + cfg.feature_dim
+        ch = cfg.cnn_channels
+        self.const = nn.Parameter(torch.randn(ch[0], 4, 4))
+        self.convs = nn.ModuleList()
+        self.to_textures = nn.ModuleList()
+        prev = ch[0]
+        for i, c in enumerate(ch):
+            first = ModulatedConv2d(prev, c, 3) if i else ModulatedConv2d(c, c, 3)
+            self.convs.append(nn.ModuleList([first, ModulatedConv2d(c, c, 3)]))
+            self.to_textures.append(ModulatedConv2d(c, levels * self.out_per_level, 1, demodulate=False))
+            prev = c
+
+    @property
+    def style_dims(self) -> list[int]:
+        dims = []
+        for pair, out in zip(self.convs, self.to_textures):
+            dims += [pair[0].in_ch, pair[1].in_ch, out.in_ch]
+        return dims
+
+    @property
+    def style_dim(self) -> int:
+        return sum(self.style_dims)
+
+    @property
+    def resolution(self) -> int:
+        return 4 * 2 ** (len(self.cfg.cnn_channels) - 1)
+
+    def forward(self, styles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """styles [G, style_dim] -> rgb [G, L, 3, T, T] in [0, 1], sigma [G, L, 1, T, T] (raw), features
+        [G, L, C, T, T]; texel (i, j) of level l is the texture coordinate grid of ``rendering.texture_coords``."""
+        g = styles.shape[0]
+        parts = list(torch.split(styles, self.style_dims, dim=-1))
+        x = self.const[None, None].expand(g, 1, -1, -1, -1)  # [G, 1, C, 4, 4]
+        out = None
+        for i, (pair, to_tex) in enumerate(zip(self.convs, self.to_textures)):
+            if i:
+                x = _upsample2(x)
+                out = _upsample2(out)
+            for conv in pair:
+                x = F.leaky_relu(conv(x, parts.pop(0)), 0.2)
+            y = to_tex(x, parts.pop(0))
+            out = y if out is None else out + y
+        t = self.resolution
+        out = (out[:, 0] * self.OUTPUT_GAIN).reshape(g, self.levels, self.out_per_level, t, t)
+        return torch.sigmoid(out[:, :, :3]), out[:, :, 3:4], out[:, :, 4:]
+
+
+def _upsample2(x: Tensor) -> Tensor:
+    """Bilinear x2 of [G, N, C, H, W]."""
+    g, n = x.shape[:2]
+    y = F.interpolate(x.flatten(0, 1), scale_factor=2, mode="bilinear", align_corners=False)
+    return y.reshape(g, n, *y.shape[1:])
 
 
 # --- manifold field ------------------------------------------------------------------------------------------

@@ -490,6 +490,8 @@ def test_heldout_evaluation_with_baselines_and_export(tiny_data, tmp_path):
                           "--out", str(report)]) == 0
     rep = json.loads(report.read_text())
     assert rep["ray"]["images"] == 2 and math.isfinite(rep["ray"]["face_psnr"])
+    assert set(rep["expression"]) == {"jaw_open", "smile"} and rep["clothing_colour"]["images"] == 6
+    assert math.isfinite(rep["super_resolved"]["psnr_bicubic"]) and math.isfinite(rep["super_resolved"]["face_psnr_bicubic"])
     assert set(rep["baselines"]) == {"white", "mean_training_image", "untrained_generator"}
     G = load_generator(export / "default.safetensors")
     assert G.checkpoint_info["heldout"]["ray"]["psnr"] == rep["ray"]["psnr"]

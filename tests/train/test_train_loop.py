@@ -214,3 +214,20 @@ def test_stage1_fine_tunes_an_appearance_code_generator(dataset_root, face_recon
 
     G = load_generator(ck.resolve(run) / ck.GENERATOR_FILE)
     assert uses_appearance_codes(G) and G.cfg.manifold.levels == 7
+
+
+def test_resume_keeps_the_stored_run_length_unless_the_command_line_sets_it():
+    """`python -m train warm128 threads=2 --resume RUN` once replaced a 300-step run's length (and its cosine
+    schedule) by the preset's 4,500 steps; only the keys given on the command line change now."""
+    from train.config import parse_overrides, preset
+    from train.loop import _merge_resume_config
+
+    stored = parse_overrides(preset("warm128"), ["run.steps=300", "run.minutes=18", "data.root=/data/one"])
+    cli = parse_overrides(preset("warm128"), ["threads=1", "run.minutes=0"])
+    merged = _merge_resume_config(stored, cli, {"threads", "run.minutes"})
+    assert (merged.run.steps, merged.run.minutes, merged.threads, merged.data.root) == (300, 0.0, 1, "/data/one")
+    merged = _merge_resume_config(stored, parse_overrides(cli, ["run.steps=600"]), {"run.steps"})
+    assert merged.run.steps == 600 and merged.run.minutes == 18
+    # no record of the command line: the values that differ from the preset count as given
+    merged = _merge_resume_config(stored, cli)
+    assert (merged.run.steps, merged.run.minutes, merged.threads) == (300, 18.0, 1)  # minutes=0 is the preset's

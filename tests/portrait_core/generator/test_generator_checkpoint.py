@@ -161,3 +161,33 @@ def test_transfer_weights_adds_the_modulated_colour_head_without_changing_images
     assert load_generator(tmp_path / "m.safetensors").cfg.radiance.modulated_colour
     with pytest.raises(ValueError, match="do not fit"):
         transfer_weights(Generator(generator_config("small")), old.state_dict(), "small from tiny")
+
+
+def test_transfer_weights_to_convolutional_textures_keeps_the_deformations_and_replaces_the_radiance():
+    from portrait_core.generator import Generator, generator_config
+    from portrait_core.generator.checkpoint import RADIANCE_KEYS, transfer_weights
+
+    torch.manual_seed(0)
+    old = Generator(generator_config("tiny", expression={"shading": True}))
+    new = Generator(generator_config(old.cfg, radiance={"kind": "cnn", "cnn_channels": (16, 16, 8, 8)},
+                                     render={"train_radiance": "textures"}))
+    with pytest.raises(ValueError, match="weights do not fit the new config: radiance.trunk"):
+        transfer_weights(new, old.state_dict(), "test")
+    fresh = transfer_weights(new, old.state_dict(), "test", RADIANCE_KEYS)
+    assert fresh and all(k.startswith(RADIANCE_KEYS) for k in fresh)
+    for name in ("expression_deform.head.weight", "manifold.mlp.0.weight", "superres.conv_first.weight"):
+        assert torch.equal(new.state_dict()[name], old.state_dict()[name])
+
+
+def test_replaced_keys_name_what_a_config_change_rebuilds():
+    from portrait_core.generator import generator_config
+    from portrait_core.generator.checkpoint import EXPRESSION_KEYS, RADIANCE_KEYS, replaced_keys
+
+    old = generator_config("tiny")
+    assert replaced_keys(old, generator_config(old, manifold={"levels": 8})) == ()  # SIREN: levels keep shapes
+    assert replaced_keys(old, generator_config(old, radiance={"modulated_colour": True})) == ()
+    cnn = generator_config(old, radiance={"kind": "cnn", "cnn_channels": (16, 16, 8, 8)},
+                           render={"train_radiance": "textures"})
+    assert replaced_keys(old, cnn) == RADIANCE_KEYS
+    assert replaced_keys(cnn, generator_config(cnn, manifold={"levels": 8})) == RADIANCE_KEYS  # one texture per level
+    assert replaced_keys(old, generator_config(old, expression={"width": 32})) == EXPRESSION_KEYS

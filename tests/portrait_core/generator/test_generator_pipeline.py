@@ -10,6 +10,7 @@ import torch
 
 from portrait_core import conventions as C
 from portrait_core.generator import Controls, Generator, Latents, generator_config
+from portrait_core.generator import rendering as R
 from portrait_core.generator.config import config_from_json, config_to_json
 from portrait_core.geometry.camera import Camera
 
@@ -229,7 +230,7 @@ def test_bad_inputs_raise_clear_errors(tiny_generator):
         avatar.render(torch.zeros(1, 6, 3), torch.zeros(1, 63), cam)
     with pytest.raises(ValueError, match="an avatar is one identity"):
         g.make_avatar(Latents.sample(2, seed=0))
-    with pytest.raises(ValueError, match="unknown generator preset 'huge'; available presets: paper, small, tiny"):
+    with pytest.raises(ValueError, match="unknown generator preset 'huge'; available presets: paper, small, small-cnn, tiny"):
         generator_config("huge")
     with pytest.raises(ValueError, match="unknown field 'mdoe'"):
         generator_config("tiny", render={"mdoe": "360"})
@@ -281,11 +282,14 @@ def test_export_fields(trained_like):
     assert delta.shape == (20, 3)
 
 
-@pytest.mark.parametrize("shading", [False, True])
-def test_grid_and_texture_training_path_is_the_avatar_computation(shading):
+TINY_CNN = {"kind": "cnn", "cnn_channels": (16, 16, 8, 8)}  # 32^2 textures, the tiny preset's
+
+
+@pytest.mark.parametrize("shading,kind", [(False, "siren"), (True, "siren"), (True, "cnn")])
+def test_grid_and_texture_training_path_is_the_avatar_computation(shading, kind):
     torch.manual_seed(8)
     g = Generator(generator_config("tiny", render={"train_manifold": "grid", "train_radiance": "textures"},
-                                   expression={"shading": shading}))
+                                   expression={"shading": shading}, radiance=TINY_CNN if kind == "cnn" else {}))
     randomise_zero_inits(g)
     latents = Latents.sample(1, seed=3)
     controls = _controls(1, seed=9, pose_scale=0.2)
@@ -360,3 +364,43 @@ def test_face_camera_follows_the_head_and_renders(tiny_generator):
     with torch.no_grad():
         out = g(Latents.sample(2, seed=0), controls, cam, resolution=16)
     assert out.image.shape == (2, 3, 16, 16) and torch.isfinite(out.image).all()
+
+
+def test_convolutional_textures_land_on_their_level_and_texel():
+    """bake_textures lays the texture CNN's [G, L, c, T, T] output out exactly as it lays out the field's bake:
+    level l, texel (i, j) keeps its colour and features, and alpha comes from its sigma plus the body prior."""
+    torch.manual_seed(2)
+    g = Generator(generator_config("tiny", radiance=TINY_CNN, render={"train_radiance": "textures"}))
+    levels, t, c = g.cfg.manifold.levels, g.cfg.render.texture_resolution, g.cfg.radiance.feature_dim
+    level = torch.arange(levels, dtype=torch.float32)[:, None, None]
+    row = torch.arange(t, dtype=torch.float32)[None, :, None].expand(levels, t, t)
+    col = torch.arange(t, dtype=torch.float32)[None, None, :].expand(levels, t, t)
+    rgb = torch.stack([(level / levels).expand(levels, t, t), row / t, col / t], 1)[None]  # [1, L, 3, T, T]
+    sigma = torch.zeros(1, levels, 1, t, t)
+    feats = (level + 100 * row + 10000 * col)[None, :, None].expand(1, levels, c, t, t)
+    g.radiance.forward = lambda styles: (rgb.expand(styles.shape[0], -1, -1, -1, -1), sigma.expand(
+        styles.shape[0], -1, -1, -1, -1), feats.expand(styles.shape[0], -1, -1, -1, -1))
+    with torch.no_grad():
+        textures = g.bake_textures(g.radiance_styles(Latents.sample(2, seed=0)))
+        hits, valid = g.bake_intersections()
+    assert textures.shape == (2, levels, 4 + c, t, t)
+    assert torch.equal(textures[:, :, :3], rgb.expand(2, -1, -1, -1, -1))
+    assert torch.equal(textures[:, :, 4:], feats.expand(2, -1, -1, -1, -1))
+    prior = g._with_body_prior(torch.zeros(1, hits.numel() // 3, 1), hits.reshape(1, -1, 3))
+    expected_alpha = R.alpha_from_sigma(prior[..., 0], valid.reshape(1, -1), g.cfg.render.alpha_delta)
+    assert torch.allclose(textures[0, :, 3], expected_alpha.reshape(t, t, levels).permute(2, 0, 1))
+    assert textures[0, :, 3].max() > 0.3  # the body prior makes an untrained texture partly opaque
+
+
+def test_convolutional_textures_depend_on_the_identity_and_config_errors_name_the_fix():
+    torch.manual_seed(3)
+    g = Generator(generator_config("tiny", radiance=TINY_CNN, render={"train_radiance": "textures"}))
+    with torch.no_grad():
+        textures = g.bake_textures(g.radiance_styles(Latents.sample(2, seed=1)))
+    assert (textures[0, :, :3] - textures[1, :, :3]).abs().mean() > 1e-3
+    with pytest.raises(ValueError, match="canonical_radiance needs a field"):
+        g.canonical_radiance(torch.zeros(1, 4, 3), g.radiance_style_avg[None])
+    with pytest.raises(ValueError, match="makes 32x32 textures, but render.texture_resolution is 64"):
+        generator_config("tiny", radiance=TINY_CNN, render={"train_radiance": "textures", "texture_resolution": 64})
+    with pytest.raises(ValueError, match="needs render.train_radiance='textures'"):
+        generator_config("tiny", radiance=TINY_CNN)
