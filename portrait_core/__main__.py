@@ -22,21 +22,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     lines = ["usage: python -m portrait_core COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Data tools: python -m portrait_core.data --help; training: python -m train --help"]
+    lines += ["", "Data tools: python -m portrait_core.data --help; training: python -m train --help",
+              "Errors print one 'error: <file>: <problem>' line; --debug (or BUSTO_DEBUG=1) shows the traceback."]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are one ``error:`` line (``--debug``/``BUSTO_DEBUG=1``: the traceback)."""
+    from portrait_core.cli.errors import run_cli
+
+    return run_cli(_dispatch, argv)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     from train.config import PRESETS, ConfigError, describe, parse_overrides, preset
 
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="presets: " + ", ".join(PRESETS))
+                                epilog="presets: " + ", ".join(PRESETS) + ". Errors print one 'error: <file>: "
+                                       "<problem>' line; --debug (or BUSTO_DEBUG=1) shows the traceback.")
     p.add_argument("preset", help="named preset: " + ", ".join(PRESETS))
     p.add_argument("overrides", nargs="*", help="key=value overrides (dotted TrainConfig fields)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -35,17 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.dry_run:
         print(describe(cfg, world))
         return 0
-    from portrait_core.data.labels import LabelError
-    from train.checkpoint import CheckpointError
-    from train.data import DataError
     from train.loop import train
 
-    try:
-        given = {item.split("=", 1)[0].strip() for item in a.overrides}
-        return train(cfg, resume=a.resume, given=given)
-    except (DataError, CheckpointError, LabelError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    given = {item.split("=", 1)[0].strip() for item in a.overrides}
+    return train(cfg, resume=a.resume, given=given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train; user errors (data, checkpoints, labels, files, values) are one ``error:`` line and exit 2."""
+    from portrait_core.cli.errors import run_cli
+    from train.data import DataError
+
+    return run_cli(_main, argv, user_errors=(DataError,))
 
 
 if __name__ == "__main__":

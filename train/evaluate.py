@@ -321,8 +321,10 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
+def _main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0],
+                                epilog="Errors print one 'error: <file>: <problem>' line; --debug (or BUSTO_DEBUG=1) "
+                                       "shows the traceback.")
     p.add_argument("target", help="run folder, checkpoint folder, or generator .safetensors")
     p.add_argument("--data", default=None, nargs="+", metavar="DIR",
                    help="dataset folder (default: the run's data.root); with --heldout several, concatenated")
@@ -350,20 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}", file=sys.stderr)
         return 2
-    try:
-        if a.heldout:
-            if not a.data:
-                raise ValueError("--heldout needs --data (the labelled dataset folders)")
-            report = heldout_report(a.target, a.data, a.heldout, a.heldout_resolution, a.images or 0, a.baselines,
-                                    a.export)
-        else:
-            if a.data and len(a.data) > 1:
-                raise ValueError("--data takes one folder unless --heldout")
-            report = evaluate(a.target, a.data[0] if a.data else None, a.images, a.seed, metrics, a.face_recon,
-                              a.resolution, a.device, samplers=a.samplers)
-    except (ck.CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.heldout:
+        if not a.data:
+            raise ValueError("--heldout needs --data (the labelled dataset folders)")
+        report = heldout_report(a.target, a.data, a.heldout, a.heldout_resolution, a.images or 0, a.baselines,
+                                a.export)
+    else:
+        if a.data and len(a.data) > 1:
+            raise ValueError("--data takes one folder unless --heldout")
+        report = evaluate(a.target, a.data[0] if a.data else None, a.images, a.seed, metrics, a.face_recon,
+                          a.resolution, a.device, samplers=a.samplers)
     out = Path(a.out) if a.out else None
     if out is None:
         gen_path, run = resolve_generator(a.target)
@@ -375,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     print(f"report written to {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; user errors (checkpoints, data, files, values) are one ``error:`` line and exit 2."""
+    from portrait_core.cli.errors import run_cli
+    from train.data import DataError
+
+    return run_cli(_main, argv, user_errors=(DataError,))
 
 
 if __name__ == "__main__":

@@ -124,29 +124,30 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from portrait_core.cli.errors import usage_error
+
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+        return usage_error("--device cuda but CUDA is not available")
     try:
         resolutions = parse_int_list(args.resolutions)
     except ValueError as e:
-        print(f"bench: --resolutions: {e}", file=sys.stderr)
-        return 2
+        return usage_error(f"--resolutions: {e}")
     rows = []
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
         for res in resolutions:
             try:
                 rows.append(bench_one(preset, res, device, args.frames, args.batch, args.mode, not args.no_sr))
             except ValueError as e:
-                print(f"bench: {e}", file=sys.stderr)
-                return 2
+                return usage_error(str(e))
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from portrait_core.cli.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -71,20 +71,26 @@ def _level(arg: str | None, random_init: bool):
     try:
         return float(arg)
     except ValueError:
-        raise SystemExit(f"export: --level must be a number or 'auto', got {arg!r}") from None
+        raise ValueError(f"--level must be a number or 'auto', got {arg!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import torch
 
+    from portrait_core.cli.errors import usage_error
     from portrait_core.export import EmptyFieldError, export_avatar, extract_mesh, write_mesh
     from portrait_core.generator.loading import identity_for_seed, obtain_generator
 
     suffix = args.out.suffix.lower()
     if suffix not in (".glb", ".obj", ".ply"):
-        print(f"export: --out must end in .glb, .obj or .ply, got {args.out.name!r}", file=sys.stderr)
-        return 2
+        return usage_error(f"{args.out}: --out must end in .glb, .obj or .ply")
+    try:
+        _level(args.level, False)  # a bad --level fails before the model loads
+    except ValueError as e:
+        return usage_error(str(e))
+    if args.body_shape and len(args.body_shape) > 10:
+        return usage_error(f"--body-shape takes at most 10 betas, got {len(args.body_shape)}")
     t0 = time.perf_counter()
     G = obtain_generator(None if args.checkpoint is None else str(args.checkpoint), args.preset, device=args.device,
                          model_seed=args.seed, log=lambda msg: print(f"export: {msg}", file=sys.stderr))
@@ -92,9 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     G = G.to(args.device).eval()
     latents, betas = identity_for_seed(G, args.seed)
     if args.body_shape:
-        if len(args.body_shape) > 10:
-            print("export: --body-shape takes at most 10 betas", file=sys.stderr)
-            return 2
         betas = torch.zeros(1, 10)
         betas[0, : len(args.body_shape)] = torch.tensor(args.body_shape)
     with torch.no_grad():
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                        "joints": 0 if res.rig is None else res.rig.num_joints, "morphs": list(res.morphs),
                        "animations": [a.name for a in res.animations], "timings": res.timings}
     except EmptyFieldError as e:
-        print(f"export: no mesh written: {e}", file=sys.stderr)
+        print(f"error: {args.out}: no mesh written: {e}", file=sys.stderr)
         return 1
     summary.update({"out": str(args.out), "bytes": args.out.stat().st_size, "avatar_seconds": t_avatar,
                     "level": level, "random_init": random_init})
@@ -131,4 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from portrait_core.cli.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -67,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from PIL import Image
 
+    from portrait_core.cli.errors import usage_error
+
     try:
         seeds = parse_int_list(args.seeds)
     except ValueError as e:
-        print(f"sample: --seeds: {e}", file=sys.stderr)
-        return 2
+        return usage_error(f"--seeds: {e}")
     if args.yaws < 1:
-        print("sample: --yaws must be >= 1", file=sys.stderr)
-        return 2
+        return usage_error(f"--yaws must be >= 1, got {args.yaws}")
     g = obtain_generator(args.checkpoint, args.preset, args.device, args.mode, args.model_seed)
     yaws = yaw_sweep(args.yaws, g.cfg.render.mode, args.yaw_range)
     camera = Camera.portrait(yaw=yaws, pitch=torch.full_like(yaws, args.pitch)).to(g.device)
@@ -98,4 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from portrait_core.cli.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -59,16 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     from portrait_core.geometry.keyframes import KeyframeError, interpolate_keyframes, load_keyframes
 
     path = Path(args.keyframes)
+    kwargs = {}
+    if path.is_dir():
+        kwargs = {"pose": _file_choice(args.pose_file), "expression": _file_choice(args.expression_file),
+                  "camera": _file_choice(args.camera_file)}
+    track = load_keyframes(path, **kwargs)  # KeyframeError names the file; reported by run_cli
     try:
-        kwargs = {}
-        if path.is_dir():
-            kwargs = {"pose": _file_choice(args.pose_file), "expression": _file_choice(args.expression_file),
-                      "camera": _file_choice(args.camera_file)}
-        track = load_keyframes(path, **kwargs)
         frames = interpolate_keyframes(track, args.n_interval, loop=not args.no_loop, rotation=args.rotation)
-    except (KeyframeError, ValueError, OSError) as e:
-        print(f"video: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        raise KeyframeError(f"{path}: {e}") from e
     g = obtain_generator(args.checkpoint, args.preset, args.device, args.mode, args.model_seed)
     data = frames.to_torch(dtype=torch.float32, device=g.device)
     n = data["pose"].shape[0]
@@ -108,4 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from portrait_core.cli.errors import run_cli
+
+    sys.exit(run_cli(main))

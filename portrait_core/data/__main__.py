@@ -53,7 +53,9 @@ def _convert(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m portrait_core.data", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m portrait_core.data", description=__doc__,
+                                 epilog="Errors print one 'error: <file>: <problem>' line; --debug (or "
+                                        "BUSTO_DEBUG=1) shows the traceback.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="render a synthetic labelled portrait dataset with Blender Cycles (CPU)")
@@ -103,9 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one data command; errors are one ``error:`` line (``--debug``/``BUSTO_DEBUG=1``: the traceback)."""
+    from portrait_core.cli.errors import run_cli
+
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
