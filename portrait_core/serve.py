@@ -23,16 +23,27 @@ Operations (:class:`Session`, also used directly by the add-on's in-process back
 
 ``avatar`` is ``{seed, truncation, body_shape[10], super_resolve}``: the same spec always bakes the same avatar
 (seeded latents), and baked avatars are cached, so a model loads once per process and an avatar bakes once.
+
+Hostile or broken input never ends in a traceback. Every request is checked by :func:`validate_request` (types,
+ranges, devices ``cpu``/``cuda``, array shapes and matching frame counts, the limits ``MAX_*`` below) and by a memory
+budget (:func:`estimate_request_bytes` against :func:`memory_budget`) before anything is allocated, and answered
+``ok: false`` with the reason when it fails. An unreadable header (not UTF-8, not a JSON object) is answered and the
+next message read. When the stream cannot be followed any more (wrong magic, a header longer than
+``MAX_HEADER_BYTES``, array specs with unknown or over-limit payload size, input cut mid-message) the worker answers
+``ok: false`` and exits with status 2, without reading or allocating the declared size.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import re
 import struct
 import sys
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +56,43 @@ PROTOCOL_VERSION = 1
 _DTYPES = {"float32", "float64", "int32", "int64", "uint8", "uint16", "uint32", "bool"}
 MAX_AVATARS = 8
 
+# ------------------------------------------------------------------------------------------------- request limits
+#: a request header (the JSON after the 8-byte prefix) longer than this ends the session: it is refused before a
+#: byte of it is read, so a length such as 0xFFFFFFFF is answered at once instead of waiting for 4 GiB
+MAX_HEADER_BYTES = 1 << 20
+#: at most this many arrays, of at most MAX_ARRAY_NDIM dimensions, per message
+MAX_ARRAYS = 16
+MAX_ARRAY_NDIM = 8
+#: total declared array payload of one request; larger requests are refused before their payload is read
+MAX_PAYLOAD_BYTES = 64 << 20
+#: ``render`` size / ``sample`` preview_size (pixels, square)
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 8192
+#: frames of one ``render`` request, preview yaws of one ``sample`` request
+MAX_FRAMES = 256
+#: ``extract`` grid resolution (nodes along the longest side; the add-on offers 16-512) and expression morphs
+MIN_EXTRACT_RESOLUTION = 16
+MAX_EXTRACT_RESOLUTION = 512
+MAX_MORPHS = 64
+#: ``extract`` decimation target (faces; 0 keeps every face)
+MAX_DECIMATE = 1 << 31
+#: seeds are non-negative 63-bit integers
+MAX_SEED = (1 << 63) - 1
+#: devices a ``load`` may name: ``cpu``, ``cuda`` or ``cuda:<index>``
+DEVICES = ("cpu", "cuda")
+#: the memory budget estimate of a request (see :func:`estimate_request_bytes`) must stay under this; default
+#: 8 GiB or 3/4 of the physical memory if less, overridden by ``BUSTO_WORKER_MEMORY_GB``
+DEFAULT_MEMORY_BUDGET = 8 << 30
+MEMORY_BUDGET_ENV = "BUSTO_WORKER_MEMORY_GB"
+#: working memory per ray sample of a render (measured ~80 B on the tiny model; twice that for margin) and per
+#: output pixel (the rgba result, super-resolution passes); per grid node of a mesh extraction (dense grid, marching
+#: cubes)
+RENDER_BYTES_PER_SAMPLE = 160
+RENDER_BYTES_PER_PIXEL = 256
+EXTRACT_BYTES_PER_NODE = 16
+#: exit status when the byte stream cannot be followed any more (after an ``ok: false`` reply saying why)
+EXIT_PROTOCOL_ERROR = 2
+
 Progress = Callable[[float, str], None]
 
 
@@ -56,8 +104,18 @@ class ServeError(ValueError):
     """A request the worker cannot honour; the message is shown to the user."""
 
 
+class BadMessage(ServeError):
+    """A message whose header is unreadable (not UTF-8, not a JSON object); its framing is intact (no payload
+    follows an unreadable header), so the worker answers ``ok: false`` and reads the next message."""
+
+
+class FramingError(ServeError):
+    """The byte stream cannot be followed any more (wrong magic, an absurd header length, array specs whose payload
+    size cannot be known or is over the limit, a stream cut mid-message): the worker answers and exits."""
+
+
 # ------------------------------------------------------------------------------------------------- framing
-def write_message(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+def encode_message(header: dict, arrays: dict[str, np.ndarray] | None = None) -> bytes:
     specs, blobs = [], []
     for key, a in (arrays or {}).items():
         a = np.ascontiguousarray(a)
@@ -66,36 +124,268 @@ def write_message(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray] 
         specs.append({"key": key, "dtype": a.dtype.name, "shape": list(a.shape)})
         blobs.append(a.tobytes())
     head = json.dumps({**header, "arrays": specs}).encode("utf-8")
-    stream.write(MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs))
+    return MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
+
+
+def write_message(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    stream.write(encode_message(header, arrays))
     stream.flush()
 
 
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
+def _read_exact(stream: BinaryIO, n: int, what: str = "message") -> bytes:
     chunks, left = [], n
     while left:
-        b = stream.read(left)
+        b = stream.read(min(left, 1 << 24))
         if not b:
-            raise EOFError(f"stream closed with {left} of {n} bytes missing")
+            raise FramingError(f"the stream ended inside a {what} ({left} of {n} bytes missing)")
         chunks.append(b)
         left -= len(b)
     return b"".join(chunks)
 
 
-def read_message(stream: BinaryIO) -> tuple[dict, dict[str, np.ndarray]]:
-    prefix = _read_exact(stream, 8)
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_array_specs(specs, max_payload: int | None = MAX_PAYLOAD_BYTES) -> list[tuple[str, np.dtype, tuple]]:
+    """The header's ``"arrays"`` -> [(key, dtype, shape)], checked before any payload byte is read (pure). Raises
+    :class:`FramingError` when the payload size cannot be known or exceeds ``max_payload`` bytes."""
+    if not isinstance(specs, list):
+        raise FramingError(f"'arrays' must be a list of {{key, dtype, shape}}, got {type(specs).__name__}")
+    if len(specs) > MAX_ARRAYS:
+        raise FramingError(f"{len(specs)} arrays in one message; at most {MAX_ARRAYS}")
+    out, total = [], 0
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("key"), str):
+            raise FramingError(f"array {i}: a spec must be {{key: str, dtype, shape}}, got {spec!r:.80}")
+        key, name, shape = spec["key"], spec.get("dtype"), spec.get("shape")
+        if name not in _DTYPES:
+            raise FramingError(f"array {key!r}: dtype {name!r:.40} not allowed (one of {', '.join(sorted(_DTYPES))})")
+        if not isinstance(shape, list) or len(shape) > MAX_ARRAY_NDIM or not all(_is_int(s) for s in shape):
+            raise FramingError(f"array {key!r}: shape must be a list of at most {MAX_ARRAY_NDIM} integers, "
+                               f"got {shape!r:.80}")
+        if any(s < 0 for s in shape):
+            raise FramingError(f"array {key!r}: negative dimension in shape {shape}")
+        dtype = np.dtype(name)
+        total += math.prod(shape) * dtype.itemsize
+        if max_payload is not None and total > max_payload:
+            raise FramingError(f"array {key!r} {shape}: the request's arrays exceed the limit of {max_payload} bytes "
+                               f"(MAX_PAYLOAD_BYTES)")
+        out.append((key, dtype, tuple(shape)))
+    return out
+
+
+def read_message(stream: BinaryIO, max_payload: int | None = MAX_PAYLOAD_BYTES,
+                 max_header: int = MAX_HEADER_BYTES) -> tuple[dict, dict[str, np.ndarray]]:
+    """One message -> (header without ``"arrays"``, arrays). Raises ``EOFError`` when the stream ends before a
+    message starts, :class:`BadMessage` for an unreadable header (the stream stays in step) and
+    :class:`FramingError` when it cannot be followed any more. Sizes are checked before anything is allocated."""
+    first = stream.read(8)
+    if not first:
+        raise EOFError("end of input")
+    prefix = first + (_read_exact(stream, 8 - len(first), "message prefix") if len(first) < 8 else b"")
     if prefix[:4] != MAGIC:
-        raise ValueError(f"not a Busto message: {prefix!r}")
+        raise FramingError(f"not a Busto message: {prefix!r} (expected the magic {MAGIC!r})")
     (n,) = struct.unpack("<I", prefix[4:])
-    header = json.loads(_read_exact(stream, n).decode("utf-8"))
+    if n > max_header:
+        raise FramingError(f"header length {n} bytes exceeds the limit of {max_header} (MAX_HEADER_BYTES)")
+    raw = _read_exact(stream, n, "message header")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadMessage(f"the message header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadMessage(f"the message header is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(header, dict):
+        raise BadMessage(f"the message header must be a JSON object, got {type(header).__name__}")
+    specs = parse_array_specs(header.pop("arrays", []), max_payload)
     arrays = {}
-    for spec in header.pop("arrays", []):
-        dtype = np.dtype(spec["dtype"])
-        if dtype.name not in _DTYPES:
-            raise ValueError(f"array {spec['key']!r}: dtype {dtype} not allowed")
-        shape = tuple(int(s) for s in spec["shape"])
-        buf = _read_exact(stream, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-        arrays[spec["key"]] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+    for key, dtype, shape in specs:
+        buf = _read_exact(stream, math.prod(shape) * dtype.itemsize, f"payload of array {key!r}")
+        arrays[key] = np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+    if len(arrays) != len(specs):
+        raise BadMessage(f"array keys repeat in one message: {[k for k, _, _ in specs]}")
     return header, arrays
+
+
+# ------------------------------------------------------------------------------------------------- request checks
+#: op -> (parameters it accepts, arrays it accepts)
+OPS: dict[str, tuple[frozenset, frozenset]] = {
+    "hello": (frozenset(), frozenset()),
+    "load": (frozenset({"checkpoint", "device"}), frozenset()),
+    "sample": (frozenset({"avatar", "preview_size"}), frozenset({"preview_yaws"})),
+    "render": (frozenset({"avatar", "size"}), frozenset({"pose", "expression", "cam2world", "intrinsics"})),
+    "extract": (frozenset({"avatar", "resolution", "decimate", "colors", "level", "morphs"}), frozenset()),
+    "release": (frozenset({"avatar"}), frozenset()),
+    "shutdown": (frozenset(), frozenset()),
+}
+_AVATAR_KEYS = ("seed", "truncation", "body_shape", "super_resolve")
+_RENDER_ARRAYS = (("pose", (6, 3)), ("expression", (64,)), ("cam2world", (4, 4)), ("intrinsics", (3, 3)))
+
+
+def _int(where: str, name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ServeError(f"{where}: {name} must be an integer, got {type(value).__name__} {value!r:.40}")
+    if not lo <= int(value) <= hi:
+        raise ServeError(f"{where}: {name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _real(where: str, name: str, value, lo: float = -math.inf, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ServeError(f"{where}: {name} must be a number, got {type(value).__name__} {value!r:.40}")
+    try:
+        f = float(value)
+    except OverflowError:  # an integer beyond float range
+        f = math.inf
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise ServeError(f"{where}: {name} must be a finite number in [{lo:g}, {hi:g}], got {value!r:.40}")
+    return f
+
+
+def _or0(value):
+    return 0 if value is None else value
+
+
+def _bool(where: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ServeError(f"{where}: {name} must be true or false, got {type(value).__name__} {value!r:.40}")
+    return bool(value)
+
+
+def validate_avatar(where: str, spec) -> dict:
+    """An ``avatar`` parameter -> ``{seed, truncation, body_shape[10], super_resolve}`` with defaults (pure)."""
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise ServeError(f"{where}: avatar must be an object {{{', '.join(_AVATAR_KEYS)}}}, got "
+                         f"{type(spec).__name__}")
+    unknown = sorted(set(spec) - set(_AVATAR_KEYS))
+    if unknown:
+        raise ServeError(f"{where}: unknown avatar field(s) {', '.join(map(repr, unknown))}; expected "
+                         f"{', '.join(_AVATAR_KEYS)}")
+    shape = spec.get("body_shape", [0.0] * 10)
+    if not isinstance(shape, (list, tuple)):
+        raise ServeError(f"{where}: body_shape must be a list of 10 numbers, got {type(shape).__name__}")
+    if len(shape) != 10:
+        raise ServeError(f"{where}: body_shape must have 10 values, got {len(shape)}")
+    return {
+        "seed": _int(where, "avatar seed", spec.get("seed", 0), 0, MAX_SEED),
+        "truncation": _real(where, "truncation", spec.get("truncation", 0.7), 0.0, 1.0),
+        "body_shape": [_real(where, f"body_shape[{i}]", x, -10.0, 10.0) for i, x in enumerate(shape)],
+        "super_resolve": _bool(where, "super_resolve", spec.get("super_resolve", True)),
+    }
+
+
+def _float_array(where: str, name: str, a: np.ndarray, tail: tuple) -> np.ndarray:
+    if a.ndim != len(tail) + 1 or tuple(a.shape[1:]) != tail:
+        raise ServeError(f"{where}: {name} must be [N, {', '.join(map(str, tail))}], got {list(a.shape)}")
+    if a.dtype.kind not in "fiu":
+        raise ServeError(f"{where}: {name} must hold numbers, got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)):
+        raise ServeError(f"{where}: {name} contains NaN or inf")
+    return a
+
+
+def validate_request(op, params, arrays) -> dict:
+    """Check one request's types, ranges, devices and array shapes/counts -> its parameters with defaults filled
+    in (pure: no model, no I/O). Raises :class:`ServeError` naming the operation and the problem."""
+    if not isinstance(op, str) or op not in OPS:
+        raise ServeError(f"unknown operation {op!r}; one of {', '.join(OPS)}" if op is not None
+                         else "a request needs an 'op'")
+    if not isinstance(params, dict) or not isinstance(arrays, dict):
+        raise ServeError(f"{op}: parameters must be an object")
+    allowed, allowed_arrays = OPS[op]
+    unknown = sorted(map(str, set(params) - allowed))
+    if unknown:
+        raise ServeError(f"{op}: unknown parameter(s) {', '.join(map(repr, unknown))}; expected "
+                         f"{', '.join(sorted(allowed)) or 'none'}")
+    unknown = sorted(map(str, set(arrays) - allowed_arrays))
+    if unknown:
+        raise ServeError(f"{op}: unexpected array(s) {', '.join(map(repr, unknown))}; expected "
+                         f"{', '.join(sorted(allowed_arrays)) or 'none'}")
+    out: dict = {}
+    if op == "load":
+        ckpt = params.get("checkpoint")
+        if ckpt is not None and not isinstance(ckpt, str):
+            raise ServeError(f"load: checkpoint must be a path (string), got {type(ckpt).__name__}")
+        if ckpt and ("\x00" in ckpt or len(ckpt) > 4096):
+            raise ServeError("load: checkpoint is not a usable path (NUL byte or over 4096 characters)")
+        device = "cpu" if params.get("device") in (None, "") else params["device"]
+        if not isinstance(device, str) or not (device in DEVICES or re.fullmatch(r"cuda:\d{1,3}", device)):
+            raise ServeError(f"load: device must be one of {', '.join(DEVICES)} (or cuda:<index>), got {device!r:.40}")
+        out = {"checkpoint": ckpt or None, "device": device}
+    elif op in ("sample", "render", "extract"):
+        out["avatar"] = validate_avatar(op, params.get("avatar"))
+    if op == "sample":
+        out["preview_size"] = _int(op, "preview_size", params.get("preview_size", 128), MIN_IMAGE_SIZE,
+                                   MAX_IMAGE_SIZE)
+        yaws = arrays.get("preview_yaws")
+        if yaws is not None:
+            yaws = _float_array(op, "preview_yaws", np.asarray(yaws).reshape(-1), ())
+            if not 1 <= len(yaws) <= MAX_FRAMES:
+                raise ServeError(f"sample: 1 to {MAX_FRAMES} preview_yaws (MAX_FRAMES), got {len(yaws)}")
+    elif op == "render":
+        size = params.get("size")
+        out["size"] = None if size is None or (size == 0 and not isinstance(size, bool)) else \
+            _int(op, "size", size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+        counts = []
+        for k, tail in _RENDER_ARRAYS:
+            if k not in arrays:
+                raise ServeError(f"render: missing array {k!r}")
+            counts.append(len(_float_array(op, k, arrays[k], tail)))
+        if len(set(counts)) != 1:
+            raise ServeError(f"render: pose, expression, cam2world and intrinsics must have the same number of "
+                             f"frames, got {counts}")
+        if not 1 <= counts[0] <= MAX_FRAMES:
+            raise ServeError(f"render: 1 to {MAX_FRAMES} frames per request (MAX_FRAMES), got {counts[0]}")
+        K = arrays["intrinsics"]
+        if not (np.all(K[:, 0, 0] > 0) and np.all(K[:, 1, 1] > 0)):
+            raise ServeError("render: intrinsics must have positive focal lengths (K[0,0], K[1,1] > 0)")
+    elif op == "extract":
+        out["resolution"] = _int(op, "resolution", params.get("resolution", 128), MIN_EXTRACT_RESOLUTION,
+                                 MAX_EXTRACT_RESOLUTION)
+        out["decimate"] = _int(op, "decimate", _or0(params.get("decimate")), 0, MAX_DECIMATE)
+        out["colors"] = _bool(op, "colors", params.get("colors", True))
+        level = params.get("level")
+        out["level"] = level if level is None or level == "auto" else _real(op, "level", level)
+        out["morphs"] = _int(op, "morphs", _or0(params.get("morphs")), 0, MAX_MORPHS)
+    return out
+
+
+def memory_budget(environ: dict | None = None) -> int:
+    """Bytes a request may need (``BUSTO_WORKER_MEMORY_GB``, else 8 GiB or 3/4 of the physical memory if less)."""
+    value = (os.environ if environ is None else environ).get(MEMORY_BUDGET_ENV, "").strip()
+    if value:
+        try:
+            gb = float(value)
+            if math.isfinite(gb) and gb > 0:
+                return int(gb * (1 << 30))
+        except ValueError:
+            pass
+        print(f"busto serve: ignoring {MEMORY_BUDGET_ENV}={value!r} (not a positive number of GiB)", file=sys.stderr)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 0
+    return min(DEFAULT_MEMORY_BUDGET, physical * 3 // 4) if physical > 0 else DEFAULT_MEMORY_BUDGET
+
+
+def estimate_request_bytes(op: str, params: dict, arrays: dict, model: dict) -> int:
+    """Working memory a validated request needs, estimated before anything is allocated (pure). ``model`` holds
+    ``output_resolution``, ``sr_scale`` (1 without super-resolution) and ``samples_per_ray``."""
+    if op in ("render", "sample"):
+        if op == "render":
+            n, size = len(arrays["pose"]), params["size"] or int(model["output_resolution"])
+        else:
+            yaws = arrays.get("preview_yaws")
+            n, size = (1 if yaws is None else int(np.asarray(yaws).size)), params["preview_size"]
+        scale = int(model["sr_scale"]) if params["avatar"]["super_resolve"] else 1
+        rays = max(8, math.ceil(size / max(scale, 1))) ** 2
+        return n * (rays * int(model["samples_per_ray"]) * RENDER_BYTES_PER_SAMPLE + size * size
+                    * RENDER_BYTES_PER_PIXEL)
+    if op == "extract":
+        return params["resolution"] ** 3 * EXTRACT_BYTES_PER_NODE
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------- model session
@@ -128,13 +418,27 @@ class Session:
     # -- dispatch
     def handle(self, op: str, params: dict, arrays: dict[str, np.ndarray], progress: Progress = _noop,
                should_stop: Callable[[], bool] | None = None) -> tuple[dict, dict[str, np.ndarray]]:
-        method = getattr(self, f"op_{op}", None)
-        if method is None:
-            raise ServeError(f"unknown operation {op!r}")
+        if not isinstance(op, str) or op not in OPS:
+            validate_request(op, params, arrays)  # raises, naming the problem
         if op not in ("hello", "load", "shutdown") and self.generator is None:
             raise ServeError("no model loaded (send 'load' first)")
+        params = validate_request(op, params, arrays)
+        self._check_budget(op, params, arrays)
         self._should_stop = should_stop or (lambda: False)
-        return method(params, arrays, progress)
+        return getattr(self, f"op_{op}")(params, arrays, progress)
+
+    def _check_budget(self, op: str, params: dict, arrays: dict) -> None:
+        if self.generator is None:
+            return
+        cfg = self.generator.cfg
+        sr = cfg.superres.scale if (cfg.superres.enabled and self.generator.superres is not None) else 1
+        model = {"output_resolution": cfg.render.resolution * sr, "sr_scale": sr,
+                 "samples_per_ray": cfg.render.samples_per_ray}
+        need, budget = estimate_request_bytes(op, params, arrays, model), memory_budget()
+        if need > budget:
+            raise ServeError(f"{op}: this request needs about {need / (1 << 30):.1f} GiB of working memory, over "
+                             f"the worker's budget of {budget / (1 << 30):.1f} GiB ({MEMORY_BUDGET_ENV}); ask for "
+                             f"fewer frames, a smaller size or a lower resolution")
 
     def _check_stop(self) -> None:
         if self._should_stop():
@@ -188,16 +492,7 @@ class Session:
 
         from portrait_core.generator.loading import identity_for_seed
 
-        spec = {
-            "seed": int(spec.get("seed", 0)),
-            "truncation": float(spec.get("truncation", 0.7)),
-            "body_shape": [float(x) for x in spec.get("body_shape", [0.0] * 10)],
-            "super_resolve": bool(spec.get("super_resolve", True)),
-        }
-        if len(spec["body_shape"]) != 10:
-            raise ServeError(f"body_shape must have 10 values, got {len(spec['body_shape'])}")
-        if not 0.0 <= spec["truncation"] <= 1.0:
-            raise ServeError(f"truncation must be in [0, 1], got {spec['truncation']}")
+        spec = validate_avatar("avatar", spec)  # already checked by handle(); normalised again for direct callers
         key = json.dumps(spec, sort_keys=True)
         avatar = self._avatars.get(key)
         if avatar is None:
@@ -264,12 +559,7 @@ class Session:
         return {"avatar": params.get("avatar", {})}, {"joint_positions": joints, "preview": preview}
 
     def op_render(self, params, arrays, progress):
-        avatar = self._avatar(params.get("avatar", {}), progress)
-        for k, shape in (("pose", (6, 3)), ("expression", (64,)), ("cam2world", (4, 4)), ("intrinsics", (3, 3))):
-            if k not in arrays:
-                raise ServeError(f"render: missing array {k!r}")
-            if tuple(arrays[k].shape[1:]) != shape:
-                raise ServeError(f"render: {k} must be [N, {', '.join(map(str, shape))}], got {list(arrays[k].shape)}")
+        avatar = self._avatar(params.get("avatar", {}), progress)  # arrays checked by validate_request
         size = int(params.get("size") or self.info["output_resolution"])
         rgba = self._render(avatar, arrays["pose"], arrays["expression"], arrays["cam2world"], arrays["intrinsics"],
                             size)
@@ -321,27 +611,69 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------------------- server loop
-def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """Answer requests until ``shutdown`` or end of input. Errors become ``ok: false`` replies."""
-    session = Session()
+class _ClientGone(Exception):
+    """The reply pipe is closed: nobody is listening any more."""
+
+
+def _send(stream: BinaryIO, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    data = encode_message(header, arrays)  # encoding problems are the worker's, reported as an error reply
+    try:
+        stream.write(data)
+        stream.flush()
+    except (OSError, ValueError) as exc:  # broken pipe, or the stream was closed
+        raise _ClientGone(str(exc)) from exc
+
+
+def _error_reply(exc: BaseException) -> dict:
+    if isinstance(exc, MemoryError):
+        text = "out of memory (ask for fewer frames, a smaller size or a lower resolution)"
+    else:
+        text = " ".join(str(exc).split())[:2000] or type(exc).__name__
+    return {"ok": False, "error": text, "error_type": type(exc).__name__}
+
+
+def _debug() -> bool:
+    return os.environ.get("BUSTO_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, session: Session | None = None) -> int:
+    """Answer requests until ``shutdown`` or end of input; returns the exit status. Every request gets one reply:
+    a failed or malformed one ``ok: false`` with the reason. A message the stream cannot be followed past (see
+    :class:`FramingError`) is answered ``ok: false`` too, then the loop ends with :data:`EXIT_PROTOCOL_ERROR`."""
+    session = Session() if session is None else session
     while True:
         try:
-            header, arrays = read_message(stdin)
-        except EOFError:
-            return 0
-        op = header.pop("op", None)
+            try:
+                header, arrays = read_message(stdin)
+            except EOFError:
+                return 0
+            except BadMessage as exc:
+                print(f"busto serve: bad message: {exc}", file=sys.stderr)
+                _send(stdout, _error_reply(exc))
+                continue
+            except (FramingError, OSError) as exc:
+                print(f"busto serve: cannot follow the input any more, exiting: {exc}", file=sys.stderr)
+                _send(stdout, _error_reply(exc))
+                return EXIT_PROTOCOL_ERROR
+            op = header.pop("op", None)
 
-        def progress(x: float, label: str = "") -> None:
-            write_message(stdout, {"progress": float(x), "label": label})
+            def progress(x: float, label: str = "") -> None:
+                _send(stdout, {"progress": float(x), "label": str(label)})
 
-        try:
-            reply, out = session.handle(str(op), header, arrays, progress)
-            write_message(stdout, {"ok": True, **reply}, out)
-        except Exception as exc:  # reported to the add-on, which shows the message
-            write_message(stdout, {"ok": False, "error": str(exc) or type(exc).__name__,
-                                   "error_type": type(exc).__name__})
-            print(f"busto serve: {op}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if op == "shutdown":
+            try:
+                reply, out = session.handle(op, header, arrays, progress)
+                _send(stdout, {"ok": True, **reply}, out)
+            except _ClientGone:
+                raise
+            except Exception as exc:  # MemoryError included: reported to the add-on, which shows the message
+                print(f"busto serve: {op!r:.40}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                if _debug() and not isinstance(exc, ServeError):
+                    traceback.print_exc(file=sys.stderr)
+                _send(stdout, _error_reply(exc))
+            if op == "shutdown":
+                return 0
+        except _ClientGone as exc:
+            print(f"busto serve: the client closed the reply pipe ({exc}); exiting", file=sys.stderr)
             return 0
 
 
@@ -355,7 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
     proto_in = sys.stdin.buffer
-    return serve(proto_in, proto_out)
+    try:
+        return serve(proto_in, proto_out)
+    except KeyboardInterrupt:
+        print("busto serve: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
