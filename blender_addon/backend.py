@@ -8,15 +8,23 @@
 
 A backend is created once per settings and cached for the whole process, so a model loads once per Blender
 session and once per command-line render, and avatars stay baked across frames.
+
+The worker-process backend never waits forever: each request kind has a timeout (``Settings.timeout_for``:
+preferences *Timeouts*, environment ``BUSTO_TIMEOUT_LOAD``/``_RENDER``/``_EXTRACT``), and while it waits it polls
+every ``POLL_SECONDS`` for the cancel flag. A timeout or a cancel stops the worker (it starts again on the next
+request); a timeout raises :class:`WorkerTimeout` with a message saying so. In-process calls cannot be interrupted
+mid-computation; they check the cancel flag between stages.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +42,18 @@ class Cancelled(RuntimeError):
     """The user cancelled the job."""
 
 
+class WorkerTimeout(BackendError):
+    """The worker process did not answer a request in time; it was stopped (and restarts on the next request)."""
+
+
+#: seconds the worker-process backend waits for a reply to each kind of request (defaults; load, sample/render and
+#: extract are set in the preferences): a stuck worker, or a hung farm render, fails with a clear message instead
+DEFAULT_TIMEOUTS = {"hello": 60.0, "load": 600.0, "sample": 300.0, "render": 300.0, "extract": 1800.0,
+                    "release": 60.0, "shutdown": 10.0}
+#: how often a waiting request checks the cancel flag and the clock
+POLL_SECONDS = 0.1
+
+
 @dataclass(frozen=True)
 class Settings:
     checkpoint: str = ""
@@ -42,6 +62,19 @@ class Settings:
     python: str = ""
     site_packages: str = ""
     cache_dir: str = ""
+    load_timeout: float = DEFAULT_TIMEOUTS["load"]
+    render_timeout: float = DEFAULT_TIMEOUTS["render"]  # sample and render
+    extract_timeout: float = DEFAULT_TIMEOUTS["extract"]
+
+    def timeout_for(self, op: str) -> float:
+        """Seconds to wait for the reply to ``op`` (a non-positive or invalid setting falls back to the default)."""
+        value = {"load": self.load_timeout, "sample": self.render_timeout, "render": self.render_timeout,
+                 "extract": self.extract_timeout}.get(op)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = 0.0
+        return value if value > 0 and value == value else DEFAULT_TIMEOUTS.get(op, 60.0)
 
 
 @dataclass(frozen=True)
@@ -64,6 +97,11 @@ Progress = Callable[[float, str], None]
 
 def _noop(_x: float, _label: str) -> None:
     pass
+
+
+def _prefixed(op: str, message: str) -> str:
+    """``op: message``, unless the worker's message names the operation already."""
+    return message if message.startswith(f"{op}:") else f"{op}: {message}"
 
 
 # --------------------------------------------------------------------------------------------- environment
@@ -153,10 +191,10 @@ class InProcessBackend:
         self._session = Session()
         self.info: dict | None = None
 
-    def load(self, progress: Progress = _noop) -> dict:
+    def load(self, progress: Progress = _noop, should_stop: Callable[[], bool] | None = None) -> dict:
         with self._lock:
             if self.info is None:
-                self.info = self._call("load", None, progress, None,
+                self.info = self._call("load", None, progress, should_stop,
                                        checkpoint=self.settings.checkpoint, device=self.settings.device)
             return self.info
 
@@ -166,13 +204,15 @@ class InProcessBackend:
         except Exception as exc:
             if type(exc).__name__ == "Cancelled":
                 raise Cancelled(str(exc)) from exc
-            raise BackendError(f"{op}: {exc}") from exc
+            raise BackendError(_prefixed(op, str(exc))) from exc
         return {**reply, **out}
 
     def request(self, op: str, arrays: dict | None = None, progress: Progress = _noop,
-                should_stop: Callable[[], bool] | None = None, **kw) -> dict:
+                should_stop: Callable[[], bool] | None = None, timeout: float | None = None, **kw) -> dict:
+        """``timeout`` is accepted for the same calls as the worker backend; in-process work cannot be interrupted
+        mid-computation (``should_stop`` is checked between stages)."""
         with self._lock:
-            self.load()
+            self.load(should_stop=should_stop)
             return self._call(op, arrays, progress, should_stop, **kw)
 
     def close(self) -> None:
@@ -193,6 +233,7 @@ class SubprocessBackend:
         self.settings = settings
         self._lock = threading.RLock()
         self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue | None = None
         self._stderr: deque[str] = deque(maxlen=40)
         self.info: dict | None = None
 
@@ -210,10 +251,31 @@ class SubprocessBackend:
             raise BackendError(f"could not start the worker {self.settings.python}: {exc}") from exc
         self._drainer = threading.Thread(target=self._drain, args=(self._proc,), daemon=True)
         self._drainer.start()
+        # replies are read by a thread into a queue (one per process), so a waiting request can time out and cancel
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read_replies, args=(self._proc, self._replies), daemon=True).start()
 
     def _drain(self, proc: subprocess.Popen) -> None:
-        for line in iter(proc.stderr.readline, b""):
-            self._stderr.append(line.decode("utf-8", "replace").rstrip())
+        try:
+            for line in iter(proc.stderr.readline, b""):
+                self._stderr.append(line.decode("utf-8", "replace").rstrip())
+        except (OSError, ValueError):  # the pipe was closed by _kill
+            pass
+
+    @staticmethod
+    def _read_replies(proc: subprocess.Popen, replies: queue.Queue) -> None:
+        try:
+            while True:
+                replies.put(protocol.read_message(proc.stdout))
+        except BaseException as exc:  # EOF, a malformed message, the pipe closed by _kill: the waiter reports it
+            replies.put(exc)
+
+    @staticmethod
+    def _write(proc: subprocess.Popen, header: dict, arrays: dict | None) -> None:
+        try:
+            protocol.write_message(proc.stdin, header, arrays)
+        except (OSError, ValueError):  # the worker exited or stopped reading: the reply side reports it
+            pass
 
     def _died(self, what: str) -> BackendError:
         code = None
@@ -228,53 +290,81 @@ class SubprocessBackend:
         return BackendError(f"the worker process {what} (exit code {code}). Its last messages:\n{tail}")
 
     def _kill(self) -> None:
-        if self._proc is not None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
             try:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
+                proc.kill()
+                proc.wait(timeout=5)
             except Exception:
                 pass
-        self._proc = None
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    if pipe is not None:
+                        pipe.close()
+                except Exception:
+                    pass
+        self._replies = None
         self.info = None
 
     def _exchange(self, header: dict, arrays: dict | None, progress: Progress,
-                  should_stop: Callable[[], bool] | None = None):
+                  should_stop: Callable[[], bool] | None = None, timeout: float | None = None):
+        op = str(header.get("op"))
+        timeout = self.settings.timeout_for(op) if timeout is None else float(timeout)
         if self._proc is None or self._proc.poll() is not None:
             self._start()
-        try:
-            protocol.write_message(self._proc.stdin, header, arrays)
-            while True:
-                reply, out = protocol.read_message(self._proc.stdout)
-                if "progress" in reply:
-                    progress(float(reply["progress"]), str(reply.get("label", "")))
-                    if should_stop is not None and should_stop():
-                        # the worker cannot be interrupted mid-request: stop it; it restarts on the next call
-                        self._kill()
-                        raise Cancelled("cancelled")
-                    continue
+        replies, deadline = self._replies, time.monotonic() + timeout
+        # written from a thread: a worker that stops reading must not block us past the timeout or a cancel
+        threading.Thread(target=self._write, args=(self._proc, header, arrays), daemon=True).start()
+        while True:
+            try:
+                item = replies.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                item = None
+            if isinstance(item, BaseException):
+                raise self._died(f"stopped unexpectedly ({item or type(item).__name__})") from item
+            if item is not None and "progress" not in item[0]:
+                reply, out = item
                 break
-        except (EOFError, BrokenPipeError, OSError, protocol.ProtocolError) as exc:
-            raise self._died(f"stopped unexpectedly ({exc})") from exc
+            if item is not None:
+                try:
+                    progress(float(item[0]["progress"]), str(item[0].get("label", "")))
+                except (TypeError, ValueError) as exc:
+                    self._kill()
+                    raise BackendError(f"{op}: the worker sent a malformed progress message ({exc})") from exc
+            if should_stop is not None and should_stop():
+                # the worker cannot be interrupted mid-request: stop it; it restarts on the next call
+                self._kill()
+                raise Cancelled("cancelled")
+            if time.monotonic() >= deadline:
+                tail = "\n".join(list(self._stderr)[-4:])
+                self._kill()
+                raise WorkerTimeout(
+                    f"{op}: the worker process did not answer within {timeout:g} s, so it was stopped (it starts "
+                    f"again on the next request). If the request is just slow, raise the timeout in the Busto "
+                    f"preferences (Timeouts) or with BUSTO_TIMEOUT_{'RENDER' if op == 'sample' else op.upper()}."
+                    + (f" Its last messages:\n{tail}" if tail else ""))
         if not reply.get("ok", False):
             if reply.get("error_type") == "Cancelled":
                 raise Cancelled(reply.get("error", "cancelled"))
-            raise BackendError(f"{header['op']}: {reply.get('error', 'unknown error')}")
+            raise BackendError(_prefixed(op, str(reply.get("error", "unknown error"))))
         reply.pop("ok", None)
         return reply, out
 
-    def load(self, progress: Progress = _noop) -> dict:
+    def load(self, progress: Progress = _noop, should_stop: Callable[[], bool] | None = None) -> dict:
         with self._lock:
             if self.info is None or self._proc is None or self._proc.poll() is not None:
                 reply, _ = self._exchange({"op": "load", "checkpoint": self.settings.checkpoint,
-                                           "device": self.settings.device}, None, progress)
+                                           "device": self.settings.device}, None, progress, should_stop)
                 self.info = reply
             return self.info
 
     def request(self, op: str, arrays: dict | None = None, progress: Progress = _noop,
-                should_stop: Callable[[], bool] | None = None, **kw):
+                should_stop: Callable[[], bool] | None = None, timeout: float | None = None, **kw):
+        """One request (the model is loaded first if needed). ``timeout``: seconds to wait for the reply (default
+        ``settings.timeout_for(op)``)."""
         with self._lock:
-            self.load()
-            reply, out = self._exchange({"op": op, **kw}, arrays, progress, should_stop)
+            self.load(should_stop=should_stop)
+            reply, out = self._exchange({"op": op, **kw}, arrays, progress, should_stop, timeout)
             return {**reply, **out}
 
     def close(self) -> None:
@@ -282,7 +372,7 @@ class SubprocessBackend:
             if self._proc is not None and self._proc.poll() is None:
                 try:
                     protocol.write_message(self._proc.stdin, {"op": "shutdown"})
-                    self._proc.wait(timeout=10)
+                    self._proc.wait(timeout=DEFAULT_TIMEOUTS["shutdown"])
                 except Exception:
                     pass
             self._kill()
@@ -302,6 +392,8 @@ def get_backend(settings: Settings):
         if b is None:
             b = InProcessBackend(settings) if kind == "INPROCESS" else SubprocessBackend(settings)
             _BACKENDS[key] = b
+        else:
+            b.settings = settings  # same model and environment; the latest timeouts and cache folder apply
         return b
 
 
@@ -319,8 +411,8 @@ def shutdown_all() -> None:
         _BACKENDS.clear()
 
 
-def load(settings: Settings, progress: Progress = _noop) -> dict:
-    return get_backend(settings).load(progress)
+def load(settings: Settings, progress: Progress = _noop, should_stop: Callable[[], bool] | None = None) -> dict:
+    return get_backend(settings).load(progress, should_stop)
 
 
 def sample(settings: Settings, spec: AvatarSpec, preview_yaws=(np.pi / 2,), preview_size: int = 128,
@@ -330,7 +422,7 @@ def sample(settings: Settings, spec: AvatarSpec, preview_yaws=(np.pi / 2,), prev
 
 
 def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2world, intrinsics,
-                  size: int | None = None) -> np.ndarray:
+                  size: int | None = None, should_stop: Callable[[], bool] | None = None) -> np.ndarray:
     arrays = {
         "pose": np.asarray(pose, np.float32).reshape(-1, 6, 3),
         "expression": np.asarray(expression, np.float32).reshape(-1, 64),
@@ -338,7 +430,8 @@ def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2wo
         "intrinsics": np.asarray(intrinsics, np.float32).reshape(-1, 3, 3),
     }
     kw = {"size": int(size)} if size else {}
-    return get_backend(settings).request("render", arrays, avatar=spec.to_json(), **kw)["rgba"]
+    return get_backend(settings).request("render", arrays, should_stop=should_stop, avatar=spec.to_json(),
+                                         **kw)["rgba"]
 
 
 def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool,

@@ -69,12 +69,15 @@ def composite(items: list[dict], width: int, height: int, test_break=lambda: Fal
         if test_break():
             return None
         Ks, size, (r0, c0) = convert.square_render_plan(it["intrinsics"], width, height)
-        out = backend.get_backend(it["settings"]).request(
-            "render", {"pose": it["pose"][None].astype(np.float32),
-                       "expression": it["expression"][None].astype(np.float32),
-                       "cam2world": it["cam2world"][None].astype(np.float32),
-                       "intrinsics": Ks[None].astype(np.float32)},
-            avatar=it["spec"].to_json(), size=int(size))["rgba"][0]
+        try:  # a worker-process render is cancelled while it waits (test_break polled), and times out
+            out = backend.get_backend(it["settings"]).request(
+                "render", {"pose": it["pose"][None].astype(np.float32),
+                           "expression": it["expression"][None].astype(np.float32),
+                           "cam2world": it["cam2world"][None].astype(np.float32),
+                           "intrinsics": Ks[None].astype(np.float32)},
+                should_stop=test_break, avatar=it["spec"].to_json(), size=int(size))["rgba"][0]
+        except backend.Cancelled:
+            return None
         if out.shape[0] != size:
             out = convert.resize_bilinear(out, size, size)
         out = out[r0:r0 + height, c0:c0 + width]

@@ -3,7 +3,9 @@
 An operator splits its work in three: ``prepare`` (main thread: read bpy data into plain values), ``work``
 (any thread: backend calls only, never bpy) and ``finish`` (main thread: create bpy data). ``execute`` runs the
 three synchronously (scripts, ``bpy.ops`` calls, background mode); ``invoke`` in the interactive UI runs ``work``
-in a thread and polls it from a modal timer, with progress in the panel and Esc to cancel.
+in a thread and polls it from a modal timer, with progress in the panel and Esc to cancel. ``work`` passes
+``job.should_stop`` to the backend, which polls it while it waits for the worker (and stops the worker when set),
+and every worker request has a timeout, so neither the UI nor a background render waits forever.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ class BackgroundJobOperator:
         job = self._job
         rt = context.window_manager.busto
         rt.job_progress = 100.0 * job.progress
-        rt.job_label = f"{job.label}: {job.stage}" if job.stage else job.label
+        rt.job_label = f"{job.label}: cancelling" if job.should_stop() else \
+            f"{job.label}: {job.stage}" if job.stage else job.label
         for area in (context.screen.areas if context.screen else ()):
             if area.type == "VIEW_3D":
                 area.tag_redraw()

@@ -44,7 +44,7 @@ class BUSTO_OT_load_model(BackgroundJobOperator, bpy.types.Operator):
         return {"settings": _settings(context)}
 
     def work(self, job, state):
-        return backend.load(state["settings"], job.report_progress)
+        return backend.load(state["settings"], job.report_progress, job.should_stop)
 
     def finish(self, context, state, info):
         _store_info(context, info)
@@ -82,7 +82,7 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
                 "full_360": full_360}
 
     def work(self, job, state):
-        info = backend.load(state["settings"], job.report_progress)
+        info = backend.load(state["settings"], job.report_progress, job.should_stop)
         out = backend.sample(state["settings"], state["spec"], state["yaws"], 128, job.report_progress,
                              job.should_stop)
         return info, out
@@ -175,7 +175,7 @@ class BUSTO_OT_extract_mesh(BackgroundJobOperator, bpy.types.Operator):
                 "colors": sp.mesh_colors, "level": "auto" if sp.mesh_auto_level else sp.mesh_level, "morphs": sp.mesh_morphs}
 
     def work(self, job, state):
-        backend.load(state["settings"], job.report_progress)
+        backend.load(state["settings"], job.report_progress, job.should_stop)
         return backend.extract(state["settings"], state["spec"], state["resolution"], state["decimate"],
                                state["colors"], state["level"], state["morphs"], job.report_progress,
                                job.should_stop)
@@ -446,10 +446,11 @@ class BUSTO_OT_face_preview(BackgroundJobOperator, bpy.types.Operator):
                 "cam2world": scene.face_camera_cv(rig), "intrinsics": Kn}
 
     def work(self, job, state):
-        backend.load(state["settings"], job.report_progress)
+        backend.load(state["settings"], job.report_progress, job.should_stop)
         job.report_progress(0.5, "rendering")
         return backend.render_frames(state["settings"], state["spec"], state["pose"], state["expression"],
-                                     state["cam2world"], state["intrinsics"], size=self.size)
+                                     state["cam2world"], state["intrinsics"], size=self.size,
+                                     should_stop=job.should_stop)
 
     def finish(self, context, state, rgba):
         rig = bpy.data.objects.get(state["rig"])

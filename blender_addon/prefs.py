@@ -1,8 +1,10 @@
-"""Add-on preferences (checkpoint, device, backend, worker Python, cache folder) and how they are resolved.
+"""Add-on preferences (checkpoint, device, backend, worker Python, cache folder, worker timeouts) and how they are
+resolved.
 
 Environment variables override the preferences, which is what render farms need (one .blend, many machines):
 ``BUSTO_CHECKPOINT``, ``BUSTO_DEVICE``, ``BUSTO_BACKEND`` (inprocess/subprocess/auto), ``BUSTO_PYTHON``,
-``BUSTO_SITE_PACKAGES``, ``BUSTO_CACHE``.
+``BUSTO_SITE_PACKAGES``, ``BUSTO_CACHE``, ``BUSTO_TIMEOUT_LOAD``, ``BUSTO_TIMEOUT_RENDER``, ``BUSTO_TIMEOUT_EXTRACT``
+(seconds).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, StringProperty
 
 from . import backend as backend_mod
 
@@ -43,6 +45,17 @@ class BustoPreferences(bpy.types.AddonPreferences):
     cache_dir: StringProperty(
         name="Cache folder", subtype="DIR_PATH", default="",
         description="Extracted meshes are cached here (empty: the extension's user folder)")
+    timeout_load: FloatProperty(
+        name="Load", default=backend_mod.DEFAULT_TIMEOUTS["load"], min=1.0, soft_max=3600.0, unit="TIME_ABSOLUTE",
+        description="Seconds the worker process may take to start and load the model before it is stopped")
+    timeout_render: FloatProperty(
+        name="Sample / Render", default=backend_mod.DEFAULT_TIMEOUTS["render"], min=1.0, soft_max=3600.0,
+        unit="TIME_ABSOLUTE",
+        description="Seconds the worker process may take to sample an avatar or render a frame before it is stopped "
+                    "(a stuck worker then fails the frame instead of hanging a render)")
+    timeout_extract: FloatProperty(
+        name="Extract", default=backend_mod.DEFAULT_TIMEOUTS["extract"], min=1.0, soft_max=7200.0,
+        unit="TIME_ABSOLUTE", description="Seconds the worker process may take to extract a mesh before it is stopped")
 
     def draw(self, context):
         draw_preferences(self.layout, self)
@@ -57,6 +70,9 @@ def draw_preferences(layout, prefs) -> None:
     col.prop(prefs, "python")
     col.prop(prefs, "site_packages")
     col.prop(prefs, "cache_dir")
+    row = col.row(heading="Timeouts")
+    for name in ("timeout_load", "timeout_render", "timeout_extract"):
+        row.prop(prefs, name)
     box = layout.box()
     for line in backend_mod.environment_report(resolve_from(prefs)).splitlines():
         box.label(text=line)
@@ -71,6 +87,9 @@ class _Defaults:
     python = ""
     site_packages = ""
     cache_dir = ""
+    timeout_load = backend_mod.DEFAULT_TIMEOUTS["load"]
+    timeout_render = backend_mod.DEFAULT_TIMEOUTS["render"]
+    timeout_extract = backend_mod.DEFAULT_TIMEOUTS["extract"]
 
 
 def get_prefs(context=None):
@@ -92,7 +111,19 @@ def resolve_from(prefs, scene=None, rig=None) -> backend_mod.Settings:
         python=bpy.path.abspath(env.get("BUSTO_PYTHON", prefs.python)),
         site_packages=bpy.path.abspath(env.get("BUSTO_SITE_PACKAGES", prefs.site_packages)),
         cache_dir=bpy.path.abspath(env.get("BUSTO_CACHE", prefs.cache_dir)) or _default_cache(),
+        load_timeout=_seconds(env, "BUSTO_TIMEOUT_LOAD", getattr(prefs, "timeout_load", 0.0)),
+        render_timeout=_seconds(env, "BUSTO_TIMEOUT_RENDER", getattr(prefs, "timeout_render", 0.0)),
+        extract_timeout=_seconds(env, "BUSTO_TIMEOUT_EXTRACT", getattr(prefs, "timeout_extract", 0.0)),
     )
+
+
+def _seconds(env, name: str, fallback: float) -> float:
+    """A positive number of seconds from the environment, else the preference (0: the backend's default)."""
+    try:
+        value = float(env.get(name, ""))
+    except ValueError:
+        return float(fallback)
+    return value if value > 0 and value == value else float(fallback)
 
 
 def resolve(context=None, scene=None, rig=None) -> backend_mod.Settings:
