@@ -618,7 +618,10 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
 
     # 8. .blend + .glb ----------------------------------------------------------------------------------------
     with step("Save demo.blend, export avatar.glb") as s:
-        sc.render.filepath = str(out / "frames" / "####")
+        # paths relative to the .blend (//...), so that the saved scene renders the same frames wherever the folder
+        # (with the checkpoint beside it, or the project tree) is moved or mounted
+        sc.render.filepath = "//frames/####"
+        relative_checkpoints(bpy, out)
         sc.frame_set(1)
         blend = out / "demo.blend"
         for old in (blend, out / "demo.blend1"):  # no Blender backup copy of an earlier run
@@ -660,6 +663,27 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
         s.detail = f"{len(frames)} neural + mesh frames, {len(comparisons)} outline overlays"
     report.files["contact-sheet.png"] = "neural frames, the mesh under each, mesh outlines on the neural frames"
     backend.shutdown_all()
+
+
+def blend_relative(path: str, blend_dir: str | os.PathLike) -> str:
+    """``path`` as Blender's ``//``-relative form for a .blend saved in ``blend_dir`` (what ``bpy.path.relpath``
+    gives); empty and already relative paths are kept, and so is a path on another drive (Windows)."""
+    if not path or path.startswith("//"):
+        return path
+    try:
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(blend_dir))
+    except ValueError:
+        return path
+    return "//" + rel.replace(os.sep, "/")
+
+
+def relative_checkpoints(bpy, blend_dir: Path) -> None:
+    """Store the Busto checkpoint paths of every scene and object (rigs keep the one their avatar was sampled from)
+    relative to the .blend that is about to be saved in ``blend_dir``."""
+    for owner in (*bpy.data.scenes, *bpy.data.objects):
+        props = getattr(owner, "busto", None)
+        if props is not None and getattr(props, "checkpoint", ""):
+            props.checkpoint = blend_relative(bpy.path.abspath(props.checkpoint), blend_dir)
 
 
 def _threads() -> int:

@@ -466,10 +466,11 @@ class Session:
             self.generator = None
             self._avatars.clear()
             self.generator = load_generator(path, device=device)  # raises CheckpointError naming the file
-            # the shipped model draws identities/appearance codes from its label samplers (identity_for_seed)
-            from portrait_core.generator.loading import default_checkpoint as shipped
+            # an appearance-code checkpoint draws identities from its label samplers, found by what it is, not
+            # where it lies (identity_for_seed); found now so that a missing one fails the load, naming the file
+            from portrait_core.generator.loading import samplers_for
 
-            self.generator.is_shipped_default = shipped().is_file() and path.resolve() == shipped().resolve()
+            samplers_for(self.generator)
             self.stats["loads"] += 1
             self.device = device
             cfg = self.generator.cfg

@@ -21,12 +21,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from portrait_core.assets import find_samplers, uses_appearance_codes  # noqa: F401 (re-exported for train/)
-from train.networks import mirror_label25, mirror_pose
+from portrait_core.data.samplers import LabelSampler
+from portrait_core.generator.loading import find_samplers, uses_appearance_codes  # noqa: F401 (re-exported for train/)
 
 LABEL_KEYS = ("camera", "face_camera", "pose", "expression", "identity", "body_shape")
 
@@ -61,44 +60,10 @@ def open_dataset(root: str | os.PathLike, resolution: int, face_resolution: int 
     return PortraitDataset(str(root), resolution=resolution, face_resolution=face_resolution, mirror=mirror)
 
 
-@dataclass
-class LabelTable:
-    """All labels of a dataset as tensors (float32): camera/face_camera [N, 25], pose [N, 6, 3], expression [N, 64],
-    identity [N, 80], body_shape [N, 10]."""
-
-    camera: Tensor
-    face_camera: Tensor
-    pose: Tensor
-    expression: Tensor
-    identity: Tensor
-    body_shape: Tensor
-    noise: Tensor | None = None
-    """Optional [M, noise_dim] table the noise latent is drawn from (appearance codes); None = N(0, I)."""
-
-    def __len__(self) -> int:
-        return self.camera.shape[0]
-
-    @classmethod
-    def from_dataset(cls, dataset) -> LabelTable:
-        """From a PortraitDataset's label arrays (any source format it reads); falls back to labels.json."""
-        if hasattr(dataset, "labels") and callable(dataset.labels):
-            return cls(**{k: torch.from_numpy(np.asarray(dataset.labels(k), dtype=np.float32)) for k in LABEL_KEYS})
-        return cls.from_labels_json(dataset.root)
-
-    @classmethod
-    def from_labels_json(cls, root: str | os.PathLike) -> LabelTable:
-        from portrait_core.data.labels import load_labels_json
-
-        doc = load_labels_json(Path(root) / "labels.json")
-        recs = doc.get("images") or []
-        if not recs:
-            raise DataError(f"{root}/labels.json has no image records")
-        cols = {k: torch.tensor(np.asarray([r[k] for r in recs], dtype=np.float32)) for k in LABEL_KEYS}
-        return cls(**cols)
-
-    def to(self, device) -> LabelTable:
-        return LabelTable(**{k: getattr(self, k).to(device) for k in LABEL_KEYS},
-                          noise=None if self.noise is None else self.noise.to(device))
+#: All labels of a dataset as a label sampler, one row per image (float32): camera/face_camera [N, 25], pose
+#: [N, 6, 3], expression [N, 64], identity [N, 80], body_shape [N, 10]; ``noise`` (= ``appearance``) optional
+#: [M, noise_dim] appearance codes the noise latent is drawn from, None = N(0, I). Busto has one sampler class.
+LabelTable = LabelSampler
 
 
 @dataclass
@@ -121,23 +86,12 @@ class FakeInputs:
                                                                   "pose", "camera")))
 
 
-def sample_fake_inputs(table: LabelTable, batch: int, gen: torch.Generator, mirror: bool,
+def sample_fake_inputs(table: LabelSampler, batch: int, gen: torch.Generator, mirror: bool,
                        noise_dim: int = 80) -> FakeInputs:
-    """Draw ``batch`` generator inputs from the label distributions (see module docstring). CPU tensors."""
-    n = len(table)
-    i_cam = torch.randint(n, (batch,), generator=gen)
-    i_id = torch.randint(n, (batch,), generator=gen)
-    i_exp = torch.randint(n, (batch,), generator=gen)
-    if table.noise is not None:
-        noise = table.noise[torch.randint(table.noise.shape[0], (batch,), generator=gen)]
-    else:
-        noise = torch.randn(batch, noise_dim, generator=gen)
-    flip = torch.rand(batch, generator=gen) < 0.5
-    cam, pose = table.camera[i_cam], table.pose[i_cam]
-    if mirror:
-        cam = torch.where(flip[:, None], mirror_label25(cam), cam)
-        pose = torch.where(flip[:, None, None], mirror_pose(pose), pose)
-    return FakeInputs(table.identity[i_id], noise, table.expression[i_exp], table.body_shape[i_id], pose, cam)
+    """Draw ``batch`` generator inputs from the label distributions (see module docstring and
+    :meth:`LabelSampler.fake_inputs`). CPU tensors."""
+    d = table.fake_inputs(batch, gen, mirror, noise_dim)
+    return FakeInputs(d["identity"], d["noise"], d["expression"], d["body_shape"], d["pose"], d["camera"])
 
 
 class GlobalOrder:

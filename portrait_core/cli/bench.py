@@ -55,15 +55,13 @@ def _generator_and_latents(preset: str, mode: str, device: torch.device):
     """(generator, latents(seed) function): a random-init preset, or a checkpoint ('default' or a path;
     appearance-code models get latents from their samplers)."""
     if preset == "default" or preset.endswith(".safetensors"):
-        from portrait_core.assets import DefaultSamplers, default_checkpoint_path, find_samplers, uses_appearance_codes
         from portrait_core.generator import load_generator
+        from portrait_core.generator.loading import default_checkpoint_path, identity_for_seed, samplers_for
 
         path = default_checkpoint_path() if preset == "default" else preset
         g = load_generator(path, device=device)
-        if uses_appearance_codes(g):
-            samplers = DefaultSamplers.load(find_samplers(path))
-            return g, lambda seed: samplers.identities(1, seed=seed)[0].to(device)
-        return g, lambda seed: Latents.sample(1, seed=seed, device=device)
+        samplers = samplers_for(g)  # by what the checkpoint is; None: N(0, I) latents
+        return g, lambda seed: identity_for_seed(g, seed, samplers)[0].to(device)
     torch.manual_seed(0)
     g = Generator(generator_config(preset, render={"mode": mode})).to(device)
     return g, lambda seed: Latents.sample(1, seed=seed, device=device)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     G = obtain_generator(None if args.checkpoint is None else str(args.checkpoint), args.preset, device=args.device,
                          model_seed=args.seed, log=lambda msg: print(f"export: {msg}", file=sys.stderr))
-    random_init = args.checkpoint is None and not getattr(G, "is_shipped_default", False)
+    random_init = getattr(G, "checkpoint_path", None) is None
     G = G.to(args.device).eval()
     latents, betas = identity_for_seed(G, args.seed)
     if args.body_shape:

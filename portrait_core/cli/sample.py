@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from portrait_core import conventions as C
-from portrait_core.generator.loading import identity_for_seed, obtain_generator, parse_int_list
+from portrait_core.generator.loading import identity_for_seed, obtain_generator, parse_int_list, samplers_for
 from portrait_core.geometry.camera import Camera
 
 
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--preset", help="random-init preset when no checkpoint is used: paper, small, tiny")
     p.add_argument("--mode", choices=["frontal", "360"], help="render mode for a random-init preset")
     p.add_argument("--seeds", default="0-3", help="latent seeds, e.g. 0-7 or 1,4,9 (one row each)")
+    p.add_argument("--samplers", help="label samplers of an appearance-code checkpoint (default: the ones that "
+                   "belong to it, found by what it is: stored with it, or the shipped ones for the shipped model)")
     p.add_argument("--truncation", type=float, default=0.7)
     p.add_argument("--yaws", type=int, default=5, help="number of camera yaws (columns)")
     p.add_argument("--yaw-range", type=float, default=0.5, help="frontal mode: +/- radians around the front")
@@ -76,12 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.yaws < 1:
         return usage_error(f"--yaws must be >= 1, got {args.yaws}")
     g = obtain_generator(args.checkpoint, args.preset, args.device, args.mode, args.model_seed)
+    samplers = samplers_for(g, args.samplers)  # None: N(0, I) latents
     yaws = yaw_sweep(args.yaws, g.cfg.render.mode, args.yaw_range)
     camera = Camera.portrait(yaw=yaws, pitch=torch.full_like(yaws, args.pitch)).to(g.device)
     rows = []
     with torch.no_grad():
         for seed in seeds:
-            latents, body_shape = identity_for_seed(g, seed)
+            latents, body_shape = identity_for_seed(g, seed, samplers)
             avatar = g.make_avatar(latents, body_shape, truncation=args.truncation, super_resolve=not args.no_sr)
             n = len(yaws)
             out = avatar.render(torch.zeros(n, 6, 3), torch.zeros(n, C.EXPRESSION_DIM), camera,

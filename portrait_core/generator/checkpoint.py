@@ -146,6 +146,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
             raise CheckpointError(f"{path}: tensor {key!r} contains NaN or inf")
     generator.load_state_dict(tensors, strict=True)
     generator.checkpoint_info = info
+    generator.checkpoint_path = path  # the file read (its samplers are found from it: generator.loading)
     return generator.to(device).eval()
 
 
