@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+# the one atomic-write helper (re-exported: train/ writes through ck.atomic_write_text)
+from portrait_core.atomic import atomic_write_bytes, atomic_write_text, fsync_dir  # noqa: F401
+
 STATE_FORMAT = "busto-train-state"
 STATE_FORMAT_VERSION = 1
 STATE_FILE = "state.pt"
@@ -35,37 +38,11 @@ class CheckpointError(ValueError):
     """A missing, corrupt or foreign checkpoint; the message names the path."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+_fsync_dir = fsync_dir
 
 
 def atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to ``path`` atomically (``portrait_core.atomic``)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -156,8 +133,13 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def read_best(ckpt_root: Path) -> dict | None:
+    """The ``best.json`` record, or None when there is none (or it is unreadable: it is rewritten at the next best)."""
     p = Path(ckpt_root) / BEST
-    return json.loads(p.read_text()) if p.exists() else None
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def write_best(ckpt_root: Path, name: str, metric: str, value: float, step: int) -> None:

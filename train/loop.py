@@ -401,7 +401,9 @@ def save_checkpoint(st: TrainState, ctx: Context, heldout: dict | None = None) -
             set_style_averages(st.G_ema, samplers.identity.to(ctx.device), samplers.appearance.to(ctx.device))
         save_generator(path, st.G_ema, info=info)
 
-    protect = {st.best["checkpoint"]} if st.best.get("checkpoint") else set()
+    # never rotate away the best checkpoint: the one this state names and the one best.json names until replaced
+    on_disk = ck.read_best(ctx.run_dir / "checkpoints") or {}
+    protect = {n for n in (st.best.get("checkpoint"), on_disk.get("checkpoint")) if n}
     path = ck.write_checkpoint(ctx.run_dir / "checkpoints", st.step, state, export, st.cfg.run.keep_last, protect)
     return path
 
@@ -486,8 +488,23 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print, given: set[s
     if resume_from is not None:
         st.load_state_dict(ck.load_state(resume_from, map_location=device))
         logger.info(f"resumed from {resume_from} at step {st.step}")
+        _after_resume(st, logger, run_dir if logger.enabled else None)
     dist.broadcast_module_states([st.G, st.G_ema, st.D] + ([st.pose_branch] if st.pose_branch else []))
     return st, ctx
+
+
+def _after_resume(st: TrainState, logger: Logger, run_dir: Path | None) -> None:
+    """Rank 0 of a resumed run: drop the ``stats.jsonl`` rows of the steps about to be replayed, and write the
+    ``best.json`` a kill between the best checkpoint and its pointer left unwritten."""
+    if run_dir is None:
+        return
+    dropped = logger.resume_at(st.step)
+    if dropped:
+        logger.info(f"stats.jsonl: dropped {dropped} row(s) past step {st.step} (replayed after the resume)")
+    root = run_dir / "checkpoints"
+    name = st.best.get("checkpoint")
+    if name and (root / name).is_dir() and (ck.read_best(root) or {}).get("checkpoint") != name:
+        ck.write_best(root, name, st.best.get("metric", "swd"), st.best["value"], st.best["step"])
 
 
 def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Path, root: Path, device, rank: int,
@@ -517,6 +534,7 @@ def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Pat
     if resume_from is not None:
         st.load_state_dict(ck.load_state(resume_from, map_location=device))
         logger.info(f"resumed from {resume_from} at step {st.step}")
+        _after_resume(st, logger, run_dir if logger.enabled else None)
     elif cfg.loss.imitation_warmup > 0 and cfg.stage == 1:
         O.imitation_warmup(st.G, cfg, data.label_table(), st.fake_gen, logger.info)
         st.G_ema.load_state_dict(st.G.state_dict())
@@ -630,9 +648,11 @@ def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = 
             stop = dist.any_flag(bool(ctx.stop_signal))
             last = s == cfg.run.steps or stop or out_of_time
             if S.every(s, cfg.run.ckpt_every) or last:
-                _maybe_eval_best(st, ctx)
+                improved = _maybe_eval_best(st, ctx)
                 heldout = _final_heldout(st, ctx) if last else None
                 path = save_checkpoint(st, ctx, heldout)
+                if improved and path is not None:  # best.json only ever names a checkpoint that exists
+                    ck.write_best(ctx.run_dir / "checkpoints", st.best["checkpoint"], "swd", st.best["value"], s)
                 dist.barrier()
                 if path is not None:
                     lg.info(f"checkpoint {path}")
@@ -671,12 +691,15 @@ def _final_heldout(st: TrainState, ctx: Context) -> dict | None:
     return res
 
 
-def _maybe_eval_best(st: TrainState, ctx: Context) -> None:
+def _maybe_eval_best(st: TrainState, ctx: Context) -> bool:
+    """Score the EMA generator (SWD); if it is the best so far, record it in ``st.best`` and return True. The
+    caller writes ``best.json`` after the checkpoint it names exists."""
     if not ctx.is_main or st.cfg.run.eval_images <= 0:
-        return
+        return False
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         value = quick_swd(st, ctx)
     ctx.logger.scalars(st.step, {"eval/swd": value})
     if not st.best or value < st.best.get("value", math.inf):
         st.best = {"checkpoint": ck.step_name(st.step), "metric": "swd", "value": value, "step": st.step}
-        ck.write_best(ctx.run_dir / "checkpoints", st.best["checkpoint"], "swd", value, st.step)
+        return True
+    return False

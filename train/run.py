@@ -114,6 +114,34 @@ class Logger:
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, msg="")
 
+    def resume_at(self, step: int) -> int:
+        """A resumed run replays the steps after its checkpoint: drop the ``stats.jsonl`` rows past ``step`` (and a
+        torn last line) so each step appears once, and start the progress bar there. Returns the rows dropped."""
+        if not self.enabled:
+            return 0
+        self.start = step
+        if self._task is not None:
+            self._progress.update(self._task, completed=step)
+        path = self.run_dir / "stats.jsonl"
+        self._stats.close()
+        keep, dropped = [], 0
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    row_step = int(rec["step"])
+                except (ValueError, KeyError, TypeError):
+                    dropped += 1  # a line torn by a kill mid-write
+                    continue
+                if row_step > step:
+                    dropped += 1
+                else:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            atomic_write_text(path, "".join(keep))
+        self._stats = open(path, "a", buffering=1)
+        return dropped
+
     def info(self, msg: str) -> None:
         if not self.enabled:
             return

@@ -415,10 +415,10 @@ def _write_cache(path: Path, data: dict) -> None:
         "J": data["J"],
         "mirror_index": data["mirror_index"].astype(np.int64),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, checksum=np.array(_digest(arrays)), **arrays)
-    os.replace(tmp, path)
+    from portrait_core.atomic import atomic_path
+
+    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez adds .npz unless the name ends with it
+        np.savez_compressed(tmp, checksum=np.array(_digest(arrays)), **arrays)
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,17 +69,9 @@ class Problem:
 
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = None) -> None:
     """Write JSON to ``path`` via a temp file in the same folder and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=indent, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from portrait_core.atomic import atomic_write_json
+
+    atomic_write_json(path, data, indent=indent)  # fsynced, the umask's permissions (not mkstemp's 0600)
 
 
 def _rounded(a: Any, digits: int = 7) -> Any:

@@ -244,10 +244,10 @@ def write_glb(
     """Write a binary glTF (.glb); returns the path. Never writes a file for an empty mesh."""
     path = Path(path)
     gltf = build_gltf(mesh, rig, morphs, animation, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    gltf.save_binary(str(tmp))
-    tmp.replace(path)
+    from portrait_core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        gltf.save_binary(str(tmp))
     return path
 
 

@@ -187,8 +187,8 @@ def save_bfm_mat(path: str | os.PathLike, bfm: dict) -> Path:
     for k in BFM_KEYS:
         a = data[k]
         out[k] = a.astype(np.int32) if k in _INDEX_KEYS else a.astype(np.float32)
-    tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    from portrait_core.atomic import atomic_open
+
+    with atomic_open(p, "wb") as fh:
         scipy.io.savemat(fh, out, do_compression=False, oned_as="row")
-    os.replace(tmp, p)
     return p

@@ -1,18 +1,20 @@
 """Generator checkpoints: ONE ``.safetensors`` file (tensors + string metadata), never pickled code.
 
 Metadata: ``format = "busto-generator"``, ``format_version = "1"``, ``config`` (JSON of the GeneratorConfig),
-``info`` (free-form JSON). Writes are atomic (temporary file in the same folder + ``os.replace``).
+``info`` (free-form JSON). Writes are atomic (``portrait_core.atomic``: temporary file in the same folder,
+fsync, the umask's permissions, ``os.replace``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from portrait_core.atomic import atomic_path
 
 from .config import config_from_json, config_to_json
 
@@ -41,16 +43,8 @@ def save_generator(path: str | os.PathLike, generator, info: dict[str, Any] | No
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in generator.state_dict().items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_to_json(generator.cfg),
                 "info": info_json}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:  # readable as the umask allows (mkstemp alone makes 0600 files)
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -51,6 +51,12 @@ OFFICIAL_POSE_FILES = ("joint_eulers.npy", "pose.npy")
 #: Other official pose files (chosen explicitly with ``pose="headpose.npy"`` etc.).
 OFFICIAL_EXTRA_POSE_FILES = ("headpose.npy", "shoulderpose.npy")
 _ROTATION_MODES = ("slerp", "axis_angle", "euler")
+#: Limits checked before anything is allocated (a hostile header or JSON must not exhaust memory): keyframes per
+#: file, bytes of a keyframe JSON file, |frame number| (Blender's own limit is about 1e6), interpolated frames.
+MAX_KEYFRAMES = 1_000_000
+MAX_JSON_BYTES = 256 * 2**20
+MAX_FRAME = 2**31 - 1
+MAX_INTERPOLATED_FRAMES = 10_000_000
 
 
 class KeyframeError(ValueError):
@@ -91,6 +97,8 @@ class KeyframeTrack:
                     raise KeyframeError(f"{src}: frames must be whole numbers")
             elif fr.dtype.kind not in "iu":
                 raise KeyframeError(f"{src}: frames must be integers, got dtype {fr.dtype}")
+            if n and float(np.abs(fr.astype(np.float64)).max()) > MAX_FRAME:
+                raise KeyframeError(f"{src}: frame numbers must lie within +/-{MAX_FRAME}")
             fr = fr.astype(np.int64)
             if n > 1 and np.any(np.diff(fr) <= 0):
                 raise KeyframeError(f"{src}: frames must be strictly increasing, got {fr.tolist()}")
@@ -123,7 +131,7 @@ class KeyframeTrack:
 def _check_array(value, shape: tuple, source: str, name: str) -> np.ndarray:
     try:
         a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an integer beyond float64 (JSON 1e400)
         raise KeyframeError(f"{source}: {name} is not numeric ({exc})") from None
     want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
@@ -149,13 +157,41 @@ def pose_to_euler_zyx(pose) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- official files
+def _npy_header(path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a .npy file, read without loading (or allocating) its data."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            shape, _, dtype = fmt._read_array_header(f, version)  # (3, 0): no public reader
+        return tuple(int(s) for s in shape), dtype, f.tell()
+
+
 def _load_npy(path: Path, what: str) -> np.ndarray:
+    """A numeric .npy array; its header (shape, dtype) is checked against the limits and the file size first."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        shape, dtype, offset = _npy_header(path, what)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise KeyframeError(f"{path}: {what} file not found") from None
-    except (ValueError, OSError) as exc:
-        raise KeyframeError(f"{path}: cannot read {what} as a .npy array ({exc})") from None
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:  # empty, truncated or foreign header
+        raise KeyframeError(f"{path}: cannot read {what} as a .npy array ({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject or dtype.kind not in "fiu":
+        raise KeyframeError(f"{path}: {what} must be a numeric array, got dtype {dtype}")
+    if shape and shape[0] > MAX_KEYFRAMES:
+        raise KeyframeError(f"{path}: {what} declares {shape[0]} keyframes (at most {MAX_KEYFRAMES})")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > size - offset:
+        raise KeyframeError(f"{path}: {what} declares shape {shape} ({nbytes} bytes of data) but the file holds "
+                            f"{max(size - offset, 0)} (truncated or corrupt)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise KeyframeError(f"{path}: cannot read {what} as a .npy array ({type(exc).__name__}: {exc})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
         raise KeyframeError(f"{path}: {what} must be a numeric array, got dtype {getattr(arr, 'dtype', None)}")
     return arr
@@ -298,9 +334,9 @@ def save_keyframes_json(track: KeyframeTrack, path: str | os.PathLike) -> Path:
         "camera_convention": "pitch = polar angle from +Y, yaw = azimuth, radians; frontal = (pi/2, pi/2)",
         "keyframes": keyframes,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    from portrait_core.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=1))
     return path
 
 
@@ -310,11 +346,22 @@ def load_keyframes_json(path: str | os.PathLike) -> KeyframeTrack:
     path = Path(path)
     src = str(path)
     try:
-        doc = json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise KeyframeError(f"{src}: {size} bytes; a keyframe file is at most {MAX_JSON_BYTES}")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise KeyframeError(f"{src}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KeyframeError(f"{src}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise KeyframeError(f"{src}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KeyframeError(f"{src}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, over-long integers, nesting too deep
+        raise KeyframeError(f"{src}: not valid JSON ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
         raise KeyframeError(f"{src}: 'format' must be {JSON_FORMAT!r}")
     version = doc.get("format_version")
@@ -323,6 +370,8 @@ def load_keyframes_json(path: str | os.PathLike) -> KeyframeTrack:
     kfs = doc.get("keyframes")
     if not isinstance(kfs, list) or not kfs:
         raise KeyframeError(f"{src}: 'keyframes' must be a non-empty list")
+    if len(kfs) > MAX_KEYFRAMES:
+        raise KeyframeError(f"{src}: {len(kfs)} keyframes (at most {MAX_KEYFRAMES})")
     poses, exprs, cams, frames = [], [], [], []
     for i, k in enumerate(kfs):
         where = f"keyframes[{i}]"
@@ -343,6 +392,8 @@ def load_keyframes_json(path: str | os.PathLike) -> KeyframeTrack:
         if "frame" in k:
             if not isinstance(k["frame"], int) or isinstance(k["frame"], bool):
                 raise KeyframeError(f"{src}: {where}.frame must be an integer, got {k['frame']!r}")
+            if abs(k["frame"]) > MAX_FRAME:
+                raise KeyframeError(f"{src}: {where}.frame must lie within +/-{MAX_FRAME}")
             frames.append(k["frame"])
     n = len(kfs)
     if len(cams) not in (0, n):
@@ -352,6 +403,10 @@ def load_keyframes_json(path: str | os.PathLike) -> KeyframeTrack:
     fps = doc.get("fps", 30.0)
     if isinstance(fps, bool) or not isinstance(fps, (int, float)):
         raise KeyframeError(f"{src}: fps must be a number, got {fps!r}")
+    try:
+        fps = float(fps)
+    except OverflowError:
+        raise KeyframeError(f"{src}: fps must be a positive number, got an integer of {len(str(fps))} digits") from None
     return KeyframeTrack(
         pose=np.stack(poses), expression=np.stack(exprs), camera=np.stack(cams) if cams else None,
         frames=np.asarray(frames, dtype=np.int64) if frames else None, fps=float(fps), source=src,
@@ -410,6 +465,9 @@ def interpolate_keyframes(track: KeyframeTrack, n_interval: int, *, loop: bool =
         raise ValueError(f"rotation must be one of {_ROTATION_MODES}, got {rotation!r}")
     n = len(track)
     total = n * n_interval if loop else (n - 1) * n_interval + 1
+    if total > MAX_INTERPOLATED_FRAMES:
+        raise ValueError(f"{n} keyframes x n_interval {n_interval} = {total} frames (at most "
+                         f"{MAX_INTERPOLATED_FRAMES})")
     f = np.arange(total)
     i0 = np.minimum(f // n_interval, n - 1)
     t = (f - i0 * n_interval) / n_interval

@@ -76,10 +76,10 @@ def cached_inception_features(images: Tensor, cache_dir: str | os.PathLike | Non
             pass
     feats = inception_features(x, batch, device)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        from portrait_core.atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(feats, tmp)
     except OSError:  # a read-only cache is only slower
         pass
     return feats

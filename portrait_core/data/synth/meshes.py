@@ -33,12 +33,12 @@ def write_ply(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray, 
     fdt = np.dtype([("n", "u1"), ("i", "<i4", 3)])
     fbuf = np.empty(len(f), dtype=fdt)
     fbuf["n"], fbuf["i"] = 3, f
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    from portrait_core.atomic import atomic_open
+
+    with atomic_open(path, "wb") as fh:
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         fh.write(vbuf.tobytes())
         fh.write(fbuf.tobytes())
-    os.replace(tmp, path)
 
 
 def read_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -172,9 +172,10 @@ def render_sample(index: int, markers: tuple[int, ...] | None = None, marker_rad
 def _write_png(path: Path, array: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    from portrait_core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
 
 
 def _record_for(index: int, s: dict, mesh_paths: dict | None) -> dict:
