@@ -16,6 +16,9 @@ from bpy.props import (
 
 from . import constants as K
 
+#: checkpoint paths may be stored relative to the .blend ("//..."); Blender 4.5+ wants that declared
+_PATH_OPTIONS = {"ANIMATABLE", "PATH_SUPPORTS_BLEND_RELATIVE"} if bpy.app.version >= (4, 5, 0) else {"ANIMATABLE"}
+
 
 def _tag_owner(self, _context) -> None:
     """Re-evaluate what depends on the rig (the mesh's expression shape-key drivers) after an edit."""
@@ -36,7 +39,7 @@ class BustoAvatarProps(bpy.types.PropertyGroup):
                                        "for the back to be meaningful)")
     body_shape: FloatVectorProperty(name="Body shape", size=K.BODY_SHAPE_DIM, default=(0.0,) * K.BODY_SHAPE_DIM,
                                     min=-5.0, max=5.0, description="SMPL betas of the avatar's body")
-    checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="",
+    checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="", options=_PATH_OPTIONS,
                                description="Checkpoint the avatar was sampled from (empty: the scene's model)")
     mesh: PointerProperty(name="Mesh", type=bpy.types.Object, description="Extracted mesh bound to this rig")
     preview: PointerProperty(name="Preview", type=bpy.types.Image, description="Preview thumbnail")
@@ -76,7 +79,7 @@ def set_expression(props, values) -> None:
 class BustoSceneProps(bpy.types.PropertyGroup):
     """Scene-wide settings (saved in the .blend): the model used by this scene and the engine's options."""
 
-    checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="",
+    checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="", options=_PATH_OPTIONS,
                                description="Generator checkpoint for this scene (empty: the add-on preference)")
     super_resolve: BoolProperty(name="Super-resolution", default=True,
                                 description="Render through the manifold super-resolution network "

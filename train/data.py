@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from portrait_core.data.labels import LabelError
 from portrait_core.data.samplers import LabelSampler
 from portrait_core.generator.loading import find_samplers, uses_appearance_codes  # noqa: F401 (re-exported for train/)
 
@@ -34,17 +35,61 @@ class DataError(RuntimeError):
     pass
 
 
+SYNTH_MARKER = "synth.json"
+"""Written by ``portrait_core.data synth`` into every folder it renders: the one kind of folder training writes to."""
+
+
+class DatasetError(LabelError, DataError):
+    """A dataset the readers reject (a DataError for ``train``'s CLI, a LabelError for the data tools)."""
+
+
+def _render_refusal(p: Path) -> str | None:
+    """Why training may not render a synthetic dataset into ``p``, or None (``p`` does not exist, is an empty
+    folder, or holds an unfinished synthetic render of its own)."""
+    if not p.exists():
+        return None
+    if not p.is_dir():
+        return "it is a file but not a dataset archive (a zip holding labels.json or dataset.json)"
+    if (p / SYNTH_MARKER).is_file():
+        return None
+    entries = sorted(e.name for e in p.iterdir())
+    if not entries:
+        return None
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    return f"the folder holds files ({shown}) but no dataset in a format the readers accept"
+
+
 def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
-    """``root`` if it holds labels.json; else, if ``count`` > 0, render a synthetic set there with
-    ``python -m portrait_core.data synth`` (needs the bpy module); else raise a DataError saying how to get one."""
+    """``root`` if it holds a dataset in any form the readers accept (Busto folder or packed ``.zip``, SHHQ-HS
+    folder, 360°PHQ folder/zip: ``portrait_core.data.readers.detect_format``, as ``validate`` uses); else, if
+    ``count`` > 0, render a synthetic set there with ``python -m portrait_core.data synth`` (needs the bpy module).
+
+    Training never writes into data it did not create: it renders only into a folder that does not exist, is
+    empty, or holds an unfinished synthetic render (``synth.json``); anything else raises a DataError.
+    """
+    from portrait_core.data.readers import detect_format
+
     p = Path(root)
-    if (p / "labels.json").exists():
+    try:
+        fmt = detect_format(p)
+    except LabelError:
+        fmt = None
+    if fmt is not None:
+        if fmt == "busto" and (p / SYNTH_MARKER).is_file() and (p / "dataset.json").is_file():
+            raise DataError(f"{p}: a synthetic labels.json (with {SYNTH_MARKER}) shadows this folder's 360°PHQ "
+                            f"dataset.json (an earlier version of train rendered into it); remove labels.json, "
+                            f"{SYNTH_MARKER}, records/ and the synthetic images/, masks/, faces/, meshes/ to use it")
         return p
     cmd = [sys.executable, "-m", "portrait_core.data", "synth", "--out", str(p), "--count", str(count or 1000),
            "--resolution", str(resolution), "--meshes"]
+    refusal = _render_refusal(p)
+    if refusal is not None:
+        raise DataError(f"{p}: not a dataset: {refusal}. Point data.root=... at a dataset (`python -m "
+                        f"portrait_core.data validate {p}` says what is wrong with one), or at a new or empty "
+                        f"folder to render a synthetic one there")
     if count <= 0:
-        raise DataError(f"dataset {p} not found (no labels.json). Create one with: python {' '.join(cmd[1:])} "
-                        f"(or point data.root=... at a Busto-format dataset)")
+        raise DataError(f"dataset {p} not found. Create one with: python {' '.join(cmd[1:])} "
+                        f"(or point data.root=... at a dataset: Busto folder or .zip, SHHQ-HS or 360°PHQ)")
     log(f"dataset {p} not found: rendering {count} synthetic images ({' '.join(cmd[2:])})")
     r = subprocess.run(cmd, check=False)
     if r.returncode != 0 or not (p / "labels.json").exists():
@@ -53,11 +98,17 @@ def ensure_dataset(root: str, resolution: int, count: int, log=print) -> Path:
 
 
 def open_dataset(root: str | os.PathLike, resolution: int, face_resolution: int | None, mirror: bool):
-    """``portrait_core.data.dataset.PortraitDataset`` (mirror appends x-flipped copies with mirrored labels;
-    ``face_resolution`` None: the face crops at the dataset's own size)."""
+    """``portrait_core.data.dataset.PortraitDataset`` over any dataset form the readers accept, through the reader
+    ``validate`` uses (mirror appends x-flipped copies with mirrored labels; ``face_resolution`` None: the face
+    crops at the dataset's own size). Label problems raise a :class:`DatasetError` naming file and field."""
     from portrait_core.data.dataset import PortraitDataset
 
-    return PortraitDataset(str(root), resolution=resolution, face_resolution=face_resolution, mirror=mirror)
+    try:
+        return PortraitDataset(str(root), resolution=resolution, face_resolution=face_resolution, mirror=mirror)
+    except DatasetError:
+        raise
+    except LabelError as e:
+        raise DatasetError(e.problems) from None
 
 
 #: All labels of a dataset as a label sampler, one row per image (float32): camera/face_camera [N, 25], pose

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from .labels import ARRAY_FIELDS, LabelError
 from .mirror import mirror_camera25, mirror_pose
 from .readers import Source, crop_face, open_source
+from .safety import check_resolution
 
 
 def _resize(arr: np.ndarray, size: int, resample: str = "lanczos") -> np.ndarray:
@@ -96,6 +97,8 @@ class PortraitDataset(Dataset):
         self.info = self.source.info
         self.resolution = resolution or int(self.info.get("resolution") or 0) or None
         self.face_resolution = face_resolution or int(self.info.get("face_resolution") or 0) or self.resolution
+        check_resolution(self.resolution, f"{root}: resolution", allow_none=True)
+        check_resolution(self.face_resolution, f"{root}: face_resolution", allow_none=True)
         self.mirror = mirror
         self._labels = {k: np.stack([np.asarray(r[k], dtype=np.float32) for r in keep]) for k in ARRAY_FIELDS}
         self._mirror_mats = None

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import FORMAT, FORMAT_VERSION, LABELS_FILE
+from .labels import FORMAT, FORMAT_VERSION, LABELS_FILE, LabelError
 from .readers import open_source
+from .safety import PathError, check_resolution, name_problem
 
 
 def _encode(arr: np.ndarray, fmt: str, quality: int) -> bytes:
@@ -45,12 +46,32 @@ def pack_dataset(root: str | os.PathLike, out: str | os.PathLike, resolution: in
     """Pack the dataset at ``root`` (any supported format) into ``out`` (.zip); returns (path, size in bytes).
 
     ``resolution``/``face_resolution`` resize while packing (None keeps the stored sizes). Written atomically.
+    Member names come from record names, which must be plain file stems (PathError otherwise).
     """
+    check_resolution(resolution, "pack: resolution", allow_none=True)
+    check_resolution(face_resolution, "pack: face_resolution", allow_none=True)
     src = open_source(root)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    records, seen = [], set()
+    for i, rec in enumerate(src.records):
+        why = name_problem(rec.get("name"))
+        if why:
+            raise PathError(f"{src.label_file}: record {i}: {why}")
+        if rec["name"] in seen:
+            raise LabelError(f"{src.label_file}: record {i}: name {rec['name']!r} is used twice")
+        seen.add(rec["name"])
     tmp = out.with_name(f".{out.name}.tmp")
-    records = []
+    try:
+        _write_archive(tmp, src, records, resolution, face_resolution, quality)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    return out, out.stat().st_size
+
+
+def _write_archive(tmp: Path, src, records: list, resolution, face_resolution, quality: int) -> None:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for rec in src.records:
             name = rec["name"]
@@ -76,5 +97,3 @@ def pack_dataset(root: str | os.PathLike, out: str | os.PathLike, resolution: in
         # labels are text: deflate them (images and masks are stored as already-compressed members)
         zf.writestr(LABELS_FILE, json.dumps(doc, separators=(",", ":")), compress_type=zipfile.ZIP_DEFLATED,
                     compresslevel=9)
-    os.replace(tmp, out)
-    return out, out.stat().st_size

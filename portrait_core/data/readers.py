@@ -19,15 +19,31 @@ from typing import Any
 import numpy as np
 
 from .labels import (
+    FILE_FIELDS,
     LABELS_FILE,
     LabelError,
     Problem,
+    check_camera25,
     load_labels_json,
     make_info,
     make_record,
     validate_document,
     validate_record,
     write_labels,
+)
+from .safety import (
+    LimitError,
+    PathError,
+    Root,
+    check_image_size,
+    check_resolution,
+    decode_text,
+    load_npy,
+    load_npz,
+    name_problem,
+    path_problem,
+    read_regular_file,
+    read_zip_member,
 )
 
 
@@ -55,38 +71,107 @@ class Source(abc.ABC):
         """A path for messages: where the file ``rel`` lives."""
         return str(self.root / rel)
 
+    def check_path(self, rel: object, what: str) -> None:
+        """PathError '<what>: <problem>' when ``rel`` may not be read from this dataset (archives: malformed
+        names; folders override this to also resolve symlinks under the root)."""
+        why = path_problem(rel)
+        if why:
+            raise PathError(f"{what}: {why}")
+
+    def _drop_unsafe(self, where: list[str]) -> None:
+        """Check every file path of every record (``where[k]``: record k's JSON path for messages); records with
+        a path that is malformed or leaves the dataset move to ``problems``."""
+        keep = []
+        for rec, at in zip(self.records, where):
+            paths = [(f"{at}.{k}", rec.get(k)) for k in FILE_FIELDS if rec.get(k) is not None]
+            mesh = rec.get("mesh")
+            paths += [(f"{at}.mesh.{k}", v) for k, v in (mesh.items() if isinstance(mesh, dict) else ())]
+            bad = []
+            for field, rel in paths:
+                what = f"{self.label_file}: {field}"
+                try:
+                    self.check_path(rel, what)
+                except PathError as e:
+                    bad.append(Problem(self.label_file, field, e.problems[0][len(what) + 2:]))
+            if bad:
+                self.problems += bad
+            else:
+                keep.append(rec)
+        self.records = keep
+
+    def _first_resolution(self) -> int | None:
+        """Width of the first record's image whose header can be read (problems for those that cannot)."""
+        for i, rec in enumerate(self.records):
+            try:
+                return check_resolution(self.image_size(rec["image"])[0], self.describe(rec["image"]))
+            except FileNotFoundError:
+                continue  # reported by validate's file check
+            except (OSError, LabelError) as e:
+                msg = "; ".join(e.problems) if isinstance(e, LabelError) else str(e)
+                self.problems.append(Problem(self.label_file, f"images[{i}].image", msg))
+        return None
+
     def read_bytes(self, rel: str) -> bytes:
+        self.check_path(rel, self.describe(str(rel)))
         try:
             return self._read(rel)
         except (FileNotFoundError, KeyError):
             raise FileNotFoundError(f"{self.describe(rel)}: file not found") from None
 
-    def read_png(self, rel: str, mode: str | None = None) -> np.ndarray:
-        """Decode an image file (PNG/WebP/JPEG) -> uint8 [H, W] or [H, W, C]; errors name the file."""
+    def _open_image(self, data: bytes, rel: str):
+        """PIL image of ``data`` with its declared size checked (LimitError) before anything is decoded."""
         from PIL import Image, UnidentifiedImageError
+
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:  # far above MAX_IMAGE_PIXELS: PIL refuses it while opening
+            raise LimitError(f"{self.describe(rel)}: (image): {e}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise OSError(f"{self.describe(rel)}: cannot decode image: {e}") from None
+        try:
+            check_image_size(im.size, self.describe(rel))
+        except LimitError:
+            im.close()
+            raise
+        return im
+
+    def image_size(self, rel: str) -> tuple[int, int]:
+        """(width, height) from the image header (nothing decoded)."""
+        with self._open_image(self.read_bytes(rel), rel) as im:
+            return im.size
+
+    def read_png(self, rel: str, mode: str | None = None) -> np.ndarray:
+        """Decode an image file (PNG/WebP/JPEG) -> uint8 [H, W] or [H, W, C]; errors name the file.
+
+        OSError for a missing or undecodable file; LimitError (a LabelError) for an image whose header declares
+        more than ``safety.MAX_IMAGE_PIXELS``; PathError for a path outside the dataset."""
+        from PIL import UnidentifiedImageError
 
         data = self.read_bytes(rel)
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with self._open_image(data, rel) as im:
                 im.load()
                 if mode is not None:
                     im = im.convert(mode)
                 return np.asarray(im).copy()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            if isinstance(e, LabelError):
+                raise
             raise OSError(f"{self.describe(rel)}: cannot decode image: {e}") from None
 
     def verify_image(self, rel: str) -> str | None:
         """Cheap integrity check (header + data CRCs for PNG); returns the reason it is broken, or None."""
-        from PIL import Image
-
         try:
             data = self.read_bytes(rel)
-            with Image.open(io.BytesIO(data)) as im:
+            with self._open_image(data, rel) as im:
                 im.verify()
-            with Image.open(io.BytesIO(data)) as im:  # verify() does not decode; a truncated body fails here
+            with self._open_image(data, rel) as im:  # verify() does not decode; a truncated body fails here
                 im.load()
         except FileNotFoundError:
             return "file not found"
+        except LabelError as e:
+            prefix = f"{self.describe(rel)}: "
+            return "; ".join(m[len(prefix):] if m.startswith(prefix) else m for m in e.problems)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
             return f"cannot decode image ({type(e).__name__}: {e})"
         return None
@@ -99,15 +184,21 @@ def _validated(source: Source, doc: Any, strict: bool) -> None:
     """Fill ``source.info/records/problems`` from a parsed Busto document; drop records with problems."""
     problems = validate_document(doc, file=source.label_file)
     source.problems = problems
-    if strict and problems:
-        raise LabelError([str(p) for p in problems])
     if not isinstance(doc, dict):
+        if strict:
+            raise LabelError([str(p) for p in problems])
         return
-    source.info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    bad_info = {p.field[5:] for p in problems if p.field.startswith("info.")}
+    source.info = {k: v for k, v in info.items() if k not in bad_info}  # never hand on a bad declared size
     images = doc.get("images") if isinstance(doc.get("images"), list) else []
     bad = {p.field.split(".")[0] for p in problems if p.field.startswith("images[")}
-    source.records = [r for i, r in enumerate(images) if f"images[{i}]" not in bad]
+    kept = [i for i in range(len(images)) if f"images[{i}]" not in bad]
+    source.records = [images[i] for i in kept]
     source.dropped = [i for i in range(len(images)) if f"images[{i}]" in bad]
+    source._drop_unsafe([f"images[{i}]" for i in kept])
+    if strict and source.problems:
+        raise LabelError([str(p) for p in source.problems])
 
 
 class BustoFolder(Source):
@@ -117,14 +208,21 @@ class BustoFolder(Source):
 
     def __init__(self, root: str | os.PathLike, strict: bool = True):
         super().__init__(root)
+        self._base = Root(self.root)
         self.label_file = str(self.root / LABELS_FILE)
         _validated(self, load_labels_json(self.label_file), strict)
 
+    def check_path(self, rel: object, what: str) -> None:
+        self._base.locate(rel, what)
+
     def has_file(self, rel: str) -> bool:
-        return (self.root / rel).is_file()
+        try:
+            return self._base.locate(rel, rel).is_file()
+        except PathError:
+            return False
 
     def _read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        return read_regular_file(self._base.locate(rel, self.describe(rel)), self.describe(rel))
 
 
 class BustoZip(Source):
@@ -142,11 +240,11 @@ class BustoZip(Source):
         self.label_file = f"{self.root}:{LABELS_FILE}"
         zf = self._handle()
         try:
-            text = zf.read(LABELS_FILE).decode("utf-8")
+            data = read_zip_member(zf, LABELS_FILE, self.label_file)
         except KeyError:
             raise LabelError(f"{self.root}: {LABELS_FILE}: not in the archive") from None
         self.names = set(zf.namelist())
-        _validated(self, load_labels_json(self.label_file, text=text), strict)
+        _validated(self, load_labels_json(self.label_file, text=data), strict)
 
     def _handle(self) -> zipfile.ZipFile:
         if self._zip is None or self._pid != os.getpid():
@@ -169,7 +267,7 @@ class BustoZip(Source):
         return rel in self.names
 
     def _read(self, rel: str) -> bytes:
-        return self._handle().read(rel)
+        return read_zip_member(self._handle(), rel, self.describe(rel))
 
     def close(self) -> None:
         if self._zip is not None:
@@ -247,6 +345,7 @@ class SHHQFolder(Source):
 
     def __init__(self, root: str | os.PathLike, strict: bool = True, body=None):
         super().__init__(root)
+        self._base = Root(self.root)
         self.label_file = str(self.root)
         t = self._tables()
         names = t["names"]
@@ -268,7 +367,12 @@ class SHHQFolder(Source):
         faces = {p.stem: p for p in (self.root / "faces").glob("*")} if (self.root / "faces").is_dir() else {}
         masks = {p.stem: p for p in (self.root / "masks").glob("*")} if (self.root / "masks").is_dir() else {}
         res = None
+        where = []
         for i, name in enumerate(names):
+            why = name_problem(name)
+            if why:
+                self.problems.append(Problem(str(self.root / "names.txt"), f"line {i + 1}", why))
+                continue
             if name not in images:
                 self.problems.append(Problem(str(self.root / "names.txt"), f"line {i + 1}",
                                              f"no image images/{name}.* for {name!r}"))
@@ -286,13 +390,11 @@ class SHHQFolder(Source):
                 self.problems += rec_problems
                 continue
             self.records.append(rec)
+            where.append(f"names.txt line {i + 1} ({name})")
+        self._drop_unsafe(where)
         if strict and self.problems:
             raise LabelError([str(p) for p in self.problems])
-        if self.records:
-            from PIL import Image
-
-            with Image.open(self.root / self.records[0]["image"]) as im:
-                res = im.size[0]
+        res = self._first_resolution()
         self.info = make_info(resolution=res or 512, yaw_mode="frontal", generator="shhq-hs", seed=None,
                               count=len(self.records), face_model="bfm09", body_model="smpl")
 
@@ -300,18 +402,16 @@ class SHHQFolder(Source):
         r = self.root
         t: dict[str, Any] = {}
         if (r / "labels.npz").is_file():
-            with np.load(r / "labels.npz", allow_pickle=False) as z:
-                t = {k: z[k] for k in z.files}
-            t["names"] = [str(s) for s in t.get("names", [])]
+            t = load_npz(self._base.locate("labels.npz", str(r)), str(r / "labels.npz"), text_keys=("names",))
+            t["names"] = [str(s) for s in np.asarray(t.get("names", [])).reshape(-1)]
             return t
         names_file = r / "names.txt"
         if not names_file.is_file():
             raise LabelError(f"{names_file}: (file): missing (one image stem per line)")
-        t["names"] = [s.strip() for s in names_file.read_text().splitlines() if s.strip()]
+        text = decode_text(read_regular_file(self._base.locate("names.txt", str(r)), str(names_file)), str(names_file))
+        t["names"] = [s.strip() for s in text.splitlines() if s.strip()]
         if all((r / f).is_file() for f in SHHQ_SAMPLER_TABLES):
-            cj = np.load(r / SHHQ_SAMPLER_TABLES[0], allow_pickle=False)
-            ids = np.load(r / SHHQ_SAMPLER_TABLES[1], allow_pickle=False)
-            t["expression"] = np.load(r / SHHQ_SAMPLER_TABLES[2], allow_pickle=False)
+            cj, ids, t["expression"] = (load_npy(self._base.locate(f, str(r)), str(r / f)) for f in SHHQ_SAMPLER_TABLES)
             if cj.ndim == 2 and cj.shape[1] == 20:
                 t["camera_pose"], t["joint_eulers"] = cj[:, :2], cj[:, 2:].reshape(-1, 6, 3)
             else:
@@ -326,16 +426,24 @@ class SHHQFolder(Source):
         for fname, (key, _) in SHHQ_TABLES.items():
             if (r / fname).is_file():
                 try:
-                    t[key] = np.load(r / fname, allow_pickle=False)
-                except ValueError as e:
-                    self.problems.append(Problem(str(r / fname), key, f"cannot be read: {e}"))
+                    t[key] = load_npy(self._base.locate(fname, str(r)), str(r / fname))
+                except LabelError as e:
+                    if isinstance(e, LimitError):
+                        raise
+                    self.problems.append(Problem(str(r / fname), key, f"cannot be read: {'; '.join(e.problems)}"))
         return t
 
+    def check_path(self, rel: object, what: str) -> None:
+        self._base.locate(rel, what)
+
     def has_file(self, rel: str) -> bool:
-        return (self.root / rel).is_file()
+        try:
+            return self._base.locate(rel, rel).is_file()
+        except PathError:
+            return False
 
     def _read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
+        return read_regular_file(self._base.locate(rel, self.describe(rel)), self.describe(rel))
 
 
 # --- 360°PHQ dataset.json ----------------------------------------------------------------------------------------
@@ -357,46 +465,70 @@ class PHQ360(Source):
     def __init__(self, root: str | os.PathLike, masks: str | os.PathLike | None = None, strict: bool = True,
                  body=None):
         super().__init__(root)
-        self._zip = zipfile.ZipFile(self.root) if self.root.is_file() else None
+        self._zip = self._open_zip(self.root) if self.root.is_file() else None
+        self._base = Root(self.root)
         self.label_file = f"{self.root}:dataset.json" if self._zip else str(self.root / "dataset.json")
         self.mask_root = Path(masks) if masks else None
-        self._mask_zip = zipfile.ZipFile(self.mask_root) if self.mask_root and self.mask_root.is_file() else None
+        self._mask_zip = self._open_zip(self.mask_root) if self.mask_root and self.mask_root.is_file() else None
+        self._mask_base = Root(self.mask_root) if self.mask_root is not None and self._mask_zip is None else None
         self._pid = os.getpid()
         try:
-            text = (self._zip.read("dataset.json") if self._zip else (self.root / "dataset.json").read_bytes()).decode()
+            data = read_zip_member(self._zip, "dataset.json", self.label_file) if self._zip else \
+                read_regular_file(self._base.locate("dataset.json", self.label_file), self.label_file)
         except (KeyError, FileNotFoundError):
             raise LabelError(f"{self.label_file}: (file): not found") from None
-        doc = load_labels_json(self.label_file, text=text)
+        doc = load_labels_json(self.label_file, text=data)
         labels = doc.get("labels") if isinstance(doc, dict) else None
         if not isinstance(labels, list):
             raise LabelError(f"{self.label_file}: labels: missing or not a list of [name, [31 floats]]")
         self._mask_names = self._list_masks()
-        good: list[tuple[str, np.ndarray]] = []
+        good: list[tuple[int, str, np.ndarray]] = []
         for i, entry in enumerate(labels):
-            where = f"labels[{i}]"
-            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
-                self.problems.append(Problem(self.label_file, where, "expected [name, [31 floats]]"))
+            why = self._row_problem(entry, i)
+            if why is not None:
+                self.problems.append(why)
                 continue
-            try:
-                arr = np.asarray(entry[1], dtype=np.float64)
-            except (TypeError, ValueError):
-                arr = None
-            if arr is None or arr.shape != (31,) or not np.all(np.isfinite(arr)):
-                self.problems.append(Problem(self.label_file, f"{where}[1]",
-                                             f"expected 31 finite numbers, got {np.shape(entry[1]) if arr is not None else entry[1]!r}"))
-                continue
-            good.append((entry[0], arr))
+            good.append((i, entry[0], np.asarray(entry[1], dtype=np.float64)))
         if strict and self.problems:
             raise LabelError([str(p) for p in self.problems])
         self._build(good, body)
         if strict and self.problems:
             raise LabelError([str(p) for p in self.problems])
 
+    @staticmethod
+    def _open_zip(path: Path) -> zipfile.ZipFile:
+        try:
+            return zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise LabelError(f"{path}: (archive): cannot open: {e}") from None
+
+    def _row_problem(self, entry: Any, i: int) -> Problem | None:
+        """Why ``labels[i]`` is not [relative file name, 31 finite numbers with a rigid camera], or None."""
+        where = f"labels[{i}]"
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            return Problem(self.label_file, where, "expected [name, [31 floats]]")
+        why = path_problem(entry[0])
+        if why:
+            return Problem(self.label_file, f"{where}[0]", why)
+        try:
+            arr = np.asarray(entry[1], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            arr = None
+        if arr is None or arr.shape != (31,) or not np.all(np.isfinite(arr)):
+            got = list(np.shape(arr)) if arr is not None else type(entry[1]).__name__
+            return Problem(self.label_file, f"{where}[1]", f"expected 31 finite numbers, got {got}")
+        why = check_camera25(arr[:25])
+        if why:
+            return Problem(self.label_file, f"{where}[1]", f"camera (numbers 0..24): {why}")
+        return None
+
     def _list_masks(self) -> dict[str, str]:
         if self._mask_zip is not None:
             names = self._mask_zip.namelist()
         elif self.mask_root is not None and self.mask_root.is_dir():
             names = [p.relative_to(self.mask_root).as_posix() for p in self.mask_root.rglob("*") if p.is_file()]
+        elif self.mask_root is not None:
+            raise LabelError(f"{self.mask_root}: (masks): not found (expected a folder or zip of masks)")
         else:
             return {}
         return {os.path.splitext(n)[0]: n for n in names if not n.endswith("/")}
@@ -410,7 +542,7 @@ class PHQ360(Source):
 
         if not good:
             return
-        lab = np.stack([g[1] for g in good])
+        lab = np.stack([g[2] for g in good])
         adj = euler_zyx_to_matrix(torch.tensor(C.CANONICAL_ADJUST_EULER_ZYX[C.HEAD], dtype=torch.float64))
         head = axis_angle_to_matrix(torch.as_tensor(lab[:, 28:31])) @ adj.T
         pose = np.zeros((len(good), 6, 3))
@@ -429,21 +561,47 @@ class PHQ360(Source):
         face = Camera.face(G[:, C.HEAD].double(), centre.double(), yaw=torch.as_tensor(ang[:, 1]),
                            pitch=torch.as_tensor(ang[:, 0]))
         face_lab = face.to_label25().numpy()
-        for i, (name, row) in enumerate(good):
+        where = []
+        names: dict[str, int] = {}
+        for i, (row_index, name, row) in enumerate(good):
             stem = os.path.splitext(name)[0]
             mask = self._mask_names.get(stem)
+            at = f"labels[{row_index}]"
+            rec_name = stem.replace("/", "_")
+            if rec_name in names:
+                self.problems.append(Problem(self.label_file, f"{at}[0]", f"{name!r} gives the record name "
+                                             f"{rec_name!r} of labels[{names[rec_name]}]"))
+                continue
+            names[rec_name] = row_index
             rec = make_record(
-                stem.replace("/", "_"), image=name, mask=f"@mask/{mask}" if mask else None, face=None,
+                rec_name, image=name, mask=f"@mask/{mask}" if mask else None, face=None,
                 camera=row[:25], face_camera=face_lab[i], pose=pose[i], expression=np.zeros(64),
                 identity=np.zeros(80), body_shape=np.zeros(10),
                 camera_angles={"pitch": ang[i, 0], "yaw": ang[i, 1], "radius": ang[i, 2]},
                 unknown=["body_shape", "expression", "identity", "pose[collars,shoulders]"],
             )
             rec["phq360"] = {"label31": np.round(row, 7).tolist()}
+            rec_problems = validate_record(rec, at, self.label_file)
+            if rec_problems:  # e.g. a camera at the look-at point: no face camera
+                self.problems += rec_problems
+                continue
             self.records.append(rec)
-        first = self.read_png(self.records[0]["image"])
-        self.info = make_info(resolution=int(first.shape[1]), yaw_mode="360", generator="360phq", seed=None,
+            where.append(at)
+        self._drop_unsafe(where)
+        res = self._first_resolution()
+        self.info = make_info(resolution=res or 512, yaw_mode="360", generator="360phq", seed=None,
                               count=len(self.records), face_model="unknown", body_model="smpl")
+
+    def check_path(self, rel: object, what: str) -> None:
+        if isinstance(rel, str) and rel.startswith("@mask/"):
+            if self._mask_base is not None:
+                self._mask_base.locate(rel[6:], what)
+            else:
+                super().check_path(rel[6:], what)
+        elif self._zip is None:
+            self._base.locate(rel, what)
+        else:
+            super().check_path(rel, what)
 
     def describe(self, rel: str) -> str:
         if rel.startswith("@mask/"):
@@ -457,7 +615,10 @@ class PHQ360(Source):
             if getattr(self, "_names", None) is None:
                 self._names = set(self._zip.namelist())
             return rel in self._names
-        return (self.root / rel).is_file()
+        try:
+            return self._base.locate(rel, rel).is_file()
+        except PathError:
+            return False
 
     def _reopen_after_fork(self) -> None:
         """zip handles share a file offset across fork(): each process opens its own."""
@@ -470,13 +631,14 @@ class PHQ360(Source):
 
     def _read(self, rel: str) -> bytes:
         self._reopen_after_fork()
+        what = self.describe(rel)
         if rel.startswith("@mask/"):
             if self._mask_zip is not None:
-                return self._mask_zip.read(rel[6:])
-            return (self.mask_root / rel[6:]).read_bytes()
+                return read_zip_member(self._mask_zip, rel[6:], what)
+            return read_regular_file(self._mask_base.locate(rel[6:], what), what)
         if self._zip is not None:
-            return self._zip.read(rel)
-        return (self.root / rel).read_bytes()
+            return read_zip_member(self._zip, rel, what)
+        return read_regular_file(self._base.locate(rel, what), what)
 
     def __getstate__(self):
         """Picklable for DataLoader workers: zip handles are reopened in the receiving process."""
@@ -582,6 +744,10 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto"
 
     from PIL import Image
 
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_resolution(resolution, "convert: resolution", allow_none=True)
+    check_resolution(face_resolution, "convert: face_resolution")
     body = None
     if smpl is not None:
         from portrait_core.body.model import BodyModel
@@ -593,9 +759,22 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto"
     out = Path(out)
     for sub in ("images", "masks", "faces"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    records, errors = [], []
-    for rec in src.records:
+    dest = Root(out)
+    records, errors, written = [], [], {}
+    for i, rec in enumerate(src.records):
+        name = rec["name"]
         try:
+            what = f"{src.label_file}: record {i} ({name!r}) written to {out}"
+            why = name_problem(name)
+            if why:
+                raise PathError(f"{what}: {why}")
+            if name in written:
+                raise LabelError(f"{what}: name {name!r} is used by record {written[name]} too")
+            targets = {sub: dest.locate(f"{sub}/{name}.png", what) for sub in ("images", "masks", "faces")}
+            try:
+                json.dumps(rec, allow_nan=False)
+            except (ValueError, TypeError) as e:
+                raise LabelError(f"{what}: the record cannot be written as JSON ({e})") from None
             img = src.read_png(rec["image"], "RGB")
             if rec.get("mask"):
                 mask = src.read_png(rec["mask"], "L")
@@ -607,23 +786,43 @@ def convert(source: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto"
             face = src.read_png(rec["face"], "RGB") if rec.get("face") else crop_face(img, rec["camera"],
                                                                                         rec["face_camera"],
                                                                                         face_resolution)
-        except (OSError, FileNotFoundError) as e:
+        except (OSError, LabelError) as e:
             if on_error != "skip":
                 raise
-            errors.append(str(e))
+            errors.append("; ".join(e.problems) if isinstance(e, LabelError) else str(e))
             continue
-        name = rec["name"]
-        Image.fromarray(img).resize((res, res), Image.Resampling.LANCZOS).save(out / "images" / f"{name}.png")
-        Image.fromarray(mask).resize((res, res), Image.Resampling.BILINEAR).save(out / "masks" / f"{name}.png")
-        Image.fromarray(face).resize((face_resolution, face_resolution), Image.Resampling.LANCZOS).save(
-            out / "faces" / f"{name}.png")
+        _save_png(Image.fromarray(img).resize((res, res), Image.Resampling.LANCZOS), targets["images"])
+        _save_png(Image.fromarray(mask).resize((res, res), Image.Resampling.BILINEAR), targets["masks"])
+        _save_png(Image.fromarray(face).resize((face_resolution, face_resolution), Image.Resampling.LANCZOS),
+                  targets["faces"])
+        written[name] = i
         new = dict(rec, image=f"images/{name}.png", mask=f"masks/{name}.png", face=f"faces/{name}.png")
         records.append(new)
     if errors:
         warnings.warn("skipped unreadable images:\n  " + "\n  ".join(errors), stacklevel=2)
-    info = dict(src.info, resolution=resolution or src.info.get("resolution"), face_resolution=face_resolution,
-                count=len(records), converted_from=f"{src.kind}:{Path(source).name}")
+    info = {k: v for k, v in src.info.items() if _json_safe(v)}
+    info.update(resolution=resolution or src.info.get("resolution") or (records and res) or None,
+                face_resolution=face_resolution, count=len(records), converted_from=f"{src.kind}:{Path(source).name}")
     return write_labels(out, info, records)
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _save_png(im, path: Path) -> None:
+    """Write a PNG through a temporary file in the same folder and ``os.replace`` (never half-written)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        im.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_records_json(text: str) -> Any:
