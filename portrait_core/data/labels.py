@@ -122,24 +122,40 @@ def write_labels(root: str | os.PathLike, info: dict, records: list[dict]) -> Pa
 
 # --- reading and validation ----------------------------------------------------------------------------------
 
-def load_labels_json(path: str | os.PathLike, text: str | None = None) -> dict:
-    """Parse a labels.json (from disk, or ``text`` read from an archive); JSON errors name the file and line."""
+def load_labels_json(path: str | os.PathLike, text: str | bytes | None = None) -> dict:
+    """Parse a labels.json (from disk, or ``text``/bytes read from an archive); errors name the file: missing,
+    not UTF-8 (with the byte offset), not JSON (line and column), or nested too deeply."""
+    from .safety import MAX_FILE_BYTES, LimitError, decode_text
+
     path = str(path)
     try:
         if text is None:
-            text = Path(path).read_text()
+            p = Path(path)
+            if p.is_file() and p.stat().st_size > MAX_FILE_BYTES:
+                raise LimitError(f"{path}: (file): {p.stat().st_size} bytes, above the limit of {MAX_FILE_BYTES}")
+            text = p.read_bytes()
+        if isinstance(text, bytes):
+            text = decode_text(text, path)
         return json.loads(text)
     except FileNotFoundError:
         raise LabelError(f"{path}: (file): not found") from None
+    except IsADirectoryError:
+        raise LabelError(f"{path}: (file): is a folder, not a file") from None
     except json.JSONDecodeError as e:
         raise LabelError(f"{path}: (json): not valid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise LabelError(f"{path}: (json): nested too deeply") from None
+    except LabelError:
+        raise
+    except ValueError as e:  # e.g. an integer literal with more digits than Python converts
+        raise LabelError(f"{path}: (json): cannot be parsed: {e}") from None
 
 
 def _check_array(value: Any, shape: tuple[int, ...]) -> str | None:
     """Reason why ``value`` is not a finite numeric array of ``shape``, or None."""
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         return f"expected numbers of shape {list(shape)}, got {type(value).__name__} that is not numeric"
     if arr.shape != shape:
         return f"expected shape {list(shape)}, got {list(arr.shape)}"
@@ -155,11 +171,22 @@ def check_camera25(label: np.ndarray) -> str | None:
     R = m[:3, :3]
     if not np.allclose(m[3], [0, 0, 0, 1], atol=1e-4):
         return f"cam2world bottom row is {m[3].tolist()}, expected [0, 0, 0, 1]"
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or abs(np.linalg.det(R) - 1) > 1e-3:
+    with np.errstate(all="ignore"):  # huge finite entries overflow: not orthonormal either way
+        rigid = np.allclose(R @ R.T, np.eye(3), atol=1e-3) and abs(np.linalg.det(R) - 1) <= 1e-3
+    if not rigid:
         return "cam2world rotation is not orthonormal with det +1"
     if k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], [0, 0, 1], atol=1e-6):
         return f"intrinsics {k.round(4).tolist()} are not normalised [[fx,0,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0"
     return None
+
+
+def _finite_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def validate_record(rec: Any, where: str, file: str = LABELS_FILE) -> list[Problem]:
@@ -177,19 +204,28 @@ def validate_record(rec: Any, where: str, file: str = LABELS_FILE) -> list[Probl
                 why = check_camera25(np.asarray(rec[key], dtype=np.float64))
             if why:
                 out.append(Problem(file, f"{where}.{key}", why))
+    from .safety import name_problem, path_problem
+
     for key in FILE_FIELDS:
-        if key in rec and rec[key] is not None and not isinstance(rec[key], str):
-            out.append(Problem(file, f"{where}.{key}", f"expected a relative path string, got {rec[key]!r}"))
+        if key in rec and rec[key] is not None:
+            why = path_problem(rec[key])
+            if why:
+                out.append(Problem(file, f"{where}.{key}", why))
     mesh = rec.get("mesh")
-    if mesh is not None and not (isinstance(mesh, dict) and all(isinstance(v, str) for v in mesh.values())):
-        out.append(Problem(file, f"{where}.mesh", f"expected {{'posed': path, 'canonical': path}}, got {mesh!r}"))
-    if "name" in rec and not isinstance(rec["name"], str):
-        out.append(Problem(file, f"{where}.name", f"expected a string, got {rec['name']!r}"))
+    if mesh is not None:
+        if not (isinstance(mesh, dict) and all(isinstance(v, str) for v in mesh.values())):
+            out.append(Problem(file, f"{where}.mesh", f"expected {{'posed': path, 'canonical': path}}, got {mesh!r}"))
+        else:
+            out += [Problem(file, f"{where}.mesh.{k}", why) for k, v in mesh.items() if (why := path_problem(v))]
+    if "name" in rec:
+        why = name_problem(rec["name"])
+        if why:
+            out.append(Problem(file, f"{where}.name", why))
     angles = rec.get("camera_angles")
     if angles is not None:
         if not isinstance(angles, dict) or any(k not in angles for k in ("pitch", "yaw", "radius")):
             out.append(Problem(file, f"{where}.camera_angles", "expected {pitch, yaw, radius}"))
-        elif not all(isinstance(angles[k], (int, float)) and math.isfinite(angles[k]) for k in ("pitch", "yaw", "radius")):
+        elif not all(_finite_number(angles[k]) for k in ("pitch", "yaw", "radius")):
             out.append(Problem(file, f"{where}.camera_angles", "pitch/yaw/radius must be finite numbers"))
     return out
 
@@ -210,8 +246,14 @@ def validate_document(doc: Any, file: str = LABELS_FILE) -> list[Problem]:
         for key in INFO_FIELDS:
             if key not in info:
                 out.append(Problem(file, f"info.{key}", "missing"))
-        if "resolution" in info and not (isinstance(info["resolution"], int) and info["resolution"] > 0):
-            out.append(Problem(file, "info.resolution", f"expected a positive integer, got {info['resolution']!r}"))
+        from .safety import MAX_RESOLUTION
+
+        for key in ("resolution", "face_resolution"):
+            v = info.get(key)
+            if (key in info and key == "resolution") or v is not None:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_RESOLUTION:
+                    out.append(Problem(file, f"info.{key}", f"expected an integer from 1 to {MAX_RESOLUTION}, "
+                                                            f"got {v!r}"))
         if "yaw_mode" in info and info["yaw_mode"] not in YAW_MODES:
             out.append(Problem(file, "info.yaw_mode", f"expected one of {YAW_MODES}, got {info['yaw_mode']!r}"))
     images = doc.get("images")
@@ -241,6 +283,8 @@ def validate_labels(root: str | os.PathLike, check_files: bool = True, check_ima
         src = open_source(root, strict=False)
     except LabelError as e:
         return [Problem(*_split_problem(p)) for p in e.problems]
+    except OSError as e:  # unreadable folder or archive: one problem naming it
+        return [Problem(str(root), "(dataset)", f"cannot be read: {e}")]
     problems = list(src.problems)
     if check_files:
         for i, rec in enumerate(src.records):
@@ -251,6 +295,8 @@ def validate_labels(root: str | os.PathLike, check_files: bool = True, check_ima
                 elif isinstance(rel, str) and check_images:
                     try:
                         src.read_png(rel)
+                    except LabelError as e:  # a path or size limit
+                        problems.append(Problem(rel, f"images[{i}].{key}", "; ".join(e.problems)))
                     except Exception as e:  # noqa: BLE001 - reported, not swallowed
                         problems.append(Problem(rel, f"images[{i}].{key}", f"cannot be decoded: {e}"))
             mesh = rec.get("mesh")

@@ -61,13 +61,10 @@ def pack_dataset(root: str | os.PathLike, out: str | os.PathLike, resolution: in
         if rec["name"] in seen:
             raise LabelError(f"{src.label_file}: record {i}: name {rec['name']!r} is used twice")
         seen.add(rec["name"])
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    from portrait_core.atomic import atomic_path
+
+    with atomic_path(out) as tmp:  # fsynced, the umask's permissions
         _write_archive(tmp, src, records, resolution, face_resolution, quality)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
     return out, out.stat().st_size
 
 

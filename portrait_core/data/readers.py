@@ -816,13 +816,10 @@ def _json_safe(value: Any) -> bool:
 
 def _save_png(im, path: Path) -> None:
     """Write a PNG through a temporary file in the same folder and ``os.replace`` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    from portrait_core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def load_records_json(text: str) -> Any:

@@ -256,9 +256,13 @@ def synthesize(out: str | os.PathLike, count: int, resolution: int = 128, yaw_mo
     cfg = SynthConfig(count=count, resolution=resolution, face_resolution=face_resolution, yaw_mode=yaw_mode,
                       seed=seed, meshes=meshes, samples=samples, views_per_identity=max(1, views_per_identity))
     out = Path(out)
+    if out.exists() and not (out / "synth.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise LabelError(f"{out}: (folder): holds other files and no synth.json; synth renders only into a new or "
+                         f"empty folder, or one it rendered into before (it never writes into other data)")
+    out.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(out, cfg)
     for sub in ("images", "masks", "faces", "records") + (("meshes",) if meshes else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(out, cfg)
     done = {p.stem for p in (out / "records").glob("*.json")}
     todo = [i for i in range(count) if stem(i) not in done]
     # keep identity groups together so each worker bakes an identity once
