@@ -80,15 +80,15 @@ MAX_DECIMATE = 1 << 31
 MAX_SEED = (1 << 63) - 1
 #: devices a ``load`` may name: ``cpu``, ``cuda`` or ``cuda:<index>``
 DEVICES = ("cpu", "cuda")
-#: the memory budget estimate of a request (see :func:`estimate_request_bytes`) must stay under this; default
-#: 8 GiB or 3/4 of the physical memory if less, overridden by ``BUSTO_WORKER_MEMORY_GB``
+#: the memory estimate of a request (:func:`estimate_request_bytes`) must stay under the budget: 3/4 of the physical
+#: memory (DEFAULT_MEMORY_BUDGET where that is unknown), or ``BUSTO_WORKER_MEMORY_GB``
 DEFAULT_MEMORY_BUDGET = 8 << 30
 MEMORY_BUDGET_ENV = "BUSTO_WORKER_MEMORY_GB"
-#: working memory per ray sample of a render (measured ~80 B on the tiny model; twice that for margin) and per
-#: output pixel (the rgba result, super-resolution passes); per grid node of a mesh extraction (dense grid, marching
-#: cubes)
+#: working memory per ray sample of a render and per output pixel (the rgba result, super-resolution passes),
+#: measured as peak RSS on the shipped model (CPU): ~125 B per sample, ~1300 B per super-resolved pixel; with a
+#: margin. Per grid node of a mesh extraction (dense grid, marching cubes; sparse evaluation needs less).
 RENDER_BYTES_PER_SAMPLE = 160
-RENDER_BYTES_PER_PIXEL = 256
+RENDER_BYTES_PER_PIXEL = 1536
 EXTRACT_BYTES_PER_NODE = 16
 #: exit status when the byte stream cannot be followed any more (after an ``ok: false`` reply saying why)
 EXIT_PROTOCOL_ERROR = 2
@@ -353,7 +353,7 @@ def validate_request(op, params, arrays) -> dict:
 
 
 def memory_budget(environ: dict | None = None) -> int:
-    """Bytes a request may need (``BUSTO_WORKER_MEMORY_GB``, else 8 GiB or 3/4 of the physical memory if less)."""
+    """Bytes a request may need (``BUSTO_WORKER_MEMORY_GB``, else 3/4 of the physical memory)."""
     value = (os.environ if environ is None else environ).get(MEMORY_BUDGET_ENV, "").strip()
     if value:
         try:
@@ -367,7 +367,7 @@ def memory_budget(environ: dict | None = None) -> int:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         physical = 0
-    return min(DEFAULT_MEMORY_BUDGET, physical * 3 // 4) if physical > 0 else DEFAULT_MEMORY_BUDGET
+    return physical * 3 // 4 if physical > 0 else DEFAULT_MEMORY_BUDGET
 
 
 def estimate_request_bytes(op: str, params: dict, arrays: dict, model: dict) -> int:

@@ -248,8 +248,8 @@ def test_requests_over_the_memory_budget_are_refused_before_allocating(session):
     assert four == 4 * one > 0
     e = serve.estimate_request_bytes
     assert e("extract", {"resolution": 256}, {}, model) == 8 * e("extract", {"resolution": 128}, {}, model)
-    with mock.patch.dict(os.environ, {serve.MEMORY_BUDGET_ENV: "lots"}):
-        assert 0 < serve.memory_budget() <= serve.DEFAULT_MEMORY_BUDGET
+    default = serve.memory_budget({})
+    assert 0 < default and serve.memory_budget({serve.MEMORY_BUDGET_ENV: "lots"}) == default
 
 
 # ------------------------------------------------------------------------------------------------- properties
