@@ -466,3 +466,13 @@ class _nothing:
 
     def __exit__(self, *a):
         return False
+
+
+def test_cli_convert_reports_one_error_line_and_writes_nothing_outside(tmp_path, capsys):
+    root = busto(tmp_path / "ds", n=2)
+    _set_record(root, 0, name="../escaped")
+    rc = data_cli(["convert", str(root), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert err.startswith("error: ") and "images[0].name: name '../escaped' contains '/'" in err
+    assert not (tmp_path / "escaped.png").exists() and not list(tmp_path.glob("*.png"))
