@@ -125,8 +125,11 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     root = Path(ckpt_root)
     ptr = root / LATEST
     if ptr.exists():
-        cand = root / ptr.read_text().strip()
-        if (cand / STATE_FILE).exists():
+        try:  # a damaged pointer falls back to the newest complete folder
+            cand = root / ptr.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError, ValueError):
+            cand = None
+        if cand is not None and (cand / STATE_FILE).exists():
             return cand
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
@@ -136,8 +139,8 @@ def read_best(ckpt_root: Path) -> dict | None:
     """The ``best.json`` record, or None when there is none (or it is unreadable: it is rewritten at the next best)."""
     p = Path(ckpt_root) / BEST
     try:
-        doc = json.loads(p.read_text())
-    except (OSError, ValueError):
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 

@@ -60,8 +60,11 @@ def resolve_generator_file(path: str | os.PathLike) -> Path:
     for root in (p / "checkpoints", p):
         pointer = root / "latest"
         if pointer.is_file():
-            candidate = root / pointer.read_text().strip() / TRAINING_GENERATOR_FILE
-            if candidate.is_file():
+            try:  # a damaged pointer falls back to the newest step-* folder
+                candidate = root / pointer.read_text(encoding="utf-8").strip() / TRAINING_GENERATOR_FILE
+            except (OSError, UnicodeDecodeError, ValueError):
+                candidate = None
+            if candidate is not None and candidate.is_file():
                 return candidate
         steps = sorted(d for d in root.glob("step-*") if (d / TRAINING_GENERATOR_FILE).is_file())
         if steps:
@@ -115,16 +118,47 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         raise CheckpointError(f"{path}: invalid generator config in metadata: {e}") from e
     try:
         info = json.loads(metadata["info"])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:
         raise CheckpointError(f"{path}: metadata 'info' is not valid JSON: {e}") from e
+    # Before anything is allocated: the config's sizes are within SIZE_LIMITS (config_from_json), and the tensor
+    # names and shapes in the file's header are exactly those of the network the config describes (built on the
+    # meta device, which allocates nothing), so the real build and load below are bounded by the file's size.
+    _check_header_against_config(path, cfg)
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: could not read tensors ({type(e).__name__}: {e})") from e
     generator = Generator(cfg, body=body, face=face)
     expected = generator.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    for key in expected:
+        if not torch.isfinite(tensors[key]).all():
+            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or inf")
+    generator.load_state_dict(tensors, strict=True)
+    generator.checkpoint_info = info
+    generator.checkpoint_path = path  # the file read (its samplers are found from it: generator.loading)
+    return generator.to(device).eval()
+
+
+def _check_header_against_config(path: Path, cfg) -> None:
+    """CheckpointError naming the file and the key unless the safetensors header holds exactly the tensors (names
+    and shapes) of ``Generator(cfg)``; reads only the header and builds the network on the meta device."""
+    from safetensors import safe_open
+
+    from .generator import Generator
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Generator(cfg).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - a config that passed validation but cannot be built
+        raise CheckpointError(f"{path}: the generator config in its metadata cannot be built "
+                              f"({type(e).__name__}: {e})") from e
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: could not read the tensor header ({type(e).__name__}: {e})") from e
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
@@ -132,16 +166,10 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         raise CheckpointError(f"{path}: tensors do not match the stored config: " + "; ".join(parts))
-    for key, value in expected.items():
-        if tuple(tensors[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"{path}: tensor {key!r} has shape {list(tensors[key].shape)}, the config "
-                                  f"expects {list(value.shape)}")
-        if not torch.isfinite(tensors[key]).all():
-            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or inf")
-    generator.load_state_dict(tensors, strict=True)
-    generator.checkpoint_info = info
-    generator.checkpoint_path = path  # the file read (its samplers are found from it: generator.loading)
-    return generator.to(device).eval()
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise CheckpointError(f"{path}: tensor {key!r} has shape {list(stored[key])}, the config expects "
+                                  f"{list(shape)}")
 
 
 #: What a change of ``radiance.kind`` replaces: the radiance network, its mapping and its truncation average.

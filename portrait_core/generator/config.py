@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Literal
 
@@ -222,8 +223,61 @@ class GeneratorConfig:
         return self.render.resolution * (self.superres.scale if self.superres.enabled else 1)
 
 
-def _validate(cfg: GeneratorConfig) -> None:
+#: Inclusive (min, max) of every size a config declares, checked before anything is built, so that a checkpoint's
+#: metadata (or an override) cannot make the loader allocate a huge network or grid (``radiance.width=200000``,
+#: ``render.manifold_grid=3000``). The presets lie far inside; ``paper`` is the largest. ``*.mapping.*`` applies to
+#: the radiance, expression and super-resolution mappings; ``*_channels`` limits every entry and the count.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "identity_dim": (1, 1024), "noise_dim": (1, 1024), "expression_dim": (1, 1024),
+    "mapping.hidden": (1, 4096), "mapping.layers": (0, 16),
+    "radiance.width": (1, 4096), "radiance.depth": (2, 32), "radiance.feature_dim": (0, 256),
+    "radiance.cnn_channels": (1, 2048), "radiance.cnn_channels.count": (1, 10),
+    "manifold.levels": (1, 256), "manifold.width": (1, 4096), "manifold.hidden_layers": (0, 16),
+    "expression.width": (1, 4096), "expression.depth": (1, 16),
+    "pose.kernel_size": (1, 15), "pose.passes": (0, 16),
+    "superres.scale": (1, 16), "superres.nf": (1, 1024), "superres.nb": (0, 64), "superres.gc": (1, 1024),
+    "superres.up_channels": (1, 1024), "superres.up_channels.count": (0, 4),
+    "render.resolution": (2, 4096), "render.samples_per_ray": (2, 1024), "render.texture_resolution": (2, 2048),
+    "render.bake_samples": (2, 1024), "render.manifold_grid": (0, 256), "render.prior_grid": (2, 128),
+    "render.expression_grid": (0, 128), "render.pose_grid": (2, 128), "render.chunk_size": (2, 2**22),
+}
+
+
+def _size_problems(cfg: GeneratorConfig) -> list[str]:
+    """Every declared size outside :data:`SIZE_LIMITS` (or not an int), as 'key must be in [lo, hi], got v'."""
+    values: dict[str, Any] = {k: getattr(cfg, k) for k in ("identity_dim", "noise_dim", "expression_dim")}
+    for part in ("radiance", "manifold", "expression", "pose", "superres", "render"):
+        sub = getattr(cfg, part)
+        for f in fields(sub):
+            v = getattr(sub, f.name)
+            if f.name == "mapping":
+                for g in fields(v):
+                    values[f"{part}.mapping.{g.name}"] = getattr(v, g.name)
+            elif f.name.endswith("channels"):
+                values[f"{part}.{f.name}.count"] = len(v) if isinstance(v, (tuple, list)) else v
+                for i, c in enumerate(v if isinstance(v, (tuple, list)) else ()):
+                    values[f"{part}.{f.name}[{i}]"] = c
+            else:
+                values[f"{part}.{f.name}"] = v
     problems = []
+    for key, v in values.items():
+        rule = key.split("[")[0]
+        if rule not in SIZE_LIMITS and ".mapping." in key:
+            rule = "mapping." + key.rsplit(".", 1)[1]
+        if rule not in SIZE_LIMITS:
+            continue
+        lo, hi = SIZE_LIMITS[rule]
+        if isinstance(v, bool) or not isinstance(v, int):
+            problems.append(f"{key} must be an integer, got {v!r}")
+        elif not lo <= v <= hi:
+            problems.append(f"{key} must be in [{lo}, {hi}], got {v}")
+    return problems
+
+
+def _validate(cfg: GeneratorConfig) -> None:
+    problems = _size_problems(cfg)
+    if problems:  # sizes first: the checks below compare them
+        raise ValueError("invalid GeneratorConfig: " + "; ".join(problems))
     if cfg.render.mode not in ("frontal", "360"):
         problems.append(f"render.mode must be 'frontal' or '360', got {cfg.render.mode!r}")
     if cfg.superres.scale != 2 ** len(cfg.superres.up_channels):
@@ -374,16 +428,46 @@ def config_from_dict(data: dict[str, Any], cls: type = GeneratorConfig, where: s
         current = getattr(defaults, key)
         if is_dataclass(current):
             kwargs[key] = config_from_dict(value, type(current), f"{where}.{key}")
-        elif isinstance(current, tuple):
-            kwargs[key] = tuple(value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _typed(value, current, f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """``value`` checked against the type of the field's ``default`` (bool, int, finite float, str, or a tuple of
+    those: float tuples keep their length, int tuples such as channel lists may vary)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            try:
+                value = float(value)
+            except OverflowError:
+                ok = False
+            ok = ok and math.isfinite(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        if default and all(isinstance(d, float) for d in default) and len(value) != len(default):
+            raise ValueError(f"{where}: expected {len(default)} numbers, got {len(value)}")
+        item = default[0] if default else 0
+        return tuple(_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    else:
+        return value
+    if not ok:
+        kind = "a finite number" if isinstance(default, float) else f"a {type(default).__name__}"
+        raise ValueError(f"{where}: expected {kind}, got {value!r}"[:300])
+    return value
 
 
 def config_from_json(text: str) -> GeneratorConfig:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"config is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long integers, nesting too deep
+        raise ValueError(f"config is not valid JSON: {type(e).__name__}: {e}") from e
     return config_from_dict(data)
