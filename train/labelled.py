@@ -33,39 +33,41 @@ class LabelledData:
     warning."""
 
     def __init__(self, root: str | os.PathLike | list, holdout: int = 0, limit: int | None = None):
-        from PIL import Image
-
-        from portrait_core.data.labels import load_labels_json
+        from portrait_core.data.readers import open_source
 
         roots = [Path(r) for r in root] if isinstance(root, (list, tuple)) else [Path(root)]
         if not roots:
             raise ValueError("LabelledData: no dataset root given")
         self.roots = roots
         self.root = roots[0]
-        recs, rec_root = [], []
+        recs, rec_source = [], []
         for r in roots:
-            doc = load_labels_json(r / "labels.json")
-            found = list(doc.get("images") or [])
+            # every form the readers accept (folder, packed zip, converted data); paths are contained in the
+            # dataset and declared sizes checked before anything is decoded (portrait_core.data.safety)
+            source = open_source(r)
+            found = list(source.records)
             if not found:
-                raise ValueError(f"{r}/labels.json has no image records")
+                raise ValueError(f"{source.label_file}: no image records")
             if r == roots[0]:
-                self.info = doc.get("info", {})
+                self.info = dict(source.info)
             recs += found
-            rec_root += [r] * len(found)
+            rec_source += [source] * len(found)
         if limit:
-            recs, rec_root = recs[:limit], rec_root[:limit]
+            recs, rec_source = recs[:limit], rec_source[:limit]
         imgs, masks, faces = [], [], []
-        for r, rt in zip(recs, rec_root):
-            img = np.asarray(Image.open(rt / r["image"]).convert("RGB"))
-            mask = np.asarray(Image.open(rt / r["mask"]).convert("L")) if r.get("mask") else \
-                np.full(img.shape[:2], 255, np.uint8)
+        for r, src in zip(recs, rec_source):
+            img = src.read_png(r["image"], "RGB")
+            mask = src.read_png(r["mask"], "L") if r.get("mask") else np.full(img.shape[:2], 255, np.uint8)
             if not r.get("face"):
-                raise ValueError(f"{rt}: record {r.get('name')} has no face crop (supervised training needs the "
-                                 f"face-camera renders)")
-            face = np.asarray(Image.open(rt / r["face"]).convert("RGB"))
+                raise ValueError(f"{src.label_file}: record {r.get('name')} has no face crop (supervised training "
+                                 f"needs the face-camera renders)")
+            face = src.read_png(r["face"], "RGB")
             imgs.append(img)
             masks.append(mask)
             faces.append(face)
+        for src in dict.fromkeys(rec_source):
+            src.close()
+        rec_root = [src.root for src in rec_source]
         if len({i.shape for i in imgs}) != 1 or len({f.shape for f in faces}) != 1:
             raise ValueError(f"{', '.join(map(str, roots))}: images (and face crops) must all have one size")
         self.image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]

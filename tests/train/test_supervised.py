@@ -497,3 +497,25 @@ def test_heldout_evaluation_with_baselines_and_export(tiny_data, tmp_path):
     assert G.checkpoint_info["heldout"]["ray"]["psnr"] == rep["ray"]["psnr"]
     assert DefaultSamplers.load(export / "default_samplers.safetensors").identity.shape[0] == 3
     assert evaluate_main([str(out), "--heldout", "1"]) == 2  # --heldout needs the data
+
+
+def test_labelled_data_reads_packed_datasets_and_refuses_paths_outside_them(tiny_data, tmp_path):
+    import json
+    import shutil
+
+    from portrait_core.data.labels import LabelError
+    from portrait_core.data.pack import pack_dataset
+
+    packed, _ = pack_dataset(tiny_data, tmp_path / "tiny.zip")
+    folder, archive = LB.LabelledData(tiny_data), LB.LabelledData(packed)
+    assert len(archive) == len(folder) and archive.num_identities == folder.num_identities
+    torch.testing.assert_close(archive.pose, folder.pose)
+    assert (archive.image.float() - folder.image.float()).abs().mean() < 8  # re-encoded, same pictures
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(tiny_data, hostile)
+    doc = json.loads((hostile / "labels.json").read_text())
+    doc["images"][0]["image"] = "../" * 8 + "etc/passwd"
+    (hostile / "labels.json").write_text(json.dumps(doc))
+    with pytest.raises(LabelError, match="labels.json"):
+        LB.LabelledData(hostile)
