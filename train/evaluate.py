@@ -65,24 +65,29 @@ def sampler_inputs(samplers: LabelSampler, n: int, gen: torch.Generator) -> Fake
 @torch.no_grad()
 def _render(G, inputs, super_resolve: bool, batch: int = 8, face_resolution: int = 0, log=None):
     """Portrait renders of ``inputs`` (and, with ``face_resolution``, face-camera renders at that output size, the
-    face camera drawn jointly with the portrait camera as in training): lists of images [b, 3, H, W] (CPU)."""
+    face camera drawn jointly with the portrait camera as in training): lists of images [b, 3, H, W] (CPU).
+    A progress bar on a terminal; ``log`` gets a line every 8 batches (logs and pipes)."""
+    from portrait_core.cli.progress import progress
     from train.cameras import fake_face_camera, portrait_camera
 
     portraits, faces = [], []
     n = inputs.identity.shape[0]
     sr = G.cfg.superres.scale if super_resolve else 1
     t0 = time.time()
-    for a in range(0, n, batch):
-        sl = inputs.slice(a, a + batch)
-        lat, ctl = Latents(sl.identity, sl.noise), Controls(sl.pose, sl.expression, sl.body_shape)
-        scene = G.training_scene(lat, ctl, super_resolve=super_resolve)
-        portraits.append(G.render_scene(scene, portrait_camera(sl.camera), super_resolve=super_resolve).image.cpu())
-        if face_resolution:
-            faces.append(G.render_scene(scene, fake_face_camera(G, ctl, sl.camera), max(1, face_resolution // sr),
-                                        super_resolve=super_resolve).image.cpu())
-        if log is not None and (a // batch) % 8 == 7:
+    with progress("evaluate: render", n, unit="image") as advance:
+        for a in range(0, n, batch):
+            sl = inputs.slice(a, a + batch)
+            lat, ctl = Latents(sl.identity, sl.noise), Controls(sl.pose, sl.expression, sl.body_shape)
+            scene = G.training_scene(lat, ctl, super_resolve=super_resolve)
+            portraits.append(G.render_scene(scene, portrait_camera(sl.camera),
+                                            super_resolve=super_resolve).image.cpu())
+            if face_resolution:
+                faces.append(G.render_scene(scene, fake_face_camera(G, ctl, sl.camera),
+                                            max(1, face_resolution // sr), super_resolve=super_resolve).image.cpu())
             done = min(a + batch, n)
-            log(f"rendered {done}/{n} ({(time.time() - t0) / done * (n - done):.0f}s left)")
+            advance(done - a)
+            if log is not None and (a // batch) % 8 == 7:
+                log(f"rendered {done}/{n} ({(time.time() - t0) / done * (n - done):.0f}s left)")
     return portraits, faces
 
 

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--frames", type=int, default=10, help="timed frames per row (after 2 warm-up frames)")
     p.add_argument("--batch", type=int, default=1, help="frames per render call")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores not busy with "
+                   "other work, as `video` runs)")
     p.add_argument("--no-sr", action="store_true", help="time low-resolution renders (rays at the output size)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     return p
@@ -123,10 +124,10 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from portrait_core.cli.errors import usage_error
+    from portrait_core.cli.progress import auto_threads
 
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(auto_threads(args.threads))  # as `video` runs: the cores not busy with other work
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         return usage_error("--device cuda but CUDA is not available")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from portrait_core import conventions as C
+from portrait_core.cli.progress import progress
 from portrait_core.generator.loading import identity_for_seed, obtain_generator, parse_int_list, samplers_for
 from portrait_core.geometry.camera import Camera
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     yaws = yaw_sweep(args.yaws, g.cfg.render.mode, args.yaw_range)
     camera = Camera.portrait(yaw=yaws, pitch=torch.full_like(yaws, args.pitch)).to(g.device)
     rows = []
-    with torch.no_grad():
+    with torch.no_grad(), progress("sample", len(seeds), unit="avatar") as advance:
         for seed in seeds:
             latents, body_shape = identity_for_seed(g, seed, samplers)
             avatar = g.make_avatar(latents, body_shape, truncation=args.truncation, super_resolve=not args.no_sr)
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(np.concatenate(list(to_uint8(out.image)), axis=1))
             if args.depth:
                 rows.append(np.concatenate(list(depth_to_uint8(out.depth, out.alpha)), axis=1))
+            advance(1)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(out_path)
