@@ -1,4 +1,5 @@
-"""``python -m portrait_core.data COMMAND``: synth | stats | validate | pack | convert (see docs/data-format.md)."""
+"""``python -m portrait_core.data COMMAND``: synth | stats | validate | pack | convert | prepare (see docs/data-format.md,
+docs/photo.md)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,33 @@ def _convert(a: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(a: argparse.Namespace) -> int:
+    from portrait_core.photo.prepare import prepare
+
+    face = body = None
+    if a.bfm:
+        from portrait_core.face import FaceModel
+
+        face = FaceModel.from_mat(a.bfm)
+    if a.smpl:
+        from portrait_core.body.model import BodyModel
+
+        body = BodyModel.from_file(a.smpl)
+
+    def progress(i: int, n: int, r) -> None:
+        if isinstance(r, Exception):
+            print(f"[{i + 1}/{n}] skipped: {r}")
+            return
+        notes = f" ({'; '.join(r.notes)})" if r.notes else ""
+        print(f"[{i + 1}/{n}] {r.source}: landmark error {100 * r.landmark_error:.2f}% of the inter-ocular distance, "
+              f"{sum(r.timings.values()):.1f} s{notes}")
+
+    path = prepare(a.photos, a.out, resolution=a.resolution, face_resolution=a.face_resolution, face_model=face,
+                   body_model=body, on_error=a.on_error, progress=None if a.quiet else progress)
+    print(f"wrote {path} (labels.json, images/, masks/, faces/, contact_sheet.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m portrait_core.data", description=__doc__,
                                  epilog="Errors print one 'error: <file>: <problem>' line; --debug (or "
@@ -102,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--on-error", choices=("raise", "skip"), default="raise")
     s.add_argument("--smpl", default=None, help="SMPL model file for the face cameras (default: synthetic body)")
     s.set_defaults(func=_convert)
+
+    s = sub.add_parser("prepare", help="photos -> a labelled dataset: landmarks, 3DMM + body fit, matte, crops "
+                                       "(needs the photo extra)")
+    s.add_argument("photos", nargs="+", metavar="PHOTO_OR_DIR", help="photos and/or folders of photos")
+    s.add_argument("--out", required=True, help="new dataset folder (must not exist, or be empty)")
+    s.add_argument("--resolution", type=int, default=128, help="portrait size in pixels (square)")
+    s.add_argument("--face-resolution", type=int, default=64, help="face crop size in pixels")
+    s.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="skip: leave out photos that cannot be prepared (listed in info.skipped)")
+    s.add_argument("--bfm", default=None, help="fit BFM09 (BFM_model_front.mat) instead of the synthetic 3DMM")
+    s.add_argument("--smpl", default=None, help="fit this SMPL model file instead of the synthetic body")
+    s.add_argument("--quiet", action="store_true", help="no per-photo lines")
+    s.set_defaults(func=_prepare)
     return ap
 
 
