@@ -201,16 +201,22 @@ def _detect(path: Path, photo: np.ndarray, notes: list[str]) -> dict:
         raise PhotoError(f"{path}: a face was found but its landmarks could not be detected")
     mesh = mesh / up
     mesh[:, :2] += foff
-    # the pose landmarks on the chosen person's head and shoulders
-    pcrop, poff = crop(cx - 3.0 * fw, cy - 2.0 * fw, cx + 3.0 * fw, cy + 4.0 * fw)
-    pose = detect.pose_landmarks(pcrop)
+    # the pose landmarks on the chosen person's head and shoulders: a wide crop, then a narrow one when the
+    # shoulders found do not belong to this face (another person beside it)
     shoulders, depth = None, None
-    if pose is not None:
-        xyz, vis = pose
-        ids = [detect.POSE_LEFT_SHOULDER, detect.POSE_RIGHT_SHOULDER]
-        if (vis[ids] >= detect.MIN_VISIBILITY).all():
-            shoulders = xyz[ids, :2] / up + poff
-            depth = float(xyz[ids[0], 2] - xyz[ids[1], 2]) / up
+    ids = [detect.POSE_LEFT_SHOULDER, detect.POSE_RIGHT_SHOULDER]
+    for half in (3.0, 1.6):
+        pcrop, poff = crop(cx - half * fw, cy - 2.0 * fw, cx + half * fw, cy + 4.0 * fw)
+        pose = detect.pose_landmarks(pcrop)
+        if pose is None or not (pose[1][ids] >= detect.MIN_VISIBILITY).all():
+            continue
+        xyz = pose[0]
+        sh = xyz[ids, :2] / up + poff
+        mid, span = sh.mean(0), float(np.linalg.norm(sh[0] - sh[1]))
+        if abs(mid[0] - cx) < 1.0 * fw and 0.3 * fw < mid[1] - cy < 4.0 * fw and 0.8 * fw < span < 5.0 * fw \
+                and sh[0, 0] > sh[1, 0]:  # the subject's left shoulder is on the image's right
+            shoulders, depth = sh, float(xyz[ids[0], 2] - xyz[ids[1], 2]) / up
+            break
     if shoulders is None:
         notes.append("shoulders not visible: body pose and shape come from the priors")
     return {"faces": faces, "box": box, "mesh": mesh, "shoulders": shoulders, "shoulder_depth": depth}
