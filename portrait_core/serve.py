@@ -19,6 +19,9 @@ Operations (:class:`Session`, also used directly by the add-on's in-process back
 * ``extract {avatar, resolution, decimate, colors, level (float or "auto"), morphs}`` -> mesh (``vertices``, ``faces``, ``colors``),
   rig (``joint_names``, ``parents``, ``joint_positions``, ``joints``, ``weights``) and expression morph
   (``morphs[K,V,3]`` for components ``morph_components[K]`` at ``morph_scale``) arrays, canonical metres.
+* ``invert {photo | prepared + index, out, latent_steps, tune_steps, sr_steps, candidates, glb}`` -> an avatar of
+  the person in a photo, inverted into the loaded model (``portrait_core.photo.invert``): ``checkpoint`` (load
+  it to use the avatar), ``out``, ``reconstruction`` (PSNR), ``timings``; progress per stage, cancellable.
 * ``release {avatar}``, ``shutdown``.
 
 ``avatar`` is ``{seed, truncation, body_shape[10], super_resolve}``: the same spec always bakes the same avatar
@@ -76,6 +79,10 @@ MAX_EXTRACT_RESOLUTION = 512
 MAX_MORPHS = 64
 #: ``extract`` decimation target (faces; 0 keeps every face)
 MAX_DECIMATE = 1 << 31
+#: ``invert``: steps per stage and appearance codes tried (portrait_core.photo.invert.MAX_STEPS), paths' length
+MAX_INVERT_STEPS = 5000
+MAX_INVERT_CANDIDATES = 64
+MAX_PATH_CHARS = 4096
 #: seeds are non-negative 63-bit integers
 MAX_SEED = (1 << 63) - 1
 #: devices a ``load`` may name: ``cpu``, ``cuda`` or ``cuda:<index>``
@@ -215,7 +222,9 @@ OPS: dict[str, tuple[frozenset, frozenset]] = {
     "load": (frozenset({"checkpoint", "device"}), frozenset()),
     "sample": (frozenset({"avatar", "preview_size"}), frozenset({"preview_yaws"})),
     "render": (frozenset({"avatar", "size"}), frozenset({"pose", "expression", "cam2world", "intrinsics"})),
-    "extract": (frozenset({"avatar", "resolution", "decimate", "colors", "level", "morphs"}), frozenset()),
+    "extract": (frozenset({"avatar", "resolution", "decimate", "colors", "level", "morphs", "texture"}), frozenset()),
+    "invert": (frozenset({"photo", "prepared", "index", "out", "latent_steps", "tune_steps", "sr_steps", "candidates",
+                          "glb"}), frozenset()),
     "release": (frozenset({"avatar"}), frozenset()),
     "shutdown": (frozenset(), frozenset()),
 }
@@ -349,6 +358,23 @@ def validate_request(op, params, arrays) -> dict:
         level = params.get("level")
         out["level"] = level if level is None or level == "auto" else _real(op, "level", level)
         out["morphs"] = _int(op, "morphs", _or0(params.get("morphs")), 0, MAX_MORPHS)
+    elif op == "invert":
+        for key in ("photo", "prepared", "out"):
+            value = params.get(key)
+            if value is not None and (not isinstance(value, str) or "\x00" in value or len(value) > MAX_PATH_CHARS):
+                raise ServeError(f"invert: {key} must be a path (a string without NUL bytes, at most "
+                                 f"{MAX_PATH_CHARS} characters)")
+            out[key] = value or None
+        if (out["photo"] is None) == (out["prepared"] is None):
+            raise ServeError("invert: give a photo or a prepared dataset folder (one of them)")
+        if out["out"] is None:
+            raise ServeError("invert: out (the output folder) is required")
+        out["index"] = _int(op, "index", _or0(params.get("index")), 0, MAX_FRAMES * 4096)
+        defaults = {"latent_steps": 40, "tune_steps": 30, "sr_steps": 30}
+        for key, default in defaults.items():
+            out[key] = _int(op, key, params.get(key, default), 0, MAX_INVERT_STEPS)
+        out["candidates"] = _int(op, "candidates", params.get("candidates", 8), 1, MAX_INVERT_CANDIDATES)
+        out["glb"] = _bool(op, "glb", params.get("glb", False))
     return out
 
 
@@ -578,11 +604,15 @@ class Session:
         level = params.get("level")
         kw = {} if level is None else {"level": "auto" if level == "auto" else float(level)}
         try:
+            texture = int(params.get("texture") or 0) if params.get("colors", True) else 0
             mesh = extract_mesh(avatar, resolution=int(params.get("resolution", 128)), decimate=decimate,
-                                colors=bool(params.get("colors", True)), **kw)
+                                colors=bool(params.get("colors", True)), texture=texture or None, **kw)
         except EmptyFieldError as exc:
             raise ServeError(f"{exc}. Lower the density threshold or use the automatic one (the avatar's occupancy "
                              f"peaks at a lower value, typical of an untrained model)") from exc
+        # Blender keeps UVs per face corner: the welded surface + corner UVs + the baked texture
+        texture_image = mesh.texture
+        mesh, loop_uvs = mesh.unsplit()
         self._check_stop()
         progress(0.8, "skinning")
         rig = build_rig(mesh, self.generator.body, avatar.body_shape.detach().cpu())
@@ -597,6 +627,9 @@ class Session:
         }
         if params.get("colors", True) and mesh.colors is not None:
             out["colors"] = np.asarray(mesh.colors, np.float32)
+        if loop_uvs is not None and texture_image is not None:
+            out["loop_uvs"] = np.asarray(loop_uvs, np.float32)  # [F, 3, 2], glTF convention (v down)
+            out["texture"] = np.asarray(texture_image, np.uint8)  # [S, S, 3] sRGB
         morph_names: list[str] = []
         n_morphs = int(params.get("morphs") or 0)
         if n_morphs > 0:
@@ -609,6 +642,22 @@ class Session:
         progress(1.0, "done")
         return {"joint_names": list(rig.joint_names), "num_vertices": int(len(mesh.vertices)),
                 "num_faces": int(len(mesh.faces)), "morph_names": morph_names, "morph_scale": MORPH_SCALE}, out
+
+
+    def op_invert(self, params, arrays, progress):
+        from portrait_core.photo.invert import InvertCancelled, InvertSettings, run_invert
+
+        settings = InvertSettings(latent_steps=params["latent_steps"], tune_steps=params["tune_steps"],
+                                  sr_steps=params["sr_steps"], candidates=params["candidates"])
+        try:
+            report = run_invert(params["out"], photo=params["photo"], prepared=params["prepared"],
+                                index=params["index"], settings=settings, checkpoint=self.info.get("checkpoint"),
+                                glb=params["glb"], progress=progress, should_stop=self._should_stop,
+                                log=lambda m: print(f"busto serve: invert: {m}", file=sys.stderr))
+        except InvertCancelled as exc:
+            raise Cancelled(str(exc)) from exc
+        keys = ("checkpoint", "body_shape", "reconstruction", "initial_reconstruction", "turned_views", "sheet", "glb", "timings")
+        return {"out": str(params["out"]), **{k: report[k] for k in keys if k in report}}, {}
 
 
 # ------------------------------------------------------------------------------------------------- server loop
