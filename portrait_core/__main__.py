@@ -11,8 +11,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("portrait_core.cli.sample", "a grid of avatars over seeds, truncation and camera yaw"),
     "video": ("portrait_core.cli.video", "drive one avatar with keyframe files to MP4 and PNG frames"),
     "bench": ("portrait_core.cli.bench", "identity bake and per-frame render timings, one table"),
-    "bench-blender": ("portrait_core.cli.bench_blender",
-                      "the add-on's workflow in headless Blender, timed; engine frame beside the mesh"),
+    # applications of portrait_core and the add-on (package busto_apps, above both): aliases, named by string
+    "bench-blender": ("busto_apps.bench_blender",
+                      "the add-on's workflow in headless Blender, timed (python -m busto_apps bench-blender)"),
     "export": ("portrait_core.cli.export", "extract a rigged, coloured, expressive glTF avatar (.glb/.obj/.ply)"),
     "invert": ("portrait_core.cli.invert", "an avatar of the person in a photo: invert, tune, bake (+ sheet, --glb)"),
     "serve": ("portrait_core.serve", "model worker for the Blender add-on (stdin/stdout protocol)"),

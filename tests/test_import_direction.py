@@ -31,9 +31,30 @@ def _violations(package: str, banned: set[str], allowed_files: set[str] = frozen
 
 
 def test_portrait_core_imports_neither_train_nor_blender():
-    assert _violations("portrait_core", {"train", "blender_addon", "bpy", "bmesh", "mathutils", "bpy_extras"},
-                       allowed_files={"portrait_core/data/synth/", "portrait_core/demo",
-                                      "portrait_core/cli/bench_blender"}) == []
+    assert _violations("portrait_core", {"train", "blender_addon", "bpy", "bmesh", "mathutils", "bpy_extras",
+                                         "busto_apps"},
+                       allowed_files={"portrait_core/data/synth/", "portrait_core/demo"}) == []
+
+
+def test_nothing_below_the_apps_imports_them():
+    """busto_apps (the demo, the Blender bench) sits above portrait_core and the add-on: neither imports it."""
+    for package in ("portrait_core", "blender_addon", "train"):
+        assert _violations(package, {"busto_apps"}) == [], package
+
+
+def test_apps_use_only_public_names_of_the_addon_and_the_core():
+    """No ``obj._private`` attribute of another module's objects in busto_apps (``self._x`` is the module's own)."""
+    bad = []
+    for path in sorted((ROOT / "busto_apps").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}" for a in node.names
+                        if a.name.startswith("_") and node.module.split(".")[0] in ("portrait_core", "blender_addon")]
+    assert bad == []
 
 
 def test_train_never_imports_blender():

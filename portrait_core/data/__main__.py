@@ -36,9 +36,9 @@ def _validate(a: argparse.Namespace) -> int:
 
 
 def _pack(a: argparse.Namespace) -> int:
-    from .pack import pack_dataset
+    from .pack import default_archive_path, pack_dataset
 
-    path, nbytes = pack_dataset(a.root, a.out, resolution=a.resolution, face_resolution=a.face_resolution,
+    path, nbytes = pack_dataset(a.root, a.out or default_archive_path(a.root), resolution=a.resolution, face_resolution=a.face_resolution,
                                 quality=a.quality)
     print(f"wrote {path} ({nbytes / 1e6:.2f} MB)")
     return 0
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pack", help="one compact archive (zip of WebP/PNG + labels.json) of a dataset")
     s.add_argument("root")
-    s.add_argument("--out", required=True, help="archive path (.zip)")
+    s.add_argument("--out", default=None, help="archive path (.zip; default: beside the dataset, out/synth -> "
+                   "out/synth.zip)")
     s.add_argument("--resolution", type=int, default=None, help="resize portraits (default: keep)")
     s.add_argument("--face-resolution", type=int, default=None, help="resize face crops (default: keep)")
     s.add_argument("--quality", type=int, default=85, help="WebP quality of portraits and face crops")

@@ -41,6 +41,15 @@ def _resize(arr: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS))
 
 
+def default_archive_path(root: str | os.PathLike) -> Path:
+    """Where ``pack`` writes without ``--out``: beside the dataset, named after it (``out/synth`` ->
+    ``out/synth.zip``; an archive ``a.zip`` -> ``a-packed.zip``), never the current folder."""
+    root = Path(root).resolve()
+    if root.suffix.lower() == ".zip":
+        return root.with_name(f"{root.stem}-packed.zip")
+    return root.with_name(f"{root.name}.zip")
+
+
 def pack_dataset(root: str | os.PathLike, out: str | os.PathLike, resolution: int | None = None,
                  face_resolution: int | None = None, quality: int = 85, progress: bool = False) -> tuple[Path, int]:
     """Pack the dataset at ``root`` (any supported format) into ``out`` (.zip); returns (path, size in bytes).

@@ -1,6 +1,6 @@
-"""``python -m portrait_core bench-blender``: the add-on's whole workflow in headless Blender, timed, with a look.
+"""``python -m busto_apps bench-blender``: the add-on's whole workflow in headless Blender, timed, with a look.
 
-    python -m portrait_core bench-blender [--checkpoint PATH | --random-init PRESET] [--frames 24] [--size 128]
+    python -m busto_apps bench-blender [--checkpoint PATH | --random-init PRESET] [--frames 24] [--size 128]
         [--out DIR] [--level 0.5]
 
 Default checkpoint: the shipped model; ``--random-init PRESET`` saves a random-init generator of PRESET (seed 0)
@@ -8,6 +8,8 @@ instead. It loads the model, samples an avatar, extracts and binds its mesh, key
 frames at ``--size``^2 with Busto Neural (timed), and writes ``neural.png`` (engine) beside ``mesh.png``
 (Workbench render of the mesh from the same camera), ``side_by_side.png`` (neural | mesh | mesh silhouette over
 the neural image) and ``bench.json`` (timings, silhouette IoU). Needs the ``blender`` extra (bpy).
+``python -m portrait_core bench-blender`` is an alias. Blender's EGL probing lines on stderr are hidden
+(:mod:`busto_apps.blender_output`; their count is ``egl_probe_lines_hidden`` in ``bench.json``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="busto-bench-"))
-    ap = argparse.ArgumentParser(prog="python -m portrait_core bench-blender", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m busto_apps bench-blender", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default=None, help="generator .safetensors (default: the shipped model)")
     ap.add_argument("--random-init", default=None, metavar="PRESET", help="time a random-init generator of PRESET")
     ap.add_argument("--frames", type=int, default=24)
@@ -37,6 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lens", type=float, default=None, help="camera focal length in mm (default: the portrait "
                                                               "camera's 171 mm)")
     args = ap.parse_args(argv)
+    from busto_apps.blender_output import hidden_lines
+
+    with hidden_lines() as egl:
+        report = _bench(args)
+    report["egl_probe_lines_hidden"] = egl["hidden"]
+    out = Path(args.out).resolve()
+    from portrait_core.atomic import atomic_write_json
+
+    atomic_write_json(out / "bench.json", report, indent=2)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> dict:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     import numpy as np
@@ -139,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
               "mesh_vertices": len(mesh.data.vertices), "mesh_faces": len(mesh.data.polygons),
               "silhouette_iou": round(float(inter / max(union, 1)), 3), "compared_frame": look,
               "timings_s": timings, "torch_threads": torch.get_num_threads()}
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-    return 0
+    return report
 
 
 if __name__ == "__main__":
