@@ -63,8 +63,8 @@ def render(cam: Camera, meshes: list[Mesh], size: int) -> tuple[np.ndarray, np.n
     all_pix, all_z, all_shade = [], [], []
     for mesh in meshes:
         v = torch.as_tensor(mesh.vertices, dtype=torch.float64)[None]
-        px, z = cam.to(dtype=torch.float64).project(v, H, W)
-        px, z = px[0].numpy(), z[0].numpy()
+        px_t, z_t = cam.to(dtype=torch.float64).project(v, H, W)
+        px, z = px_t[0].numpy(), z_t[0].numpy()
         tri = mesh.faces
         tv = mesh.vertices[tri]  # [F, 3, 3]
         n = np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0])
@@ -111,8 +111,9 @@ def _to_image(rgb: np.ndarray) -> Image.Image:
 def _draw_landmarks(draw: ImageDraw.ImageDraw, cam: Camera, landmarks: np.ndarray, depth: np.ndarray,
                     size: int, tol: float = 0.006) -> int:
     """Draw landmarks (world [68, 3]); green if in front of the z-buffer (within ``tol`` metres). Returns #visible."""
-    px, z = cam.to(dtype=torch.float64).project(torch.as_tensor(landmarks, dtype=torch.float64)[None], size, size)
-    px, z = px[0].numpy(), z[0].numpy()
+    px_t, z_t = cam.to(dtype=torch.float64).project(torch.as_tensor(landmarks, dtype=torch.float64)[None], size,
+                                                    size)
+    px, z = px_t[0].numpy(), z_t[0].numpy()
     r = max(1.5, size / 160)
     visible = 0
     for (x, y), d in zip(px, z):

@@ -25,6 +25,10 @@ def progress_enabled(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+def _no_progress(n: int = 1) -> None:
+    """``advance`` when no bar is drawn."""
+
+
 @contextmanager
 def progress(label: str, total: int, unit: str = "frame", enabled: bool | None = None,
              stream=None) -> Iterator[Callable[[int], None]]:
@@ -32,7 +36,7 @@ def progress(label: str, total: int, unit: str = "frame", enabled: bool | None =
     if enabled is None:
         enabled = progress_enabled(stream)
     if not enabled:
-        yield lambda n=1: None
+        yield _no_progress
         return
     from rich.console import Console
     from rich.progress import (

@@ -13,6 +13,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         latents, body_shape = identity_for_seed(g, args.seed)
         avatar = g.make_avatar(latents, body_shape, truncation=args.truncation, super_resolve=super_resolve)
         bake_s = time.perf_counter() - t0
-        writer = None
+        writer: Any = None  # imageio's writer (its type stubs do not declare append_data)
         if not args.no_mp4:
             import imageio.v2 as imageio
 

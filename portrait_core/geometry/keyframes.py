@@ -164,10 +164,10 @@ def _npy_header(path: Path, what: str) -> tuple[tuple[int, ...], np.dtype, int]:
         version = fmt.read_magic(f)
         if version == (1, 0):
             shape, _, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(f)
         else:
-            shape, _, dtype = fmt._read_array_header(f, version)  # (3, 0): no public reader
+            # (2, 0), and (3, 0): the same 4-byte length, a UTF-8 header only for structured-dtype field names,
+            # which numeric keyframe arrays do not have (their header is ASCII either way)
+            shape, _, dtype = fmt.read_array_header_2_0(f)
         return tuple(int(s) for s in shape), dtype, f.tell()
 
 
@@ -263,8 +263,9 @@ def load_official_keyframes(
         raise KeyframeError(f"{folder}: no keyframe files found (expected expression.npy, "
                             f"{' or '.join(OFFICIAL_POSE_FILES)}, camera_pose.npy)")
     readers = {"expression": read_official_expression, "pose": read_official_pose, "camera": read_official_camera}
-    data = {k: readers[k](p) for k, p in paths.items() if p is not None}
-    counts = {paths[k].name: len(v) for k, v in data.items()}
+    found = {k: p for k, p in paths.items() if p is not None}
+    data = {k: readers[k](p) for k, p in found.items()}
+    counts = {found[k].name: len(v) for k, v in data.items()}
     if len(set(counts.values())) > 1:
         raise KeyframeError(f"{folder}: keyframe counts differ between files {counts}; choose the files to combine "
                             f"(e.g. expression=None or pose='headpose.npy')")
