@@ -15,6 +15,22 @@ class _BustoPanel:
     bl_category = "Busto"
 
 
+#: Characters per label line that fit the default sidebar (220 px, about 176 px of text space; measured with
+#: Blender's UI font in tests/blender_addon/test_panel_widths.py). Longer text is wrapped over several labels.
+_LINE_CHARS = 28
+
+
+def _wrapped_label(layout, text: str, icon: str = "NONE", chars: int = _LINE_CHARS) -> None:
+    """``text`` as one label per line of at most ``chars`` characters (the first line shorter for its icon)."""
+    import textwrap
+
+    lines = textwrap.wrap(text, chars - (4 if icon != "NONE" else 0)) or [""]
+    col = layout.column(align=True)
+    col.label(text=lines[0], icon=icon)
+    for line in textwrap.wrap(" ".join(lines[1:]), chars):
+        col.label(text=line)
+
+
 def _job_row(layout, context) -> bool:
     """Progress bar + cancel while a job runs; returns True when busy."""
     rt = context.window_manager.busto
@@ -36,18 +52,20 @@ class BUSTO_PT_model(_BustoPanel, bpy.types.Panel):
         settings = prefs.resolve(context)
         rt = context.window_manager.busto
         col = layout.column()
-        col.prop(context.scene.busto, "checkpoint", text="Checkpoint")
+        col.label(text="Checkpoint")  # above the field: beside it the name gets a third of the width ("Chec…")
+        col.prop(context.scene.busto, "checkpoint", text="")
         if not settings.checkpoint:
             shipped = backend.shipped_checkpoint(settings)
             if shipped:
-                col.label(text=f"Using the model shipped with Busto ({shipped.rsplit('/', 1)[-1]})", icon="INFO")
+                col.label(text="Using the shipped model", icon="INFO")
             elif settings.backend.upper() == "SUBPROCESS":
-                col.label(text="Using the model shipped with the worker's Busto", icon="INFO")
+                col.label(text="Worker's shipped model", icon="INFO")
             else:
-                col.label(text="No checkpoint set and no model shipped: choose one", icon="ERROR")
-        row = col.row()
-        row.label(text=f"Device: {settings.device.upper()}")
-        row.label(text=f"Backend: {settings.backend.title()}")
+                col.label(text="No model shipped:", icon="ERROR")
+                col.label(text="choose a checkpoint")
+        sub = col.column(align=True)  # one per line: side by side, "Backend: Su…" at the default width
+        sub.label(text=f"Device: {settings.device.upper()}")
+        sub.label(text=f"Backend: {settings.backend.title()}")
         try:
             kind = backend.choose_kind(settings)
             col.label(text=f"Runs {'inside Blender' if kind == 'INPROCESS' else 'in a worker process'}",
@@ -56,12 +74,13 @@ class BUSTO_PT_model(_BustoPanel, bpy.types.Panel):
             box = col.box()
             box.label(text="torch / portrait_core are missing", icon="ERROR")
             for line in backend.environment_report(settings).splitlines()[1:]:
-                box.label(text=line)
-            box.label(text="Edit > Preferences > Add-ons > Busto")
+                _wrapped_label(box, line)
+            _wrapped_label(box, "Edit > Preferences > Add-ons > Busto")
         if rt.model_status:
-            col.label(text=f"Loaded: {rt.model_status} ({rt.model_device})", icon="CHECKMARK")
+            col.label(text=f"Loaded on {rt.model_device.upper() or '?'}", icon="CHECKMARK")
+            _wrapped_label(col, rt.model_status)
         else:
-            col.label(text="Not loaded (loads on first use)", icon="DOT")
+            col.label(text="Not loaded (loads on use)", icon="DOT")
         if not _job_row(layout, context):
             layout.operator("busto.load_model", icon="FILE_REFRESH")
 
@@ -101,7 +120,7 @@ class BUSTO_PT_avatar(_BustoPanel, bpy.types.Panel):
         row.operator("busto.remove_avatar", text="", icon="TRASH")
         n = len(scene.scene_rigs(context.scene))
         if n > 1:
-            layout.label(text=f"{n} avatars in the scene; the panel acts on the active one")
+            _wrapped_label(layout, f"{n} avatars in the scene; the panel acts on the active one")
 
 
 class BUSTO_PT_geometry(_BustoPanel, bpy.types.Panel):
@@ -124,7 +143,9 @@ class BUSTO_PT_geometry(_BustoPanel, bpy.types.Panel):
         rig = scene.active_rig(context)
         if rig is not None and rig.busto.mesh is not None:
             me = rig.busto.mesh.data
-            layout.label(text=f"{rig.busto.mesh.name}: {len(me.vertices)} verts, {len(me.polygons)} faces")
+            info = layout.column(align=True)
+            info.label(text=rig.busto.mesh.name, icon="MESH_DATA")
+            info.label(text=f"{len(me.vertices)} verts, {len(me.polygons)} faces")
         if not _job_row(layout, context):
             row = layout.row()
             row.enabled = rig is not None
@@ -139,13 +160,14 @@ class BUSTO_PT_rig(_BustoPanel, bpy.types.Panel):
         layout = self.layout
         rig = scene.active_rig(context)
         if rig is None:
-            layout.label(text="Sample an avatar to get a rig", icon="INFO")
+            layout.label(text="Sample an avatar first", icon="INFO")
             return
         col = layout.column(align=True)
-        col.label(text="Pose bones (rotate in Pose Mode):")
+        col.label(text="Pose bones (Pose Mode):")
         flow = col.grid_flow(columns=2, align=True)
         for name in K.POSE_BONES:
-            flow.prop(rig.pose.bones[name], "rotation_quaternion", index=-1, text=name.replace("_", " ").title())
+            label = name.replace("left_", "L ").replace("right_", "R ").replace("_", " ").title()  # half a sidebar
+            flow.prop(rig.pose.bones[name], "rotation_quaternion", index=-1, text=label)
         layout.operator("busto.reset_pose", icon="LOOP_BACK")
         box = layout.box()
         box.label(text="Expression", icon="MONKEY")
@@ -172,9 +194,10 @@ class BUSTO_PT_animate(_BustoPanel, bpy.types.Panel):
         row = layout.row(align=True)
         for name, label in (("NOD", "Nod"), ("TURN", "Turn"), ("SHRUG", "Shrug"), ("SMILE", "Smile")):
             row.operator("busto.animation_preset", text=label).preset = name
+        layout.label(text="Keyframe files:")
         row = layout.row(align=True)
-        row.operator("busto.import_keyframes", icon="IMPORT")
-        row.operator("busto.export_keyframes", icon="EXPORT")
+        row.operator("busto.import_keyframes", text="Import", icon="IMPORT")
+        row.operator("busto.export_keyframes", text="Export", icon="EXPORT")
 
 
 class BUSTO_PT_render(_BustoPanel, bpy.types.Panel):
@@ -193,9 +216,10 @@ class BUSTO_PT_render(_BustoPanel, bpy.types.Panel):
             layout.operator("busto.setup_render", icon="RENDER_STILL")
         else:
             layout.label(text=f"Engine: {K.ENGINE_LABEL}", icon="CHECKMARK")
+        layout.label(text="Add camera:")
         row = layout.row(align=True)
-        row.operator("busto.add_camera", text="Portrait Camera", icon="CAMERA_DATA").kind = "PORTRAIT"
-        row.operator("busto.add_camera", text="Face Camera", icon="VIEW_CAMERA").kind = "FACE"
+        row.operator("busto.add_camera", text="Portrait", icon="CAMERA_DATA").kind = "PORTRAIT"
+        row.operator("busto.add_camera", text="Face", icon="VIEW_CAMERA").kind = "FACE"
         if sc.camera is None:
             layout.label(text="No scene camera", icon="ERROR")
         rig = scene.active_rig(context)
@@ -206,9 +230,9 @@ class BUSTO_PT_render(_BustoPanel, bpy.types.Panel):
         if rig is not None and rig.busto.face_preview is not None:
             rig.busto.face_preview.preview_ensure()
             box.template_icon(icon_value=rig.busto.face_preview.preview.icon_id, scale=6.0)
-        row = layout.row(align=True)
-        row.operator("render.render", text="Render Frame", icon="RENDER_STILL")
-        row.operator("render.render", text="Render Animation", icon="RENDER_ANIMATION").animation = True
+        col = layout.column(align=True)  # side by side, "Render Anim…" at the default width
+        col.operator("render.render", text="Render Frame", icon="RENDER_STILL")
+        col.operator("render.render", text="Render Animation", icon="RENDER_ANIMATION").animation = True
 
 
 class BUSTO_PT_engine_settings(bpy.types.Panel):

@@ -148,7 +148,7 @@ def test_panels_draw_without_and_with_an_avatar(addon, bpy_module, recorder):
     bpy.context.scene.busto.checkpoint = ""
     texts = _draw_all(bpy, recorder)["BUSTO_PT_model"].texts()
     shipped = addon.backend.shipped_checkpoint(addon.backend.Settings())
-    assert any(("Using the model shipped" if shipped else "no model shipped") in t for t in texts), texts
+    assert any(("Using the shipped model" if shipped else "No model shipped") in t for t in texts), texts
     assert "busto.sample_avatar" in layouts["BUSTO_PT_avatar"].operators()
     assert "No avatar yet" in layouts["BUSTO_PT_avatar"].texts()
     assert "busto.setup_render" in layouts["BUSTO_PT_render"].operators()
