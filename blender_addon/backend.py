@@ -49,7 +49,7 @@ class WorkerTimeout(BackendError):
 #: seconds the worker-process backend waits for a reply to each kind of request (defaults; load, sample/render and
 #: extract are set in the preferences): a stuck worker, or a hung farm render, fails with a clear message instead
 DEFAULT_TIMEOUTS = {"hello": 60.0, "load": 600.0, "sample": 300.0, "render": 300.0, "extract": 1800.0,
-                    "release": 60.0, "shutdown": 10.0}
+                    "invert": 3600.0, "release": 60.0, "shutdown": 10.0}
 #: how often a waiting request checks the cancel flag and the clock
 POLL_SECONDS = 0.1
 
@@ -436,12 +436,14 @@ def render_frames(settings: Settings, spec: AvatarSpec, pose, expression, cam2wo
 
 def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int, colors: bool,
             level: float | str = 0.5,
-            morphs: int = 0, progress: Progress = _noop, should_stop=None) -> dict:
-    """Mesh + rig (+ morphs) of an avatar. Results are cached in ``settings.cache_dir/meshes`` (keyed by the
+            morphs: int = 0, progress: Progress = _noop, should_stop=None, texture: int = 1024) -> dict:
+    """Mesh + rig (+ morphs) of an avatar; with ``colors`` also a ``texture``² colour texture baked from the neural
+    renderer (per-corner ``loop_uvs``; 0 = vertex colours only). Results are cached in ``settings.cache_dir/meshes`` (keyed by the
     checkpoint file's path, size and modification time, the avatar and the options), so extracting the same avatar
     again, e.g. after reopening a .blend, is instant."""
     params = {"avatar": spec.to_json(), "resolution": int(resolution), "decimate": int(decimate),
-              "colors": bool(colors), "level": level if level == "auto" else float(level), "morphs": int(morphs)}
+              "colors": bool(colors), "level": level if level == "auto" else float(level), "morphs": int(morphs),
+              "texture": int(texture) if colors else 0}
     path = _mesh_cache_path(settings, params)
     if path is not None and os.path.isfile(path):
         try:
@@ -452,6 +454,18 @@ def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int
     if path is not None:
         _save_cached(path, out)
     return out
+
+
+def invert(settings: Settings, out: str, photo: str | None = None, prepared: str | None = None, index: int = 0,
+           latent_steps: int = 40, tune_steps: int = 30, sr_steps: int = 30, candidates: int = 8, glb: bool = False,
+           progress: Progress = _noop, should_stop=None) -> dict:
+    """An avatar of the person in ``photo`` (or record ``index`` of a ``prepared`` dataset folder), inverted into
+    the settings' model and written to ``out`` (the worker's ``invert``): ``checkpoint``, ``body_shape``,
+    ``reconstruction``, ``timings``... Load ``checkpoint`` (seed 0 and ``body_shape``) to use the avatar."""
+    params = {"out": str(out), "index": int(index), "latent_steps": int(latent_steps), "tune_steps": int(tune_steps),
+              "sr_steps": int(sr_steps), "candidates": int(candidates), "glb": bool(glb)}
+    params.update({"photo": str(photo)} if photo else {"prepared": str(prepared)})
+    return get_backend(settings).request("invert", None, progress, should_stop, **params)
 
 
 def _mesh_cache_path(settings: Settings, params: dict) -> str | None:

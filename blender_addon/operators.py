@@ -112,6 +112,125 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
                               + mode_note)
 
 
+#: image files the photo browser shows
+PHOTO_GLOB = "*.jpg;*.jpeg;*.png;*.webp;*.bmp;*.tif;*.tiff"
+
+
+def photo_output_dir(cache_dir: str, photo: str) -> str:
+    """The default folder of a photo's avatar: ``<cache>/photo_avatars/<photo name>-<hash of its path and
+    modification time>`` (a changed photo gets a new folder; the same photo inverted again reuses it)."""
+    import hashlib
+
+    try:
+        mtime = os.stat(photo).st_mtime_ns
+    except OSError:
+        mtime = 0
+    digest = hashlib.sha1(f"{os.path.abspath(photo)}|{mtime}".encode()).hexdigest()[:10]
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.path.splitext(os.path.basename(photo))[0])
+    return os.path.join(cache_dir or os.path.expanduser("~"), "photo_avatars", f"{stem[:40] or 'photo'}-{digest}")
+
+
+class BUSTO_OT_avatar_from_photo(BackgroundJobOperator, bpy.types.Operator):
+    """Make an avatar of the person in a photo: the worker prepares the photo, inverts it into the model and tunes
+    the model on it (minutes on a CPU), then the avatar is loaded with its rig and mesh, ready to keyframe"""
+
+    bl_idname = "busto.avatar_from_photo"
+    bl_label = "Avatar from Photo"
+    bl_options = {"REGISTER", "UNDO"}
+    job_label = "Avatar from photo"
+
+    filepath: StringProperty(name="Photo", subtype="FILE_PATH", description="Portrait photo of one person")
+    filter_glob: StringProperty(default=PHOTO_GLOB, options={"HIDDEN"})
+    prepared: StringProperty(name="Prepared folder", subtype="DIR_PATH", default="", options={"SKIP_SAVE"},
+                             description="A prepared dataset folder (labels.json + images) instead of a photo")
+    index: IntProperty(name="Record", default=0, min=0, description="Record of the prepared folder")
+    output_dir: StringProperty(name="Output folder", subtype="DIR_PATH", default="",
+                               description="Where the avatar checkpoint, sheet and report go (empty: a folder per "
+                                           "photo under the Busto cache folder)")
+    latent_steps: IntProperty(name="Latent steps", default=40, min=0, max=5000)
+    tune_steps: IntProperty(name="Tuning steps", default=30, min=0, max=5000)
+    sr_steps: IntProperty(name="Super-resolution steps", default=30, min=0, max=5000)
+    candidates: IntProperty(name="Starting codes", default=8, min=1, max=64)
+    extract: BoolProperty(name="Extract mesh", default=True,
+                          description="Extract, colour and bind the mesh (with the Geometry panel's settings)")
+
+    def invoke(self, context, event):
+        if not self.filepath and not self.prepared and not bpy.app.background and context.window is not None:
+            context.window_manager.fileselect_add(self)
+            return {"RUNNING_MODAL"}
+        return BackgroundJobOperator.invoke(self, context, event)
+
+    def execute(self, context):
+        # after the file browser Blender calls execute: run as a background job with progress and Esc to cancel
+        if not bpy.app.background and context.window is not None:
+            return BackgroundJobOperator.invoke(self, context, None)
+        return BackgroundJobOperator.execute(self, context)
+
+    def prepare(self, context):
+        settings = _settings(context)
+        photo = bpy.path.abspath(self.filepath) if self.filepath else ""
+        prepared = bpy.path.abspath(self.prepared) if self.prepared else ""
+        if not photo and not prepared:
+            self.report({"ERROR"}, "Avatar from photo: choose a photo")
+            return None
+        source = photo or prepared
+        if not os.path.exists(source):
+            self.report({"ERROR"}, f"Avatar from photo: {source}: no such file")
+            return None
+        out = bpy.path.abspath(self.output_dir) if self.output_dir else photo_output_dir(settings.cache_dir, source)
+        sp = context.scene.busto
+        return {"settings": settings, "photo": photo or None, "prepared": prepared or None, "index": self.index,
+                "out": out, "steps": (self.latent_steps, self.tune_steps, self.sr_steps), "candidates": self.candidates,
+                "extract": self.extract, "super_resolve": sp.super_resolve, "resolution": sp.mesh_resolution,
+                "decimate": sp.mesh_decimate, "colors": sp.mesh_colors,
+                "level": "auto" if sp.mesh_auto_level else sp.mesh_level, "morphs": sp.mesh_morphs,
+                "name": os.path.splitext(os.path.basename(source.rstrip("/\\")))[0] or "photo"}
+
+    def work(self, job, state):
+        import dataclasses
+
+        def part(lo: float, hi: float):
+            return lambda x, label="": job.report_progress(lo + (hi - lo) * float(x), label)
+
+        backend.load(state["settings"], part(0.0, 0.02), job.should_stop)
+        latent, tune, sr = state["steps"]
+        result = backend.invert(state["settings"], state["out"], photo=state["photo"], prepared=state["prepared"],
+                                index=state["index"], latent_steps=latent, tune_steps=tune, sr_steps=sr,
+                                candidates=state["candidates"], progress=part(0.02, 0.8), should_stop=job.should_stop)
+        settings = dataclasses.replace(state["settings"], checkpoint=str(result["checkpoint"]))
+        info = backend.load(settings, part(0.8, 0.82), job.should_stop)
+        spec = backend.AvatarSpec(seed=0, truncation=0.7, body_shape=tuple(min(5.0, max(-5.0, float(x))) for x in result["body_shape"]),
+                                  super_resolve=state["super_resolve"])
+        sample = backend.sample(settings, spec, [math.pi / 2], 128, part(0.82, 0.86), job.should_stop)
+        mesh = None
+        if state["extract"]:
+            mesh = backend.extract(settings, spec, state["resolution"], state["decimate"], state["colors"],
+                                   state["level"], state["morphs"], part(0.86, 1.0), job.should_stop)
+        return {"result": result, "info": info, "spec": spec, "sample": sample, "mesh": mesh,
+                "checkpoint": settings.checkpoint}
+
+    def finish(self, context, state, out):
+        _store_info(context, out["info"])
+        spec, result = out["spec"], out["result"]
+        rig = scene.create_rig(context, f"Busto photo {state['name']}", out["sample"]["joint_positions"])
+        p = rig.busto
+        p.seed, p.truncation, p.full_360 = spec.seed, spec.truncation, False
+        p.body_shape = spec.body_shape
+        p.checkpoint = out["checkpoint"]
+        for o in context.view_layer.objects:
+            o.select_set(False)
+        rig.select_set(True)
+        context.view_layer.objects.active = rig
+        p.preview = _preview_image(f"{rig.name} preview", out["sample"]["preview"])
+        if out["mesh"] is not None:
+            p.mesh = scene.create_mesh(context, rig, f"{rig.name} mesh", out["mesh"], state["colors"])
+        rec = result.get("reconstruction", {})
+        self.report({"INFO"}, f"Busto: {rig.name} from {state['photo'] or state['prepared']}: PSNR "
+                              f"{rec.get('psnr_matte', float('nan')):.1f} dB inside the matte, "
+                              f"{rec.get('psnr_face_region', float('nan')):.1f} dB face region; checkpoint "
+                              f"{out['checkpoint']}")
+
+
 def _preview_image(name: str, previews: np.ndarray, pack: bool = True):
     """Side-by-side previews [n, S, S, 4] (sRGB, top-down) -> a packed Blender image (saved in the .blend)."""
     tiles = np.asarray(previews, dtype=np.float32)
@@ -482,7 +601,7 @@ class BUSTO_OT_setup_render(bpy.types.Operator):
 
 
 CLASSES = (
-    BUSTO_OT_load_model, BUSTO_OT_sample_avatar, BUSTO_OT_remove_avatar, BUSTO_OT_extract_mesh, BUSTO_OT_reset_pose,
+    BUSTO_OT_load_model, BUSTO_OT_sample_avatar, BUSTO_OT_avatar_from_photo, BUSTO_OT_remove_avatar, BUSTO_OT_extract_mesh, BUSTO_OT_reset_pose,
     BUSTO_OT_import_keyframes, BUSTO_OT_export_keyframes, BUSTO_OT_animation_preset, BUSTO_OT_add_camera,
     BUSTO_OT_face_preview, BUSTO_OT_setup_render,
 )

@@ -99,6 +99,7 @@ class BUSTO_PT_avatar(_BustoPanel, bpy.types.Panel):
         if not _job_row(layout, context):
             op = layout.operator("busto.sample_avatar", text="Sample New Avatar", icon="USER")
             op.new_avatar = True
+            layout.operator("busto.avatar_from_photo", text="Avatar from Photo...", icon="IMAGE_DATA")
         rig = scene.active_rig(context)
         if rig is None:
             layout.label(text="No avatar yet", icon="INFO")

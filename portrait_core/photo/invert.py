@@ -226,7 +226,7 @@ def target_from_dataset(root: str | os.PathLike, index: int = 0, resolution: int
 def target_from_prepared(prepared, where: str = "photo") -> Target:
     """A :class:`portrait_core.photo.prepare.PreparedPhoto` (aligned portrait [H, W, 3] in 0..1, matte [H, W],
     face crop, label record) as a :class:`Target`."""
-    image = np.asarray(_attr(prepared, ("image", "portrait")), np.float32)
+    image = np.asarray(_attr(prepared, ("photo", "image", "portrait")), np.float32)  # before compositing
     matte = np.asarray(_attr(prepared, ("matte", "mask")), np.float32)
     face = _attr(prepared, ("face", "face_crop"), required=False)
     record = _attr(prepared, ("record", "labels", "label"))
