@@ -158,7 +158,11 @@ def create_mesh(context, rig, name: str, data: dict, colors: bool = True):
         attr = me.color_attributes.new("Col", "FLOAT_COLOR", "POINT")
         attr.data.foreach_set("color", rgba.ravel())
         me.color_attributes.active_color = attr
-        me.materials.append(_vertex_color_material())
+        textured = data.get("loop_uvs") is not None and data.get("texture") is not None
+        if textured and len(data["loop_uvs"]) == len(f):
+            _texture(me, name, np.asarray(data["loop_uvs"], np.float32), np.asarray(data["texture"], np.uint8))
+        else:
+            me.materials.append(_vertex_color_material())
     for poly in me.polygons:
         poly.use_smooth = True
     ob = bpy.data.objects.new(name, me)
@@ -180,7 +184,7 @@ def _expression_shape_keys(ob, rig, rest: np.ndarray, data: dict) -> None:
     slider_of = {index: name for name, index in K.EXPRESSION_SLIDERS.items()}
     for name, comp, delta in zip(data["morph_names"], data["morph_components"], data["morphs"]):
         comp = int(comp)
-        kb = ob.shape_key_add(name=f"expr {name}", from_mix=False)
+        kb = ob.shape_key_add(name=str(name), from_mix=False)  # the glTF morph target name (export's too)
         kb.data.foreach_set("co", (rest + convert.smpl_to_blender_points(delta)).astype(np.float32).ravel())
         kb.slider_min, kb.slider_max = -10.0, 10.0
         drv = kb.driver_add("value").driver
@@ -199,6 +203,31 @@ def _expression_shape_keys(ob, rig, rest: np.ndarray, data: dict) -> None:
             s.targets[0].data_path = f"busto.exp_{slider_of[comp]}"
             expr = "(e + s)"
         drv.expression = f"{expr} / {scale!r}"
+
+
+def _texture(me, name: str, loop_uvs: np.ndarray, texture: np.ndarray) -> None:
+    """UV map from per-corner UVs [F,3,2] (glTF convention, v down) and a material showing the baked sRGB texture
+    [S,S,3] (packed into the .blend; Workbench 'Texture' colour and EEVEE/Cycles show it)."""
+    uv = me.uv_layers.new(name="UVMap")
+    flipped = loop_uvs.reshape(-1, 2).copy()
+    flipped[:, 1] = 1.0 - flipped[:, 1]  # Blender's v points up
+    uv.data.foreach_set("uv", flipped.ravel())
+    h, w = texture.shape[:2]
+    img = bpy.data.images.new(f"{name} texture", w, h, alpha=False)
+    rgba = np.concatenate([texture[::-1].astype(np.float32) / 255.0, np.ones((h, w, 1), np.float32)], axis=-1)
+    img.pixels.foreach_set(rgba.ravel())  # Blender images are bottom-up; byte images hold sRGB values
+    img.pack()
+    mat = bpy.data.materials.new(f"{name} texture")
+    if mat.node_tree is None:  # Blender < 5.0 creates materials without nodes
+        mat.use_nodes = True
+    nt = mat.node_tree
+    bsdf = next(n for n in nt.nodes if n.type == "BSDF_PRINCIPLED")
+    tex = nt.nodes.new("ShaderNodeTexImage")
+    tex.image = img
+    nt.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    nt.nodes.active = tex
+    bsdf.inputs["Roughness"].default_value = 0.7
+    me.materials.append(mat)
 
 
 def _vertex_color_material():

@@ -628,16 +628,12 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
             old.unlink(missing_ok=True)
         bpy.ops.wm.save_as_mainfile(filepath=str(blend), compress=True, relative_remap=False)
         glb = out / "avatar.glb"
-        for o in bpy.context.view_layer.objects:
-            o.select_set(o in (rig, mesh))
-        bpy.context.view_layer.objects.active = rig
-        r = bpy.ops.export_scene.gltf(
-            filepath=str(glb), export_format="GLB", use_selection=True, export_animations=True,
-            export_skins=True, export_morph=True, export_morph_animation=True, export_vertex_color="ACTIVE",
-            export_cameras=False, export_lights=False, export_yup=True, export_apply=False,
-            export_frame_range=True, export_force_sampling=True)
-        if r != {"FINISHED"} or not glb.is_file():
-            raise DemoError(f"glTF export returned {sorted(r)}")
+        from blender_addon.export import export_gltf
+
+        try:
+            export_gltf(bpy, rig, mesh, glb)
+        except RuntimeError as exc:
+            raise DemoError(str(exc)) from exc
         s.detail = f"demo.blend {_human(blend.stat().st_size)}, avatar.glb {_human(glb.stat().st_size)}"
     report.files["demo.blend"] = "the scene: rig, mesh, keyframes, camera, Busto Neural settings"
     report.files["avatar.glb"] = "rig + skinned mesh + expression shape keys + animation (glTF 2.0)"
@@ -744,7 +740,10 @@ def _compare(bpy, sc, out: Path, mesh_frames: list[int], neural_frames: list[int
         img.color_mode = "RGBA"
         sc.render.film_transparent = True
         sc.render.engine = "BLENDER_WORKBENCH"  # mesh: vertex colours, studio light
-        shading.light, shading.color_type = "STUDIO", "VERTEX"
+        # the baked texture, unlit (it holds the neural renderer's shading); vertex colours under studio light
+        # for a mesh extracted without a texture
+        textured = any(o.type == "MESH" and o.data.uv_layers for o in sc.objects)
+        shading.light, shading.color_type = ("FLAT", "TEXTURE") if textured else ("STUDIO", "VERTEX")
         shading.show_cavity = False
         for f in sorted(set(mesh_frames) | set(neural_frames)):
             sc.frame_set(f)

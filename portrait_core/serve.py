@@ -76,6 +76,8 @@ MAX_FRAMES = 256
 #: ``extract`` grid resolution (nodes along the longest side; the add-on offers 16-512) and expression morphs
 MIN_EXTRACT_RESOLUTION = 16
 MAX_EXTRACT_RESOLUTION = 512
+#: ``extract``: largest baked texture (texels per side; a power of two)
+MAX_TEXTURE = 4096
 MAX_MORPHS = 64
 #: ``extract`` decimation target (faces; 0 keeps every face)
 MAX_DECIMATE = 1 << 31
@@ -358,6 +360,10 @@ def validate_request(op, params, arrays) -> dict:
         level = params.get("level")
         out["level"] = level if level is None or level == "auto" else _real(op, "level", level)
         out["morphs"] = _int(op, "morphs", _or0(params.get("morphs")), 0, MAX_MORPHS)
+        texture = _int(op, "texture", _or0(params.get("texture")), 0, MAX_TEXTURE)
+        if texture and (texture < 16 or texture & (texture - 1)):
+            raise ServeError(f"extract: texture must be 0 or a power of two from 16 to {MAX_TEXTURE}, got {texture}")
+        out["texture"] = texture
     elif op == "invert":
         for key in ("photo", "prepared", "out"):
             value = params.get(key)

@@ -20,6 +20,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from portrait_core.export.extract import SMOOTH_ITERATIONS
+from portrait_core.export.pipeline import DEFAULT_KEY_INTERVAL, DEFAULT_TEXTURE_SIZE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,8 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--morph-scale", type=float, default=2.0, help="expression amplitude of a morph at weight 1")
     p.add_argument("--keyframes", type=Path, nargs="*", default=[], metavar="DIR_OR_JSON",
                    help="keyframe sources; one glTF animation each")
-    p.add_argument("--key-interval", type=int, default=15,
-                   help="frames between evenly spaced keyframes (sources without frame numbers)")
+    p.add_argument("--key-interval", type=int, default=DEFAULT_KEY_INTERVAL,
+                   help=f"frames between evenly spaced keyframes (sources without frame numbers; "
+                        f"{DEFAULT_KEY_INTERVAL}, as `video --key-interval`)")
+    p.add_argument("--texture", type=int, default=DEFAULT_TEXTURE_SIZE, metavar="TEXELS",
+                   help=f".glb: baked colour texture size, a power of two ({DEFAULT_TEXTURE_SIZE}); 0 = vertex colours")
+    p.add_argument("--smooth", type=int, default=SMOOTH_ITERATIONS, metavar="N",
+                   help=f"Taubin smoothing iterations of the surface ({SMOOTH_ITERATIONS}; 0 = raw marching cubes)")
     p.add_argument("--fps", type=float, default=None, help="animation frame rate (default: the source's, else 30)")
     p.add_argument("--pose", type=float, nargs=18, default=None, metavar="AA",
                    help="static exports (.obj/.ply): pose code, 6 joints x 3 axis-angle")
@@ -107,13 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if suffix != ".glb" and args.pose is not None:
             mesh = extract_mesh(avatar, args.resolution, pose=torch.tensor(args.pose).reshape(6, 3),
-                                decimate=args.decimate, level=level)
+                                decimate=args.decimate, level=level, smooth=args.smooth)
             write_mesh(args.out, mesh)
-            summary = {"vertices": mesh.num_vertices, "faces": mesh.num_faces, "timings": mesh.info}
+            summary: dict[str, Any] = {"vertices": mesh.num_vertices, "faces": mesh.num_faces, "timings": mesh.info}
         else:
             res = export_avatar(avatar, args.out, resolution=args.resolution, morphs=_morphs(args.morphs),
                                 morph_scale=args.morph_scale, keyframes=args.keyframes,
-                                key_interval=args.key_interval, fps=args.fps, decimate=args.decimate, level=level)
+                                key_interval=args.key_interval, fps=args.fps, decimate=args.decimate, level=level,
+                                texture=args.texture or None, smooth=args.smooth)
             summary = {"vertices": res.mesh.num_vertices, "faces": res.mesh.num_faces,
                        "joints": 0 if res.rig is None else res.rig.num_joints, "morphs": list(res.morphs),
                        "animations": [a.name for a in res.animations], "timings": res.timings}

@@ -35,6 +35,9 @@ class Mesh:
 
     vertices [V,3] float32; faces [F,3] uint32 with counter-clockwise winding seen from outside (outward normals);
     normals [V,3] float32 unit outward vertex normals; colors [V,3] float32 sRGB in [0,1] or None.
+    A textured mesh also has ``uvs`` [V,2] float32 (glTF convention: v down from the image's top), ``texture``
+    uint8 [S,S,3] sRGB and ``weld`` [V] int64: vertices split along UV seams share a weld id (the index of the
+    vertex in the unsplit surface), so normals, skin-weight smoothing and morphs treat the surface as one piece.
     ``info`` holds timings (seconds) and counts from extraction.
     """
 
@@ -43,6 +46,9 @@ class Mesh:
     normals: np.ndarray
     colors: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    uvs: np.ndarray | None = None
+    texture: np.ndarray | None = None
+    weld: np.ndarray | None = None
 
     @property
     def num_vertices(self) -> int:
@@ -74,7 +80,37 @@ class Mesh:
     def with_vertices(self, vertices: np.ndarray) -> Mesh:
         """Same topology and colours, new positions (normals recomputed)."""
         vertices = np.ascontiguousarray(vertices, dtype=np.float32)
-        return replace(self, vertices=vertices, normals=vertex_normals(vertices, self.faces), info=dict(self.info))
+        return replace(self, vertices=vertices, normals=vertex_normals(vertices, self.faces, self.weld),
+                       info=dict(self.info))
+
+    def welded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(vertices [W,3], faces [F,3]) of the surface with UV-seam duplicates merged (``weld`` ids); the
+        mesh itself when it has no seams."""
+        if self.weld is None:
+            return self.vertices, self.faces
+        v = np.zeros((int(self.weld.max()) + 1, 3), self.vertices.dtype)
+        v[self.weld] = self.vertices
+        return v, self.weld[np.asarray(self.faces, np.int64)].astype(np.uint32)
+
+    def unsplit(self) -> tuple[Mesh, np.ndarray | None]:
+        """(the welded mesh with per-vertex arrays of the first split copy, per-corner UVs [F,3,2] or None): the
+        form of tools that store UVs per face corner (Blender)."""
+        if self.weld is None:
+            return self, None
+        v, f = self.welded()
+        first = np.zeros(len(v), np.int64)
+        first[self.weld[::-1]] = np.arange(len(self.weld))[::-1]
+        mesh = Mesh(v, f, self.normals[first], None if self.colors is None else self.colors[first], dict(self.info))
+        loop_uvs = None if self.uvs is None else self.uvs[np.asarray(self.faces, np.int64)]
+        return mesh, loop_uvs
+
+    def split(self, vmap: np.ndarray, faces: np.ndarray, uvs: np.ndarray, texture: np.ndarray) -> Mesh:
+        """The textured mesh of a UV layout: vertex ``i`` copies vertex ``vmap[i]`` of this (unsplit) mesh."""
+        vmap = np.asarray(vmap, np.int64)
+        weld = vmap if self.weld is None else self.weld[vmap]
+        return Mesh(self.vertices[vmap], np.asarray(faces, np.uint32), self.normals[vmap],
+                    None if self.colors is None else self.colors[vmap], dict(self.info),
+                    np.asarray(uvs, np.float32), np.asarray(texture, np.uint8), weld)
 
 
 # --- grids ------------------------------------------------------------------------------------------------------
@@ -230,11 +266,20 @@ def evaluate_grid_sparse(
 
 # --- marching cubes and clean-up ---------------------------------------------------------------------------------
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals [V,3] float32 (outward for counter-clockwise-from-outside faces)."""
+def vertex_normals(vertices: np.ndarray, faces: np.ndarray, weld: np.ndarray | None = None) -> np.ndarray:
+    """Area-weighted unit vertex normals [V,3] float32 (outward for counter-clockwise-from-outside faces).
+    With ``weld`` [V] (ids shared by vertices split along UV seams) split copies get the same normal."""
     v = vertices.astype(np.float64)
     f = faces.astype(np.int64)
     fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
+    if weld is not None:
+        weld = np.asarray(weld, np.int64)
+        nw = np.zeros((int(weld.max()) + 1, 3))
+        for c in range(3):
+            _scatter_add(nw, weld[f[:, c]], fn)
+        n = nw[weld]
+        norm = np.linalg.norm(n, axis=1, keepdims=True)
+        return np.where(norm > 0, n / np.maximum(norm, 1e-30), np.array([0.0, 1.0, 0.0])).astype(np.float32)
     n = np.zeros_like(v)
     for c in range(3):
         _scatter_add(n, f[:, c], fn)
@@ -305,6 +350,19 @@ def clean_mesh(
     return v, f
 
 
+def taubin_smooth(vertices: np.ndarray, faces: np.ndarray, iterations: int, lamb: float = 0.5,
+                  mu: float = -0.53) -> np.ndarray:
+    """Taubin λ|μ smoothing (uniform one-ring Laplacian, ``iterations`` pairs of steps); returns new vertices."""
+    from portrait_core.export.rig import mesh_adjacency
+
+    A = mesh_adjacency(faces, len(vertices))
+    v = np.asarray(vertices, np.float64).copy()
+    for _ in range(int(iterations)):
+        v = v + lamb * (A @ v - v)
+        v = v + mu * (A @ v - v)
+    return v
+
+
 def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, face_count: int) -> tuple[np.ndarray, np.ndarray]:
     """Quadric decimation to about ``face_count`` faces (trimesh + fast-simplification); no-op if already smaller."""
     import trimesh
@@ -352,6 +410,8 @@ def extract_mesh_from_field(
     sparse: bool | None = None,
     chunk_size: int = 1 << 18,
     device: str | torch.device = "cpu",
+    smooth: int = 0,
+    grid_sigma: float = 0.0,
 ) -> Mesh:
     """Field -> cleaned, optionally decimated and coloured mesh (metres, outward normals, uint32 faces).
 
@@ -359,6 +419,9 @@ def extract_mesh_from_field(
     ``close_boundary`` marks the outermost grid nodes as outside so a body cut by the box is capped (watertight).
     An int ``resolution`` is the node count along the longest side of the box (cubic voxels); 3 ints are per axis.
     ``sparse`` (default: longest side >= 128 nodes) evaluates densely only near the surface (see ``evaluate_grid_sparse``).
+    ``grid_sigma``: Gaussian blur of the grid values (in voxels) before marching cubes (0 = none).
+    ``smooth``: Taubin smoothing iterations (λ = 0.5, μ = -0.53: removes the marching-cubes staircase and field
+    noise without shrinking the surface) after clean-up, before decimation.
     Raises :class:`EmptyFieldError` when there is no surface (field all outside, all inside, or only tiny bits).
     """
     t0 = time.perf_counter()
@@ -384,6 +447,10 @@ def extract_mesh_from_field(
             f"the field is at or above level {level:g} everywhere in the box {np.asarray(bounds).tolist()}: no "
             f"surface inside it (min value {float(interior.min()):.4g}); enlarge the bounds or check the level"
         )
+    if grid_sigma > 0:
+        from scipy.ndimage import gaussian_filter
+
+        grid = gaussian_filter(grid, float(grid_sigma), mode="nearest")
     if close_boundary:
         outside = min(float(grid.min()), level) - 1.0
         grid[[0, -1]] = outside
@@ -394,6 +461,8 @@ def extract_mesh_from_field(
     n_raw = len(faces)
     verts, faces = clean_mesh(verts, faces, min_component_fraction=min_component_fraction,
                               max_components=max_components)
+    if smooth > 0:
+        verts = taubin_smooth(verts, faces, int(smooth))
     if decimate is not None:
         verts, faces = decimate_mesh(verts, faces, int(decimate))
     t3 = time.perf_counter()
@@ -412,6 +481,10 @@ def extract_mesh_from_field(
 
 # --- avatars -----------------------------------------------------------------------------------------------------
 
+#: Taubin smoothing iterations of avatar meshes, and the Gaussian blur (voxels) of their occupancy grid before
+#: marching cubes (see docs/export.md, "Surface").
+SMOOTH_ITERATIONS = 10
+GRID_SIGMA = 1.0
 #: Occupancy threshold of ``Avatar.density_field`` (accumulated opacity in [0, 1]).
 AVATAR_LEVEL = 0.5
 
@@ -504,6 +577,10 @@ def extract_mesh(
     color_samples: int | None = 4,
     max_body_distance: float | None = MAX_BODY_DISTANCE,
     max_body_distance_behind: float | None = MAX_BODY_DISTANCE_BEHIND,
+    smooth: int = SMOOTH_ITERATIONS,
+    grid_sigma: float = GRID_SIGMA,
+    texture: int | None = None,
+    texture_views: Sequence[tuple[float, float]] | None = None,
     **kw,
 ) -> Mesh:
     """Mesh of an ``Avatar`` (portrait_core.generator) in metres, outward normals, sRGB vertex colours.
@@ -524,6 +601,11 @@ def extract_mesh(
     ``max_body_distance``: occupancy farther than this (metres, canonical) from the avatar's canonical body surface
     is removed (:func:`body_distance_mask`), and farther than ``max_body_distance_behind`` behind it (None: the same
     limit all round); ``max_body_distance=None`` keeps everything.
+    ``smooth``, ``grid_sigma``: Taubin smoothing iterations of the surface and Gaussian blur (voxels) of the
+    occupancy grid before marching cubes (see :func:`extract_mesh_from_field`).
+    ``texture``: a texture size (power of two, e.g. 1024) UV-unwraps the canonical mesh and bakes a colour texture
+    from the avatar's neural renders (``portrait_core.export.texture.bake_texture``, ``texture_views`` (yaw, pitch)
+    camera offsets); the result is split along UV seams (``Mesh.uvs``, ``texture``, ``weld``).
     Other keyword arguments go to :func:`extract_mesh_from_field`.
     """
     if posed_from not in ("lbs", "field"):
@@ -560,9 +642,19 @@ def extract_mesh(
         return avatar.color_field(p, n, **color_kw)
 
     mesh = extract_mesh_from_field(density, bounds, resolution, level, color_fn=color if colors else None,
-                                   decimate=decimate, **kw)
+                                   decimate=decimate, smooth=smooth, grid_sigma=grid_sigma, **kw)
     mesh.info.update({"pose": None if pose_t is None else pose_t.tolist(),
-                      "expression": None if expr_t is None else expr_t.tolist(), "posed_from": posed_from})
+                      "expression": None if expr_t is None else expr_t.tolist(), "posed_from": posed_from,
+                      "smooth": int(smooth), "grid_sigma": float(grid_sigma)})
+    if texture is not None and not from_field:
+        from portrait_core.export.texture import DEFAULT_VIEWS, bake_texture, check_texture_size
+
+        layout, image, tinfo = bake_texture(avatar, mesh.vertices, mesh.faces, mesh.normals, mesh.colors,
+                                            size=check_texture_size(texture),
+                                            views=DEFAULT_VIEWS if texture_views is None else texture_views)
+        mesh = mesh.split(layout.vmap, layout.faces, layout.uvs, image)
+        mesh.info.update({"texture": tinfo, "vertices": mesh.num_vertices})
+        mesh.info["t_texture"] = sum(v for k, v in tinfo.items() if k.startswith("t_"))
     if from_field or (pose_t is None and expr_t is None):
         return mesh
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ are written unchanged (the canonical neck joint J12 is the scene origin). Import
 
 What the file holds (see docs/export.md):
 - one mesh: POSITION (float32, min/max), NORMAL, COLOR_0 (float32 RGBA, **linear**; the mesh's sRGB colours are
-  decoded), uint32 indices; with a rig also JOINTS_0 (uint16 VEC4) and WEIGHTS_0 (float32 VEC4, rows sum to 1);
+  decoded) — or, for a textured mesh, TEXCOORD_0 and a PNG ``baseColorTexture`` (sRGB) instead — uint32 indices; with a rig also JOINTS_0 (uint16 VEC4) and WEIGHTS_0 (float32 VEC4, rows sum to 1);
   morph targets (POSITION deltas, metres) named in ``mesh.extras.targetNames``; default weights 0;
 - a skin whose joints are nodes named after SMPL joints, parented as in SMPL, with local translations (rest pose =
   canonical pose, identity rotations) and column-major inverse bind matrices;
@@ -124,7 +124,13 @@ def build_gltf(
         POSITION=b.add(verts, _FLOAT, "VEC3", target=_ARRAY_BUFFER, minmax=True),
         NORMAL=b.add(np.asarray(mesh.normals, np.float32), _FLOAT, "VEC3", target=_ARRAY_BUFFER),
     )
-    if mesh.colors is not None:
+    textured = mesh.uvs is not None and mesh.texture is not None
+    if textured:
+        uvs = np.asarray(mesh.uvs, np.float32)
+        if uvs.shape != (V, 2):
+            raise ValueError(f"mesh uvs must be [{V},2], got {uvs.shape}")
+        attrs.TEXCOORD_0 = b.add(uvs, _FLOAT, "VEC2", target=_ARRAY_BUFFER)
+    elif mesh.colors is not None:  # a texture replaces the vertex colours (glTF multiplies COLOR_0 into it)
         rgba = np.ones((V, 4), np.float32)
         rgba[:, :3] = srgb_to_linear(mesh.colors[:, :3])
         attrs.COLOR_0 = b.add(rgba, _FLOAT, "VEC4", target=_ARRAY_BUFFER)
@@ -143,11 +149,22 @@ def build_gltf(
         targets.append({"POSITION": b.add(delta, _FLOAT, "VEC3", target=_ARRAY_BUFFER, minmax=True)})
         names.append(str(mname))
     material = g.Material(
-        name=f"{name}_vertex_colour",
+        name=f"{name}_{'texture' if textured else 'vertex_colour'}",
         pbrMetallicRoughness=g.PbrMetallicRoughness(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0,
                                                      roughnessFactor=0.8),
         doubleSided=False,
     )
+    images, textures, samplers_ = [], [], []
+    if textured:
+        png = _png_bytes(mesh.texture)
+        pad = (-len(b.blob)) % 4
+        b.blob += b"\0" * pad
+        b.views.append(g.BufferView(buffer=0, byteOffset=len(b.blob), byteLength=len(png)))
+        b.blob += png
+        images.append(g.Image(name=f"{name}_baked", bufferView=len(b.views) - 1, mimeType="image/png"))
+        samplers_.append(g.Sampler(magFilter=9729, minFilter=9987, wrapS=33071, wrapT=33071))  # linear, clamp
+        textures.append(g.Texture(sampler=0, source=0))
+        material.pbrMetallicRoughness.baseColorTexture = g.TextureInfo(index=0)
     prim = g.Primitive(attributes=attrs, indices=indices, material=0, mode=4)
     if targets:
         prim.targets = [g.Attributes(**t) for t in targets]
@@ -212,6 +229,9 @@ def build_gltf(
         nodes=nodes,
         meshes=[gmesh],
         materials=[material],
+        images=images,
+        textures=textures,
+        samplers=samplers_,
         skins=skins,
         animations=animations,
         accessors=b.accessors,
@@ -220,11 +240,23 @@ def build_gltf(
     )
     b.blob += b"\0" * ((-len(b.blob)) % 4)
     meta = {"frame": "SMPL canonical: +Y up, +Z forward, +X subject's left, metres, origin = canonical neck J12",
-            "colors": "COLOR_0 linear RGB from sRGB vertex colours"}
+            "colors": ("baseColorTexture (sRGB PNG) baked from the neural renderer, TEXCOORD_0" if textured else
+                       "COLOR_0 linear RGB from sRGB vertex colours")}
     meta.update(extras or {})
     gltf.extras = {"busto": json.loads(json.dumps(meta, default=_json_default))}
     gltf.set_binary_blob(bytes(b.blob))
     return gltf
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """uint8 [H,W,3] sRGB -> PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, np.uint8)).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
 
 
 def _json_default(o):

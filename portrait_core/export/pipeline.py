@@ -18,9 +18,12 @@ from portrait_core.export.extract import AVATAR_LEVEL, Mesh, extract_mesh
 from portrait_core.export.gltf import Animation, write_glb, write_mesh
 from portrait_core.export.rig import MORPH_SCALE, Rig, build_rig, expression_morphs, morph_basis, morph_weights
 
-#: Frames between two evenly spaced keyframes (official folders carry no frame numbers).
-DEFAULT_KEY_INTERVAL = 15
+#: Frames between two evenly spaced keyframes (official folders carry no frame numbers); the same default as
+#: ``python -m portrait_core video --key-interval``, so an exported animation plays at the video's pace.
+DEFAULT_KEY_INTERVAL = 8
 DEFAULT_FPS = 30.0
+#: Baked colour texture size of .glb exports (texels per side).
+DEFAULT_TEXTURE_SIZE = 1024
 
 
 def animation_from_track(track, basis: np.ndarray, *, name: str = "keyframes",
@@ -77,11 +80,13 @@ def export_avatar(
     fps: float | None = None,
     decimate: int | None = None,
     level: float = AVATAR_LEVEL,
+    texture: int | None = DEFAULT_TEXTURE_SIZE,
     **extract_kw,
 ) -> ExportResult:
     """Extract, rig, add expression morphs and keyframe animations, write ``path``.
 
-    ``.glb``: mesh + skin (SMPL upper-body joints of the avatar's betas) + ``morphs`` morph targets + one animation
+    ``.glb``: UV-unwrapped mesh with a ``texture``² colour texture baked from the neural renderer (``None``: vertex
+    colours) + skin (SMPL upper-body joints of the avatar's betas) + ``morphs`` morph targets + one animation
     per keyframe source. ``.obj``/``.ply``: the static canonical mesh with vertex colours only.
     """
     path = Path(path)
@@ -90,9 +95,10 @@ def export_avatar(
         raise ValueError(f"unsupported output {path.name!r}: use .glb, .obj or .ply")
     t = {}
     t0 = time.perf_counter()
-    mesh = extract_mesh(avatar, resolution, decimate=decimate, level=level, **extract_kw)
+    mesh = extract_mesh(avatar, resolution, decimate=decimate, level=level,
+                        texture=texture if suffix == ".glb" else None, **extract_kw)
     t["extract"] = time.perf_counter() - t0
-    for k in ("t_field", "t_mcubes", "t_clean", "t_color"):
+    for k in ("t_field", "t_mcubes", "t_clean", "t_color", "t_texture"):
         t[k[2:]] = float(mesh.info.get(k, 0.0))
     if suffix != ".glb":
         t1 = time.perf_counter()
@@ -122,7 +128,7 @@ def export_avatar(
 def benchmark_export(avatar, resolution: int = 256, *, morphs: int = 8, path: str | os.PathLike | None = None,
                      **kw) -> dict[str, float]:
     """Wall-clock seconds per stage of :func:`export_avatar` to a temporary (or given) ``.glb``: field, mcubes, clean,
-    color, extract, rig, morphs, write, total; ``cpu_total`` (process CPU seconds, all threads: a load-independent
+    color, texture, extract, rig, morphs, write, total; ``cpu_total`` (process CPU seconds, all threads: a load-independent
     figure on a shared machine); vertices/faces/bytes. For ``python -m portrait_core bench``."""
     import tempfile
 

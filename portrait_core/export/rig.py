@@ -13,7 +13,7 @@ then ``Q_j = R(pose_j)``). The skinned result equals the body's canonical→pose
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from portrait_core.geometry.rotations import axis_angle_to_matrix, euler_zyx_to_
 
 #: Influences per vertex in the exported skin (glTF JOINTS_0/WEIGHTS_0 hold 4).
 MAX_INFLUENCES = 4
+#: Head turn / nod (radians) at which build_rig guarantees that no face folds over (fold_test_poses).
+UNFOLD_ANGLE = 0.6
 
 
 @dataclass
@@ -275,6 +277,94 @@ def transfer_weights(
     return joints, weights
 
 
+def _top_influences(W: np.ndarray, max_influences: int = MAX_INFLUENCES, min_weight: float = 1e-3):
+    m = min(max_influences, W.shape[1])
+    top = np.argsort(-W, axis=1)[:, :m]
+    tw = np.take_along_axis(W, top, axis=1).clip(min=0.0)
+    tw = np.where(tw >= min_weight * tw[:, :1], tw, 0.0)
+    tw /= np.maximum(tw.sum(1, keepdims=True), 1e-12)
+    joints = np.zeros((len(W), MAX_INFLUENCES), np.uint16)
+    weights = np.zeros((len(W), MAX_INFLUENCES), np.float32)
+    joints[:, :m] = np.where(tw > 0, top, 0)
+    weights[:, :m] = tw
+    return joints, weights
+
+
+def _dense(joints: np.ndarray, weights: np.ndarray, num_joints: int) -> np.ndarray:
+    W = np.zeros((len(joints), num_joints))
+    np.add.at(W, (np.repeat(np.arange(len(joints)), joints.shape[1]), joints.astype(np.int64).ravel()),
+              weights.astype(np.float64).ravel())
+    return W
+
+
+def folded_faces(rig: Rig, vertices: np.ndarray, faces: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """Faces [F] bool whose normal turns by more than 90° under the rig's LBS at ``pose`` [6,3] (they fold over;
+    a rigid turn below 90° never does that). Degenerate faces are ignored."""
+    f = np.asarray(faces, np.int64)
+
+    def normals(v):
+        t = np.asarray(v, np.float64)[f]
+        return np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+
+    a, b = normals(vertices), normals(rig.pose_mesh(vertices, pose))
+    return ((a * b).sum(1) < 0) & (np.linalg.norm(a, axis=1) > 1e-12)
+
+
+def unfold_weights(rig: Rig, vertices: np.ndarray, faces: np.ndarray, poses, *, rounds: int = 30,
+                   iterations: int = 20, rings: int = 3, max_rings: int = 40) -> tuple[Rig, int]:
+    """Smooth the skin weights where LBS folds the surface over at any of ``poses`` ([6,3] each), until it does
+    not: round r marks the vertices of folded faces and ``min(rings + r, max_rings)`` one-rings around them and applies
+    ``iterations`` of ``W <- ½W + ½·one-ring mean`` there (top-4 truncation after each round). Locally more
+    uniform weights move that part more rigidly, and a rigid turn below 90° cannot fold a face. Returns the weights
+    of the round with the fewest folded faces (the input's when smoothing does not help, e.g. LBS's twist collapse
+    of a coarse neck) and that number."""
+    f = np.asarray(faces, np.int64)
+    v = np.asarray(vertices, np.float64)
+    vh = np.concatenate([v, np.ones((len(v), 1))], 1)
+    A = mesh_adjacency(f, len(v))
+    S = [rig.skin_matrices(rig.local_rotations(p)).reshape(rig.num_joints, 16) for p in poses]
+
+    def face_normals(x):
+        t = x[f]
+        return np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+
+    rest = face_normals(v)
+    valid = np.linalg.norm(rest, axis=1) > 1e-12
+    W = _dense(rig.joints, rig.weights, rig.num_joints)
+    best = (None, rig.joints, rig.weights)
+    for r in range(rounds + 1):
+        bad_faces = np.zeros(len(f), bool)
+        for Sk in S:
+            T = (W @ Sk).reshape(-1, 4, 4)
+            posed = np.einsum("vij,vj->vi", T[:, :3], vh)
+            bad_faces |= ((face_normals(posed) * rest).sum(1) < 0) & valid
+        left = int(bad_faces.sum())
+        if best[0] is None or left < best[0]:
+            best = (left, *_top_influences(W)) if r else (left, rig.joints, rig.weights)
+        if left == 0 or r == rounds:
+            break
+        sel = np.zeros(len(v), bool)
+        sel[f[bad_faces].ravel()] = True
+        for _ in range(min(rings + r, max_rings)):
+            sel |= (A @ sel.astype(np.float64)) > 0
+        for _ in range(iterations):
+            W[sel] = 0.5 * W[sel] + 0.5 * (A @ W)[sel]
+        W = _dense(*_top_influences(W), rig.num_joints)
+    return replace(rig, joints=best[1], weights=best[2]), int(best[0])
+
+
+def fold_test_poses(angle: float = UNFOLD_ANGLE) -> list[np.ndarray]:
+    """Head turns and nods of ``angle`` radians both ways (neck 5/12, head 7/12 of it, as the add-on's TURN preset),
+    the poses :func:`build_rig` keeps free of folded faces."""
+    out = []
+    for axis in (1, 0):
+        for sign in (1.0, -1.0):
+            p = np.zeros((len(POSE_JOINTS), 3))
+            p[0, axis], p[3, axis] = sign * angle * 5 / 12, sign * angle * 7 / 12
+            out.append(p)
+    return out
+
+
 def build_rig_from_arrays(
     mesh_vertices: np.ndarray,
     mesh_faces: np.ndarray,
@@ -284,10 +374,13 @@ def build_rig_from_arrays(
     *,
     joint_ids: Sequence[int] = UPPER_BODY_CHAIN,
     canonical_rotations: np.ndarray | None = None,
+    unfold: bool = True,
     **transfer_kw,
 ) -> Rig:
     """Rig from plain arrays: canonical SMPL joints [24,3], canonical body vertices [Nb,3] (already restricted to
-    the vertices that may donate weights) and their SMPL weights [Nb,24]. Metres, canonical frame."""
+    the vertices that may donate weights) and their SMPL weights [Nb,24]. Metres, canonical frame.
+    ``unfold``: where LBS would fold faces over at ±0.6 rad head turns or nods, smooth the weights there until it
+    does not (:func:`unfold_weights`)."""
     joint_ids = tuple(int(j) for j in joint_ids)
     for j in joint_ids:
         p = SMPL_PARENTS[j]
@@ -303,11 +396,14 @@ def build_rig_from_arrays(
     ibm[:, :3, 3] = -pos
     W = fold_weights(np.asarray(body_lbs_weights, dtype=np.float64), joint_ids)
     joints, weights = transfer_weights(mesh_vertices, mesh_faces, body_vertices, W, **transfer_kw)
-    return Rig(
+    rig = Rig(
         joint_ids=joint_ids, joint_names=tuple(SMPL_JOINT_NAMES[j] for j in joint_ids), parents=parents,
         joint_positions=pos, canonical_rotations=np.asarray(canonical_rotations, dtype=np.float64),
         inverse_bind_matrices=ibm, joints=joints, weights=weights,
     )
+    if unfold and all(j in joint_ids for j in POSE_JOINTS) and len(mesh_faces):
+        rig, _ = unfold_weights(rig, mesh_vertices, mesh_faces, fold_test_poses())
+    return rig
 
 
 @torch.no_grad()
@@ -336,7 +432,13 @@ def build_rig(mesh, body, betas: torch.Tensor | np.ndarray | None = None, *, sur
         verts, lbs, faces = verts[mask], lbs[mask], remap[faces]
     if surface:
         transfer_kw.setdefault("body_faces", faces)
-    return build_rig_from_arrays(mesh.vertices, mesh.faces, joints, verts, lbs, **transfer_kw)
+    weld = getattr(mesh, "weld", None)
+    if weld is None:
+        return build_rig_from_arrays(mesh.vertices, mesh.faces, joints, verts, lbs, **transfer_kw)
+    # a textured mesh: weights on the welded surface (smoothing across UV seams), then copied to the split vertices
+    wv, wf = mesh.welded()
+    rig = build_rig_from_arrays(wv, wf, joints, verts, lbs, **transfer_kw)
+    return replace(rig, joints=rig.joints[weld], weights=rig.weights[weld])
 
 
 def body_local_rotations(rig: Rig, bone_transforms: np.ndarray | torch.Tensor) -> np.ndarray:
