@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from portrait_core import conventions as C
 from portrait_core.data.samplers import LabelSampler
@@ -43,6 +44,45 @@ from train.data import FakeInputs, open_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, load_generator
 
 ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
+
+#: 360-degree view groups by the camera's yaw relative to the body's front (the subject faces +Z, yaw pi/2):
+#: front |d| < 45 degrees, back |d| > 135 degrees, side in between (both sides together).
+VIEWS = ("front", "side", "back")
+FRONT_HALF_ANGLE, BACK_HALF_ANGLE = math.radians(45.0), math.radians(135.0)
+#: The pose rows whose self-learned angle is reported (``Controls.pose`` rows: 0 neck, 3 head, 4/5 shoulders).
+POSE_JOINTS = {"neck": (0,), "head": (3,), "shoulders": (4, 5)}
+
+
+def camera_yaws(camera: Tensor) -> Tensor:
+    """Yaw [N] (radians, ``Camera.orbit_params`` about the portrait look-at point) of [N, 25] camera labels."""
+    return Camera.from_label25(camera.reshape(-1, 25)).orbit_params(C.PORTRAIT_LOOK_AT)[1]
+
+
+def split_by_view(yaw: Tensor, body_yaw: float = C.FRONTAL_YAW) -> dict[str, Tensor]:
+    """Indices (long [k]) of the records in each :data:`VIEWS` group, by camera yaw [N] (radians) relative to the
+    body's ``body_yaw`` (wrapped to (-pi, pi]; a group may be empty)."""
+    d = torch.remainder(yaw.double() - body_yaw + math.pi, 2 * math.pi) - math.pi
+    a = d.abs()
+    masks = {"front": a < FRONT_HALF_ANGLE, "back": a > BACK_HALF_ANGLE}
+    masks["side"] = ~(masks["front"] | masks["back"])
+    return {v: torch.nonzero(masks[v])[:, 0] for v in VIEWS}
+
+
+def pose_angular_error(learned: Tensor, labels: Tensor) -> dict[str, float]:
+    """Mean angular error (degrees) between learned and labelled poses [N, 6, 3] (axis-angle, canonical-relative,
+    the ``Controls.pose`` rows): the angle of ``R_learned^T R_label`` per joint, averaged over records and over the
+    joints of each :data:`POSE_JOINTS` group, and over all of them (``mean``)."""
+    from portrait_core.geometry.rotations import axis_angle_to_matrix
+
+    if learned.shape != labels.shape or learned.shape[-2:] != (6, 3):
+        raise ValueError(f"pose_angular_error: need two [N, 6, 3] poses, got {tuple(learned.shape)} and "
+                         f"{tuple(labels.shape)}")
+    rel = axis_angle_to_matrix(learned.double()).transpose(-1, -2) @ axis_angle_to_matrix(labels.double())
+    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
+    angle = torch.rad2deg(torch.acos(cos))  # [N, 6]
+    out = {name: float(angle[:, list(rows)].mean()) for name, rows in POSE_JOINTS.items()}
+    out["mean"] = float(angle[:, sorted(r for rows in POSE_JOINTS.values() for r in rows)].mean())
+    return out
 
 
 def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
@@ -163,6 +203,14 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
                         kid, kid_std = kernel_inception_distance(fr, ff, subsets=10,
                                                                  subset_size=min(1000, len(fr)), seed=seed)
                         m[f"kid{suffix}"], m[f"kid{suffix}_std"] = kid, kid_std
+            fake_views, real_views = split_by_view(camera_yaws(inputs.camera.cpu())), split_by_view(
+                camera_yaws(torch.stack([it["camera"] for it in items])))
+            if any(len(fake_views[v]) for v in ("side", "back")):  # 360 data: FID per view group (>= 2 of each)
+                fr, ff = cached_inception_features(reals, device=device), inception_features(fakes, device=device)
+                for v in VIEWS:
+                    ok = min(len(fake_views[v]), len(real_views[v])) >= 2
+                    m[f"fid_{v}"] = frechet_distance(fr[real_views[v]], ff[fake_views[v]]) if ok else None
+                    m[f"fid_{v}_images"] = [len(real_views[v]), len(fake_views[v])]
         except InceptionUnavailable as e:
             m["fid"] = m["kid"] = None
             report["fid_unavailable"] = str(e)
@@ -298,6 +346,11 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     res = {"generator": str(gen_path), "ray": evaluate_heldout(G, data, held, resolution)}
     if G.superres is not None:
         res["super_resolved"] = evaluate_heldout(G, data, held, resolution, super_resolve=True)
+    views = split_by_view(camera_yaws(data.camera[held]))
+    if any(len(views[v]) for v in ("side", "back")):  # 360 data: the held-out scores per view group
+        res["by_view"] = {v: evaluate_heldout(G, data, held[views[v]], resolution,
+                                              super_resolve=G.superres is not None) if len(views[v]) else None
+                          for v in VIEWS}
     res["step"] = (G.checkpoint_info or {}).get("step")
     res["expression"] = expression_fidelity(G, data.identity[held], data.body_shape[held])
     res["clothing_colour"] = clothing_colour_fidelity(G, data, data.train_index[:: max(1, len(data.train_index) // 64)],

@@ -176,9 +176,9 @@ class Avatar:
         out = []
         for chunk in canonical.split(rc.chunk_size):
             s = self.manifold(chunk[None])[0]  # [P]
-            uv = R.texture_coords(chunk, rc.mode, g.shell_centre, rc.texture_half_extent)
+            uv = R.texture_coords(chunk, rc.texture_layout, g.shell_centre, rc.texture_half_extent)
             uv = uv[None, :, None, :].expand(1, -1, g.levels.shape[0], 2)
-            alpha = R.sample_textures(textures[:, :, 3:4], uv, rc.mode)[0, :, :, 0]  # [P, L]
+            alpha = R.sample_textures(textures[:, :, 3:4], uv, rc.texture_layout)[0, :, :, 0]  # [P, L]
             out.append(level_slab_occupancy(s, alpha, g.levels.to(s.dtype)))
         return torch.cat(out)
 

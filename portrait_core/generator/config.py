@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 RenderMode = Literal["frontal", "360"]
+SphereMap = Literal["octahedral", "spherical"]
 RadianceKind = Literal["siren", "cnn"]
 
 
@@ -161,8 +162,12 @@ class RenderConfig:
     """Rendering resolutions, sample counts, grid sizes and the manifold parametrisation."""
 
     mode: RenderMode = "frontal"
-    """'frontal': orthographic (x, y) textures, for near-frontal cameras; '360': spherical (azimuth, elevation)
-    textures about the shell centre, valid from every direction."""
+    """'frontal': orthographic (x, y) textures, for near-frontal cameras; '360': textures of the direction from the
+    shell centre (``sphere_map``), valid from every direction (back views and the top of the head)."""
+    sphere_map: SphereMap = "octahedral"
+    """'360' mode's direction -> texture map: 'octahedral' (no pole, no seam, texel solid angles within a bounded
+    factor; super-resolution sees across its edges) or 'spherical' (azimuth/elevation: pinches at the poles, a
+    seam at the back; kept for comparison). Ignored in 'frontal' mode."""
     resolution: int = 128
     """Ray (low-resolution) image size; the super-resolved image is ``resolution * superres.scale``."""
     samples_per_ray: int = 64
@@ -197,6 +202,12 @@ class RenderConfig:
     """Training path, low-resolution image: radiance network at the (valid) ray intersections ('direct', the
     official way) or through level textures baked differentiably inside the call, read like an avatar does
     ('textures': radiance cost per identity = K * T^2 points, independent of the ray resolution)."""
+
+    @property
+    def texture_layout(self) -> str:
+        """The texture layout of ``portrait_core.generator.rendering``: 'frontal', or ``sphere_map`` in '360'
+        mode."""
+        return "frontal" if self.mode == "frontal" else self.sphere_map
 
 
 @dataclass(frozen=True)
@@ -280,6 +291,8 @@ def _validate(cfg: GeneratorConfig) -> None:
         raise ValueError("invalid GeneratorConfig: " + "; ".join(problems))
     if cfg.render.mode not in ("frontal", "360"):
         problems.append(f"render.mode must be 'frontal' or '360', got {cfg.render.mode!r}")
+    if cfg.render.sphere_map not in ("octahedral", "spherical"):
+        problems.append(f"render.sphere_map must be 'octahedral' or 'spherical', got {cfg.render.sphere_map!r}")
     if cfg.superres.scale != 2 ** len(cfg.superres.up_channels):
         problems.append(f"superres.scale ({cfg.superres.scale}) must be 2 ** len(superres.up_channels) "
                         f"({2 ** len(cfg.superres.up_channels)})")

@@ -345,8 +345,8 @@ class Generator(nn.Module):
         if cached is not None and cached[0] == key:
             return cached[1]
         rc = self.cfg.render
-        points, depths = R.texture_rays(rc.texture_resolution, rc.mode, self.shell_centre, rc.texture_half_extent,
-                                        rc.bake_radius, rc.bake_samples)
+        points, depths = R.texture_rays(rc.texture_resolution, rc.texture_layout, self.shell_centre,
+                                        rc.texture_half_extent, rc.bake_radius, rc.bake_samples)
         rays_per_chunk = max(1, rc.chunk_size // rc.bake_samples)
         s = torch.cat([self.manifold(chunk) for chunk in points.split(rays_per_chunk)])
         crossings = R.intersect_levels(s, depths, self.levels)
@@ -378,10 +378,19 @@ class Generator(nn.Module):
         return texels.reshape(g, t, t, n_levels, -1).permute(0, 3, 4, 1, 2).contiguous()
 
     def super_resolve_textures(self, textures: Tensor, superres_styles: Tensor) -> Tensor:
-        """[G, L, 4 + C, T, T] -> [G, L, 4, sT, sT] RGBA in [0, 1]."""
+        """[G, L, 4 + C, T, T] -> [G, L, 4, sT, sT] RGBA in [0, 1].
+
+        In '360' mode the textures are first padded (:func:`rendering.pad_texture`, :func:`superres_pad` texels)
+        with what lies beyond their edges on the sphere, so the convolutions see across the octahedral fold (or the
+        spherical seam) as they do inside the texture, and the result's margins are blended back onto the texels
+        they continue (:func:`rendering.unpad_texture`), so both sides of an edge meet."""
         if self.superres is None:
             raise ValueError("super-resolution is disabled in this generator's config (superres.enabled=False)")
-        return self.superres(textures, superres_styles)
+        layout, pad = self.cfg.render.texture_layout, superres_pad(textures.shape[-1])
+        if layout == "frontal":
+            return self.superres(textures, superres_styles)
+        out = self.superres(R.pad_texture(textures, layout, pad), superres_styles)
+        return R.unpad_texture(out, layout, pad * self.cfg.superres.scale)
 
     def texture_radiance_fn(self, textures: Tensor, with_features: bool = False) -> RadianceFn:
         """Radiance by texture lookup at the canonical hits' parametrisation coordinates (RGBA only unless
@@ -391,8 +400,8 @@ class Generator(nn.Module):
             textures = textures[:, :, :4]
 
         def radiance(hits: Tensor, valid: Tensor):
-            uv = R.texture_coords(hits, rc.mode, self.shell_centre, rc.texture_half_extent)
-            texels = R.sample_textures(textures, uv, rc.mode)
+            uv = R.texture_coords(hits, rc.texture_layout, self.shell_centre, rc.texture_half_extent)
+            texels = R.sample_textures(textures, uv, rc.texture_layout)
             alpha = texels[..., 3] * valid.to(texels.dtype)
             feats = texels[..., 4:] if texels.shape[-1] > 4 else None
             return texels[..., :3], alpha, feats
@@ -542,6 +551,12 @@ class Generator(nn.Module):
         params = list(self.manifold.parameters())
         return (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), self.device,
                 self.radiance_style_avg.dtype)
+
+
+def superres_pad(texture_resolution: int) -> int:
+    """Texels of sphere padding around a '360' texture before super-resolution: 1/16 of its side, at least 2
+    (about 27% more super-resolution work at any size; the seam no longer shows, docs/generator.md)."""
+    return max(2, texture_resolution // 16)
 
 
 def _truncate(raw: Tensor, average: Tensor, psi: float) -> Tensor:

@@ -20,7 +20,9 @@ from torch import Tensor
 __all__ = [
     "sample_depths", "ray_points", "grid_points", "sample_grid", "affine_entries", "apply_affine",
     "LevelCrossings", "intersect_levels", "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
-    "texture_coords", "texture_rays", "sample_textures", "upsample_rays",
+    "TEXTURE_LAYOUTS", "octahedral_uv", "octahedral_directions", "spherical_uv", "spherical_directions",
+    "texel_centres", "texture_coords", "texture_rays", "pad_texture", "unpad_texture", "sample_textures",
+    "upsample_rays",
 ]
 
 
@@ -178,22 +180,87 @@ def composite(rgb: Tensor, alpha: Tensor, depth: Tensor, valid: Tensor, backgrou
 
 # --- texture parametrisations -----------------------------------------------------------------------------------------
 
+#: Texture layouts: 'frontal' (orthographic x, y), 'octahedral' (the '360' mode's default: directions about the shell
+#: centre folded onto a square through an octahedron, no pole and no seam) and 'spherical' (azimuth/elevation, the
+#: earlier '360' map: its texels pinch at the poles and it has a seam at the back).
+TEXTURE_LAYOUTS = ("frontal", "octahedral", "spherical")
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in TEXTURE_LAYOUTS:
+        raise ValueError(f"unknown texture layout {layout!r}; use one of {', '.join(TEXTURE_LAYOUTS)}")
+
+
+def _sign(x: Tensor) -> Tensor:
+    """+1 where x >= 0, else -1 (never 0, so the octahedral fold is defined on its own boundary)."""
+    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+
+def octahedral_uv(directions: Tensor) -> Tensor:
+    """Directions [..., 3] (any length > 0) -> octahedral texture coordinates [..., 2] in [-1, 1].
+
+    The direction is scaled onto the octahedron |x| + |y| + |z| = 1. Its upper half (y >= 0: the head, whose
+    top is the texture centre) projects straight down to the inner diamond |u| + |v| <= 1 with (u, v) = (x, z);
+    its lower half folds out onto the four corner triangles. u follows +X (the subject's left), v follows +Z
+    (the face is in the lower half of the image, the back of the head in the upper half). The map is continuous
+    and one-to-one on the sphere; across the square's edges it continues mirrored (see :func:`pad_texture`), so
+    it has no seam, and a texel's solid angle varies by a bounded factor (no pinching: docs/generator.md).
+    """
+    n = directions / directions.abs().sum(-1, keepdim=True).clamp_min(1e-12)
+    x, y, z = n.unbind(-1)
+    lower = y < 0
+    u = torch.where(lower, (1.0 - z.abs()) * _sign(x), x)
+    v = torch.where(lower, (1.0 - x.abs()) * _sign(z), z)
+    return torch.stack([u, v], dim=-1)
+
+
+def octahedral_directions(uv: Tensor) -> Tensor:
+    """Inverse of :func:`octahedral_uv`: texture coordinates [..., 2] in [-1, 1] -> unit directions [..., 3]."""
+    u, v = uv.unbind(-1)
+    y = 1.0 - u.abs() - v.abs()
+    lower = y < 0
+    x = torch.where(lower, (1.0 - v.abs()) * _sign(u), u)
+    z = torch.where(lower, (1.0 - u.abs()) * _sign(v), v)
+    d = torch.stack([x, y, z], dim=-1)
+    return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def spherical_uv(directions: Tensor) -> Tensor:
+    """Directions [..., 3] -> (azimuth / pi, -elevation / (pi / 2)) [..., 2], azimuth = atan2(x, z) (0 facing
+    +Z, the seam at the back)."""
+    azimuth = torch.atan2(directions[..., 0], directions[..., 2])
+    elevation = torch.atan2(directions[..., 1], directions[..., [0, 2]].norm(dim=-1))
+    return torch.stack([azimuth / math.pi, -elevation / (math.pi / 2)], dim=-1)
+
+
+def spherical_directions(uv: Tensor) -> Tensor:
+    """Inverse of :func:`spherical_uv` -> unit directions [..., 3]."""
+    azimuth, elevation = uv[..., 0] * math.pi, -uv[..., 1] * (math.pi / 2)
+    return torch.stack([torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation),
+                        torch.cos(elevation) * torch.cos(azimuth)], -1)
+
+
+def texel_centres(resolution: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+    """Texture coordinates [T*T, 2] (u, v) of the texel centres, row-major (texel (i, j) is entry i*T + j)."""
+    c = (torch.arange(resolution, dtype=dtype, device=device) + 0.5) / resolution * 2.0 - 1.0
+    v, u = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([u.reshape(-1), v.reshape(-1)], -1)
+
+
 def texture_coords(points: Tensor, mode: str, centre: Tensor, half_extent: float) -> Tensor:
     """Canonical points [..., 3] (metres) -> texture coordinates [..., 2] in [-1, 1] (grid_sample order: u along
     the texture width, v along its height, v = -1 at the top row).
 
-    'frontal': orthographic, u = (x - cx) / E, v = -(y - cy) / E. '360': spherical about ``centre``,
-    u = azimuth / pi with azimuth = atan2(dx, dz) (0 facing +Z, the seam at the back), v = -elevation / (pi / 2).
-    The spherical map never folds the back of a closed shell onto its front.
+    ``mode`` is a texture layout (:data:`TEXTURE_LAYOUTS`; ``RenderConfig.texture_layout`` names a config's).
+    'frontal': orthographic, u = (x - cx) / E, v = -(y - cy) / E. 'octahedral' (:func:`octahedral_uv`) and
+    'spherical' (:func:`spherical_uv`) map the direction from ``centre``; neither folds the back of a closed shell
+    onto its front.
     """
+    _check_layout(mode)
     d = points - centre.to(points.dtype)
     if mode == "frontal":
         return torch.stack([d[..., 0] / half_extent, -d[..., 1] / half_extent], dim=-1)
-    if mode == "360":
-        azimuth = torch.atan2(d[..., 0], d[..., 2])
-        elevation = torch.atan2(d[..., 1], d[..., [0, 2]].norm(dim=-1))
-        return torch.stack([azimuth / math.pi, -elevation / (math.pi / 2)], dim=-1)
-    raise ValueError(f"unknown texture mode {mode!r}; use 'frontal' or '360'")
+    return octahedral_uv(d) if mode == "octahedral" else spherical_uv(d)
 
 
 def texture_rays(resolution: int, mode: str, centre: Tensor, half_extent: float, bake_radius: float,
@@ -202,46 +269,97 @@ def texture_rays(resolution: int, mode: str, centre: Tensor, half_extent: float,
 
     Returns sample points [T*T, samples, 3] (row-major texels: texel (i, j) is entry i*T + j) and their depths
     along the bake ray [1, samples] (metres, increasing). 'frontal': parallel rays along -Z from
-    ``z = cz + bake_radius`` to ``cz - bake_radius``. '360': radial rays from ``bake_radius`` in to the centre.
-    A crossing found on a bake ray has exactly this texel's coordinates under :func:`texture_coords`.
+    ``z = cz + bake_radius`` to ``cz - bake_radius``. 'octahedral' / 'spherical': radial rays from ``bake_radius``
+    in to the centre. A crossing found on a bake ray has exactly this texel's coordinates under
+    :func:`texture_coords`.
     """
+    _check_layout(mode)
     dev, dt = centre.device, centre.dtype
-    c = (torch.arange(resolution, dtype=dt, device=dev) + 0.5) / resolution * 2.0 - 1.0  # texel centres in [-1, 1]
-    v, u = torch.meshgrid(c, c, indexing="ij")
-    u, v = u.reshape(-1), v.reshape(-1)
+    uv = texel_centres(resolution, dt, dev)
     if mode == "frontal":
+        u, v = uv.unbind(-1)
         origins = torch.stack([u * half_extent, -v * half_extent, torch.full_like(u, bake_radius)], -1) + centre
         directions = torch.tensor([0.0, 0.0, -1.0], dtype=dt, device=dev).expand_as(origins)
         length = 2.0 * bake_radius
-    elif mode == "360":
-        azimuth, elevation = u * math.pi, -v * (math.pi / 2)
-        outward = torch.stack([torch.cos(elevation) * torch.sin(azimuth), torch.sin(elevation),
-                               torch.cos(elevation) * torch.cos(azimuth)], -1)
+    else:
+        outward = octahedral_directions(uv) if mode == "octahedral" else spherical_directions(uv)
         origins = centre + bake_radius * outward
         directions = -outward
         length = bake_radius
-    else:
-        raise ValueError(f"unknown texture mode {mode!r}; use 'frontal' or '360'")
     t = torch.linspace(0.0, length, samples, dtype=dt, device=dev)
     points = origins[:, None, :] + t[None, :, None] * directions[:, None, :]
     return points, t[None, :]
 
 
+def pad_texture(textures: Tensor, mode: str, pad: int) -> Tensor:
+    """Textures [..., T, T] padded by ``pad`` texels on each side with what lies beyond each edge on the sphere,
+    so that bilinear lookups and convolutions see no seam: 'octahedral' continues mirrored (beyond the top edge
+    lies the top row flipped left-right; beyond a corner, the opposite corner), 'spherical' wraps the azimuth and
+    continues over the poles (half a turn round), 'frontal' pads with zeros (outside the texture)."""
+    _check_layout(mode)
+    if pad <= 0:
+        return textures
+    t = textures.shape[-1]
+    if pad > t:
+        raise ValueError(f"pad_texture: pad {pad} exceeds the texture size {t}")
+    if mode == "frontal":
+        return F.pad(textures, (pad, pad, pad, pad))
+    if mode == "octahedral":
+        x = torch.cat([textures[..., :pad, :].flip(-2, -1), textures, textures[..., -pad:, :].flip(-2, -1)], -2)
+        return torch.cat([x[..., :pad].flip(-2, -1), x, x[..., -pad:].flip(-2, -1)], -1)
+    half = textures.shape[-1] // 2
+    x = torch.cat([textures[..., :pad, :].flip(-2).roll(half, -1), textures,
+                   textures[..., -pad:, :].flip(-2).roll(half, -1)], -2)
+    return torch.cat([x[..., -pad:], x, x[..., :pad]], -1)
+
+
+def unpad_texture(padded: Tensor, mode: str, pad: int) -> Tensor:
+    """Inverse of :func:`pad_texture` for a texture computed on the padded domain (super-resolution output):
+    [..., T + 2 pad, T + 2 pad] -> [..., T, T]. 'frontal' crops. On the sphere, a texel within ``pad`` of an
+    edge is the weighted mean of its own value and of the padded values that lie at the same place on the sphere,
+    with weights falling linearly from 1 (``pad`` inside) through 1/2 (the edge) to 0 (``pad`` outside), so that
+    values computed on both sides of a fold or seam meet: a network whose kernels are not symmetric sees the
+    neighbourhood across an octahedral edge turned by half a turn and would otherwise leave a step there."""
+    _check_layout(mode)
+    if pad <= 0:
+        return padded
+    n = padded.shape[-1]
+    t = n - 2 * pad
+    if mode == "frontal":
+        return padded[..., pad:-pad, pad:-pad]
+    index = pad_texture(torch.arange(t * t, device=padded.device).reshape(t, t), mode, pad).reshape(-1)
+    i = torch.arange(n, dtype=padded.dtype, device=padded.device)
+    inside = torch.minimum(i - pad + 0.5, pad + t - i - 0.5)  # texels from the edge, > 0 inside
+    d = torch.minimum(inside[:, None], inside[None, :])
+    w = (0.5 + d / (2 * pad)).clamp(0.0, 1.0).reshape(-1)
+    lead = padded.shape[:-2]
+    flat = padded.reshape(-1, n * n)
+    total = flat.new_zeros(flat.shape[0], t * t).index_add_(1, index, flat * w)
+    norm = w.new_zeros(t * t).index_add_(0, index, w)
+    return (total / norm).reshape(*lead, t, t)
+
+
 def sample_textures(textures: Tensor, uv: Tensor, mode: str) -> Tensor:
     """Bilinear lookup of per-level textures [G, L, C, T, T] at uv [B, P, L, 2] -> [B, P, L, C].
 
-    G is 1 (one avatar, shared by the batch) or B. 'frontal': zero outside the texture (alpha 0); '360': the
-    azimuth wraps around (circular padding) and the poles clamp.
+    G is 1 (one avatar, shared by the batch) or B. 'frontal': zero outside the texture (alpha 0); 'octahedral':
+    continuous across every edge (one texel of :func:`pad_texture`); 'spherical': the azimuth wraps around
+    (circular padding) and the poles clamp.
     """
+    _check_layout(mode)
     g, n_levels, ch, th, tw = textures.shape
     b, p = uv.shape[:2]
     if g not in (1, b):
         raise ValueError(f"sample_textures: texture batch {g} must be 1 or the point batch {b}")
     tex = textures.reshape(g * n_levels, ch, th, tw)
     uv = uv.to(tex.dtype)
-    if mode == "360":
+    if mode == "spherical":
         tex = torch.cat([tex[..., -1:], tex, tex[..., :1]], dim=-1)
         uv = torch.stack([uv[..., 0] * tw / (tw + 2), uv[..., 1]], dim=-1)
+        padding = "border"
+    elif mode == "octahedral":
+        tex = pad_texture(tex, mode, 1)
+        uv = torch.stack([uv[..., 0] * tw / (tw + 2), uv[..., 1] * th / (th + 2)], dim=-1)
         padding = "border"
     else:
         padding = "zeros"
