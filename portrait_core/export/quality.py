@@ -1,5 +1,5 @@
 """How close an exported mesh is to the avatar: image agreement with the neural renderer, surface smoothness,
-skinning robustness. Pure numpy/torch (no bpy); ``portrait_core.export.measure`` renders the mesh with Blender.
+skinning robustness. Pure numpy/torch (no bpy); ``busto_apps.export_quality`` renders the mesh with Blender.
 
 Frames: canonical metres (SMPL axes, +Y up, facing +Z, origin at the canonical neck joint). Images are top-down,
 sRGB-encoded floats in [0, 1]. See docs/export.md ("Quality").
@@ -68,12 +68,15 @@ def neural_frame(avatar, pose: np.ndarray, expression: np.ndarray, size: int = 2
     rgb = ((out.image.clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1).float().cpu().numpy()
     alpha = out.alpha.clamp(0, 1)[:, 0].float().cpu().numpy()
     depth = out.depth[:, 0].float().cpu().numpy()
-    if rgb.shape[1] != size:
-        from blender_addon.convert import resize_bilinear
+    if rgb.shape[1] != size:  # bilinear, pixel-centre aligned, antialiased when shrinking
+        def resized(x: np.ndarray) -> np.ndarray:  # [B, H, W, C] -> [B, size, size, C]
+            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+            t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                                                antialias=True)
+            return t.permute(0, 2, 3, 1).numpy()
 
-        rgb = np.stack([resize_bilinear(rgb[i], size, size) for i in range(b)])
-        alpha = np.stack([resize_bilinear(alpha[i, ..., None], size, size)[..., 0] for i in range(b)])
-        depth = np.stack([resize_bilinear(depth[i, ..., None], size, size)[..., 0] for i in range(b)])
+        rgb = resized(rgb)
+        alpha, depth = resized(alpha[..., None])[..., 0], resized(depth[..., None])[..., 0]
     if b == 1:
         return rgb[0], alpha[0], depth[0]
     return rgb, alpha, depth

@@ -19,7 +19,7 @@ MIN_PSNR_DB = 26.0
 def measured(tmp_path_factory):
     import torch
 
-    from portrait_core.export.measure import measure
+    from busto_apps.export_quality import measure
     from portrait_core.generator.loading import default_checkpoint_path, identity_for_seed, obtain_generator
 
     if not default_checkpoint_path().is_file():

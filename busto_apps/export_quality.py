@@ -1,6 +1,6 @@
 """Measure an exported avatar against the neural renderer, with Blender (the PyPI ``bpy`` 5.0.1 module).
 
-    python -m portrait_core.export.measure --out out/export-quality [--checkpoint G.safetensors] [--seed 7]
+    python -m busto_apps.export_quality --out out/export-quality [--checkpoint G.safetensors] [--seed 7]
         [--resolution 192] [--texture 1024] [--smooth 10] [--size 256] [--sheet docs/images/export-vs-neural.png]
 
 Exports the avatar (``export_avatar``: mesh, rig, 8 expression morphs; textured unless ``--texture 0``), imports the
@@ -199,7 +199,7 @@ def contact_sheet(frames: dict[str, tuple[np.ndarray, np.ndarray]], rows: dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m portrait_core.export.measure", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m busto_apps.export_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/export-quality")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--seed", type=int, default=7)
