@@ -151,6 +151,18 @@ def gather_transforms(T: Tensor, index: Tensor) -> Tensor:
     return torch.gather(T, 1, index[..., None, None].expand(B, N, 4, 4))
 
 
+def full_precision(method):
+    """Run a body-model method with autocast off (CPU and CUDA): skinning, inverse LBS and the transforms stay
+    float32 inside a mixed-precision render (``bench --amp``); float32 inputs give float32 results."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 # --- the model -------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def _synthetic_data():
@@ -290,6 +302,7 @@ class BodyModel(torch.nn.Module):
         return betas, v, J, rot_adj, T_adj, J_can
 
     # -- states ---------------------------------------------------------------------------------------------
+    @full_precision
     def canonical(self, betas: Tensor | None = None) -> BodyState:
         """The canonical A-pose body (identity bone/vertex transforms). betas [B,10] (None = zeros, B = 1)."""
         _, v, J, rot_adj, T_adj, J_can = self._bones(betas, None)
@@ -305,6 +318,7 @@ class BodyModel(torch.nn.Module):
             canonical_joints=J_can,
         )
 
+    @full_precision
     def posed(self, betas: Tensor | None, pose: Tensor) -> BodyState:
         """The body under the pose code ``pose`` [B,6,3] (axis-angle of joints 12..17 relative to canonical).
 
@@ -324,6 +338,7 @@ class BodyModel(torch.nn.Module):
             canonical_joints=J_can,
         )
 
+    @full_precision
     def bone_transforms(self, betas: Tensor | None, pose: Tensor | None) -> tuple[Tensor, Tensor]:
         """Canonical->posed bone transforms G [B,24,4,4] and canonical joints [B,24,3], without any vertex work."""
         if pose is None:
@@ -341,6 +356,7 @@ class BodyModel(torch.nn.Module):
     def _valid(self) -> Tensor:
         return self.upper_body_mask.nonzero()[:, 0]
 
+    @full_precision
     def inverse_lbs(self, state: BodyState, points: Tensor, return_index: bool = False):
         """Observed -> canonical transforms [B,N,4,4] for points [B,N,3] in ``state``: the inverse of the blended
         forward transform of the nearest valid (``upper_body_mask``) posed vertex. Differentiable w.r.t. the
@@ -351,6 +367,7 @@ class BodyModel(torch.nn.Module):
         out = gather_transforms(Tinv, idx)
         return (out, valid[idx]) if return_index else out
 
+    @full_precision
     def forward_lbs(self, state: BodyState, points: Tensor, return_index: bool = False):
         """Canonical -> observed transforms [B,N,4,4] for canonical points [B,N,3]: the blended forward transform
         of the nearest valid canonical vertex."""
@@ -362,6 +379,7 @@ class BodyModel(torch.nn.Module):
         return (out, valid[idx]) if return_index else out
 
     # -- face and head placement --------------------------------------------------------------------------------
+    @full_precision
     def face_transform(self, betas: Tensor | None, pose: Tensor | None = None) -> Tensor:
         """Face-model frame (metres, origin = face centroid, SMPL axes) -> canonical/observed space, [B,4,4].
 

@@ -10,6 +10,7 @@ the median. The ray resolution is the output resolution divided by the super-res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import resource
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores not busy with "
                    "other work, as `video` runs)")
     p.add_argument("--no-sr", action="store_true", help="time low-resolution renders (rays at the output size)")
+    p.add_argument("--amp", action="store_true", help="render under autocast (bfloat16 on the CPU, float16 on CUDA); "
+                   "the row's 'amp' column says which")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     return p
 
@@ -43,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    """'cpu', or 'cuda (NVIDIA H100 ...)' naming the card."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -68,8 +78,15 @@ def _generator_and_latents(preset: str, mode: str, device: torch.device):
     return g, lambda seed: Latents.sample(1, seed=seed, device=device)
 
 
+def _autocast(device: torch.device, amp: bool):
+    """Autocast for ``--amp`` (float16 on CUDA, bfloat16 elsewhere), or a no-op context."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
 def bench_one(preset: str, resolution: int, device: torch.device, frames: int, batch: int, mode: str,
-              super_resolve: bool) -> dict:
+              super_resolve: bool, amp: bool = False) -> dict:
     g, latents = _generator_and_latents(preset, mode, device)
     g = g.eval()
     mode = g.cfg.render.mode
@@ -79,7 +96,7 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
     rays = resolution // scale
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(device, amp):
         _sync(device)
         t0 = time.perf_counter()
         g.make_avatar(latents(0), super_resolve=scale > 1)
@@ -102,7 +119,8 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
             if i >= 2:
                 times.append((time.perf_counter() - t0) / batch)
     return {
-        "preset": preset, "mode": mode, "resolution": resolution, "rays": rays, "device": str(device),
+        "preset": preset, "mode": mode, "resolution": resolution, "rays": rays, "device": _device_name(device),
+        "amp": ("fp16" if device.type == "cuda" else "bf16") if amp else "off",
         "threads": torch.get_num_threads(), "bake_cold_s": round(cold, 4), "bake_warm_s": round(warm, 4),
         "frame_median_s": round(statistics.median(times), 4), "frame_min_s": round(min(times), 4),
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
@@ -112,7 +130,7 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
 
 def format_table(rows: list[dict]) -> str:
     cols = [("preset", "preset"), ("mode", "mode"), ("resolution", "out px"), ("rays", "rays"),
-            ("device", "device"), ("threads", "thr"), ("parameters_m", "params M"), ("bake_cold_s", "bake cold s"),
+            ("device", "device"), ("amp", "amp"), ("threads", "thr"), ("parameters_m", "params M"), ("bake_cold_s", "bake cold s"),
             ("bake_warm_s", "bake warm s"), ("frame_median_s", "frame median s"), ("frame_min_s", "frame min s"),
             ("peak_memory_mb", "peak MB")]
     table = [[h for _, h in cols]] + [[str(r[k]) for k, _ in cols] for r in rows]
@@ -139,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
         for res in resolutions:
             try:
-                rows.append(bench_one(preset, res, device, args.frames, args.batch, args.mode, not args.no_sr))
+                rows.append(bench_one(preset, res, device, args.frames, args.batch, args.mode, not args.no_sr,
+                                      args.amp))
             except ValueError as e:
                 return usage_error(str(e))
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))

@@ -139,6 +139,21 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     return generator.to(device).eval()
 
 
+class _SkipRandomInit(torch.overrides.TorchFunctionMode):
+    """Random in-place initialisers return their tensor untouched: on the meta device they only cost time (their
+    first use imports PyTorch's Python decompositions, seconds), and shapes are all the header check needs."""
+
+    SKIPPED = frozenset({"normal_", "uniform_", "random_", "bernoulli_", "exponential_", "log_normal_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) in self.SKIPPED:
+            target = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes ``tensor=``
+            if torch.is_tensor(target) and target.is_meta:
+                return target
+        return func(*args, **kwargs)
+
+
 def _check_header_against_config(path: Path, cfg) -> None:
     """CheckpointError naming the file and the key unless the safetensors header holds exactly the tensors (names
     and shapes) of ``Generator(cfg)``; reads only the header and builds the network on the meta device."""
@@ -147,7 +162,7 @@ def _check_header_against_config(path: Path, cfg) -> None:
     from .generator import Generator
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipRandomInit():
             expected = {k: tuple(v.shape) for k, v in Generator(cfg).state_dict().items()}
     except Exception as e:  # noqa: BLE001 - a config that passed validation but cannot be built
         raise CheckpointError(f"{path}: the generator config in its metadata cannot be built "

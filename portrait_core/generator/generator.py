@@ -26,6 +26,7 @@ from portrait_core.geometry.camera import Camera
 
 from . import rendering as R
 from .config import GeneratorConfig
+from .fast_composite import composite_fast
 from .networks import (
     ExpressionDeformNet,
     ManifoldField,
@@ -101,12 +102,18 @@ class Generator(nn.Module):
         self.register_buffer("pose_box_centre", torch.tensor(cfg.pose.box_centre), persistent=False)
         self.register_buffer("head_box_centre", torch.tensor(cfg.expression.head_box_centre), persistent=False)
         self.register_buffer("head_box_half", torch.tensor(cfg.expression.head_box_half_extent), persistent=False)
-        if body is None:
+        # Built under ``torch.device("meta")`` (checkpoint.load_generator's shape check) only the parameter and
+        # buffer shapes matter: no body model, body prior or truncation averages are computed.
+        shapes_only = torch.empty(()).device.type == "meta"
+        if body is None and not shapes_only:
             from portrait_core.body.model import BodyModel
 
             body = BodyModel.synthetic()
         self._helpers = {"body": body, "face": face}
         self._bake_cache: dict[str, tuple[tuple, object]] = {}
+        if shapes_only:
+            self.register_buffer("body_prior", torch.empty(1, 1, *(cfg.render.prior_grid,) * 3))
+            return
         self.register_buffer("body_prior", self._body_prior_volume())
         self.update_w_avg(n=1024)
 
@@ -457,7 +464,7 @@ class Generator(nn.Module):
             shading = R.expression_shading_factor(logits)  # [B, R, L, 1]
             rgb = (rgb * shading).clamp(max=1.0)
         # 6. sorted front-to-back compositing over white
-        lr = R.composite(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
+        lr = composite_fast(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
         image_lr, alpha_lr, depth_lr = _to_image(lr.rgb, h, w), _to_image(lr.opacity[..., None], h, w), \
             _to_image(lr.depth[..., None], h, w)
         features = _to_image(lr.features, h, w) if lr.features is not None else None
@@ -473,7 +480,7 @@ class Generator(nn.Module):
             rgb_hr, alpha_hr, _ = scene.radiance_hr(hits_hr, valid_hr)
             if shading is not None:
                 rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
-            hr = R.composite(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
+            hr = composite_fast(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
             hh, ww = h * scale, w * scale
             image, alpha_img, depth_img = _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), \
                 _to_image(hr.depth[..., None], hh, ww)
