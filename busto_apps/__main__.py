@@ -7,7 +7,7 @@ import sys
 
 #: command -> (module with ``main(argv) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("portrait_core.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render"),
+    "demo": ("busto_apps.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render"),
     "bench-blender": ("busto_apps.bench_blender",
                       "the add-on's workflow in headless Blender, timed; engine frame beside the mesh"),
 }

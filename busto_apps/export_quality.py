@@ -4,7 +4,7 @@
         [--resolution 192] [--texture 1024] [--smooth 10] [--size 256] [--sheet docs/images/export-vs-neural.png]
 
 Exports the avatar (``export_avatar``: mesh, rig, 8 expression morphs; textured unless ``--texture 0``), imports the
-``.glb`` into Blender, poses it at the four extremes of ``python -m portrait_core demo`` (head turned, nodded,
+``.glb`` into Blender, poses it at the four extremes of ``python -m busto_apps demo`` (head turned, nodded,
 shoulders shrugged, smiling; :func:`portrait_core.export.quality.demo_extremes`) and renders it with Workbench from
 the portrait camera: flat light, texture colour (``--texture 0``: studio light and vertex colours, what the demo
 shows). The neural frame is rendered at the same pose, expression and camera. Reported per extreme: PSNR inside both

@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("portrait_core.cli.export", "extract a rigged, coloured, expressive glTF avatar (.glb/.obj/.ply)"),
     "invert": ("portrait_core.cli.invert", "an avatar of the person in a photo: invert, tune, bake (+ sheet, --glb)"),
     "serve": ("portrait_core.serve", "model worker for the Blender add-on (stdin/stdout protocol)"),
-    "demo": ("portrait_core.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render"),
+    "demo": ("busto_apps.demo", "end-to-end headless Blender demo: sample, extract, rig, animate, render "
+                                "(python -m busto_apps demo)"),
 }
 
 

@@ -33,7 +33,7 @@ def _violations(package: str, banned: set[str], allowed_files: set[str] = frozen
 def test_portrait_core_imports_neither_train_nor_blender():
     assert _violations("portrait_core", {"train", "blender_addon", "bpy", "bmesh", "mathutils", "bpy_extras",
                                          "busto_apps"},
-                       allowed_files={"portrait_core/data/synth/", "portrait_core/demo"}) == []
+                       allowed_files={"portrait_core/data/synth/"}) == []
 
 
 def test_nothing_below_the_apps_imports_them():

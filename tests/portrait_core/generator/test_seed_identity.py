@@ -143,12 +143,3 @@ def test_a_gaussian_noise_checkpoint_gives_the_seed_latents_at_any_path(tmp_path
     assert torch.equal(betas, torch.zeros(1, 10))
     rnd = obtain_generator(None, "tiny", log=lambda msg: None)
     assert rnd.checkpoint_path is None and samplers_for(rnd) is None
-
-
-def test_blend_paths_are_relative_to_the_blend():
-    from portrait_core.demo import blend_relative
-
-    assert blend_relative("/data/out/frames/####", "/data/out") == "//frames/####"
-    assert blend_relative("/data/models/g.safetensors", "/data/out") == "//../models/g.safetensors"
-    assert blend_relative("//already/relative", "/data/out") == "//already/relative"
-    assert blend_relative("", "/data/out") == ""

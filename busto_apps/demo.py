@@ -1,4 +1,5 @@
-"""``python -m portrait_core demo --out DIR``: the end-to-end headless Blender demo.
+"""``python -m busto_apps demo --out DIR`` (alias ``python -m portrait_core demo``): the end-to-end headless
+Blender demo.
 
 Runs Blender as the ``bpy`` module, with the Busto add-on registered from source, through every step an artist
 takes in the Busto panel: load the model, sample an avatar (the rig), extract its geometry (mesh, skin weights,
@@ -17,8 +18,9 @@ Outputs in DIR (see docs/demo.md)::
     summary.json            timings per step, files, settings, alignment scores
     demo.log                everything Blender printed
 
-This is the one module of ``portrait_core`` allowed to import ``bpy`` and ``blender_addon``; both are imported
-inside :func:`run` so that ``python -m portrait_core --help`` stays light.
+An application of both ``portrait_core`` and the add-on (package ``busto_apps``, above both): it reaches them
+through public names only. ``bpy`` and ``blender_addon`` are imported inside :func:`run` so that ``--help`` stays
+light.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class DemoError(RuntimeError):
 # --------------------------------------------------------------------------------------------------- options
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m portrait_core demo",
+        prog="python -m busto_apps demo",
         description="End-to-end headless Blender demo: sample an avatar, extract and rig its mesh, key a head "
                     "turn, a nod, a shrug and a smile, render them with the Busto Neural engine, write "
                     "demo.blend, avatar.glb, frames/*.png, demo.mp4 and a contact sheet.")
@@ -179,17 +181,14 @@ def grid_frames(n_frames: int, segments: list[Segment], count: int = 12) -> list
 # --------------------------------------------------------------------------------------------------- checkpoint
 def default_checkpoint() -> Path | None:
     """The trained model shipped with Busto, or None when there is none yet."""
+    from portrait_core.assets import default_checkpoint_path
+
     try:
-        from portrait_core.assets import default_checkpoint_path  # type: ignore[attr-defined]
-    except ImportError:
-        default_checkpoint_path = None
-    if default_checkpoint_path is not None:
-        try:
-            p = Path(default_checkpoint_path())
-            if p.is_file():
-                return p
-        except (FileNotFoundError, OSError, ValueError, RuntimeError):
-            pass
+        p = Path(default_checkpoint_path())
+        if p.is_file():
+            return p
+    except (FileNotFoundError, OSError, ValueError, RuntimeError):
+        pass
     try:
         from portrait_core.serve import ServeError
         from portrait_core.serve import default_checkpoint as shipped
@@ -275,7 +274,8 @@ def _read_png(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGBA") if im.mode in ("RGBA", "LA", "P") else im.convert("RGB"))
 
 
-def _human(n: int) -> str:
+def _human(size: int) -> str:
+    n = float(size)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -335,7 +335,7 @@ def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subti
     def put(img: np.ndarray, x: int, y: int, label: str) -> None:
         im = Image.fromarray(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
         if im.size != (tile, tile):
-            im = im.resize((tile, tile), Image.LANCZOS if im.size[0] > tile else Image.NEAREST)
+            im = im.resize((tile, tile), Image.Resampling.LANCZOS if im.size[0] > tile else Image.Resampling.NEAREST)
         sheet.paste(im, (x, y))
         draw.rectangle([x - 1, y - 1, x + tile, y + tile], outline=(200, 200, 200))
         draw.text((x + 2, y + tile + 3), label, fill=(0, 0, 0), font=small)
@@ -438,7 +438,7 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
         say(name)
         s = Step(name)
         t0, c0 = time.perf_counter(), time.process_time()
-        with _redirect_fds(log_path, enabled=getattr(args, "_redirect", True)):
+        with _redirect_fds(log_path):
             yield s
         s.seconds = time.perf_counter() - t0
         s.cpu_seconds = time.process_time() - c0
@@ -479,7 +479,7 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
         _run_blender(args, B, sc, out, n, ckpt, trained, report, step, progress, say)
     finally:
         if registered:
-            with _redirect_fds(log_path, enabled=getattr(args, "_redirect", True)):
+            with _redirect_fds(log_path):
                 with contextlib.suppress(Exception):
                     blender_addon.unregister()
     # summary.json
@@ -524,28 +524,29 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
     with step("Extract the mesh, skin it to the rig (busto.extract_mesh)") as s:
         sp.mesh_resolution = int(args.mesh_resolution)
         sp.mesh_colors, sp.mesh_decimate, sp.mesh_morphs = True, 0, int(args.morphs)
-        level = args.mesh_level
-        if level is None:
-            level = 0.5 if trained else _auto_level(prefs.resolve(bpy.context, sc, rig), rig, sc)
-        sp.mesh_level = float(level)
+        # an untrained model's diffuse occupancy never reaches the trained level 0.5: the add-on's automatic
+        # threshold (half the avatar's density maximum, ``level='auto'`` of portrait_core.export)
+        sp.mesh_auto_level = args.mesh_level is None and not trained
+        sp.mesh_level = float(args.mesh_level if args.mesh_level is not None else 0.5)
         try:
             B.op("busto.extract_mesh")
         except DemoError as exc:
-            if args.mesh_level is not None or "density threshold" not in str(exc):
+            if args.mesh_level is not None or sp.mesh_auto_level or "density threshold" not in str(exc):
                 raise
             # a checkpoint whose occupancy never reaches the trained level: retry at half its maximum
-            level = _auto_level(prefs.resolve(bpy.context, sc, rig), rig, sc)
-            report.notes.append(f"The density never reached {sp.mesh_level:g}: extracted at {level:.3g} instead.")
-            sp.mesh_level = float(level)
+            report.notes.append(f"The density never reached {sp.mesh_level:g}: extracted at the automatic "
+                                f"threshold (half the density maximum) instead.")
+            sp.mesh_auto_level = True
             B.op("busto.extract_mesh")
+        level = "auto" if sp.mesh_auto_level else round(float(sp.mesh_level), 5)
         mesh = rig.busto.mesh
         if mesh is None:
             raise DemoError("busto.extract_mesh finished but the rig has no mesh")
         keys = len(mesh.data.shape_keys.key_blocks) - 1 if mesh.data.shape_keys else 0
         s.detail = (f"{len(mesh.data.vertices):,} vertices, {len(mesh.data.polygons):,} faces, "
-                    f"{len(mesh.vertex_groups)} bone groups, {keys} shape keys, level {sp.mesh_level:.3g}")
+                    f"{len(mesh.vertex_groups)} bone groups, {keys} shape keys, level {level}")
     report.info.update({"mesh_vertices": len(mesh.data.vertices), "mesh_faces": len(mesh.data.polygons),
-                        "shape_keys": keys, "mesh_level": round(float(sp.mesh_level), 5)})
+                        "shape_keys": keys, "mesh_level": level})
 
     # 5. animation, camera, render settings ----------------------------------------------------------------
     segments = schedule(n)
@@ -678,7 +679,7 @@ def relative_checkpoints(bpy, blend_dir: Path) -> None:
     relative to the .blend that is about to be saved in ``blend_dir``."""
     for owner in (*bpy.data.scenes, *bpy.data.objects):
         props = getattr(owner, "busto", None)
-        if props is not None and getattr(props, "checkpoint", ""):
+        if props is not None and getattr(props, "checkpoint", None):
             props.checkpoint = blend_relative(bpy.path.abspath(props.checkpoint), blend_dir)
 
 
@@ -689,23 +690,6 @@ def _threads() -> int:
         return int(torch.get_num_threads())
     except ImportError:
         return 1
-
-
-def _auto_level(settings, rig, sc) -> float:
-    """Half the avatar's density maximum (``level='auto'`` of portrait_core.export) for untrained models, whose
-    diffuse occupancy has no surface at the trained level 0.5. Computed on the add-on's in-process backend, where
-    the avatar is already baked. The extract operator takes a number only, hence this step."""
-    from blender_addon import backend, scene
-    from portrait_core.export.extract import auto_level, avatar_bounds
-
-    be = backend.get_backend(settings)
-    session = getattr(be, "_session", None)
-    if session is None:
-        raise DemoError("an untrained checkpoint needs --mesh-level with the worker-process backend (the "
-                        "automatic level is computed in-process)")
-    be.load()
-    avatar = session._avatar(scene.avatar_spec(rig, sc.busto.super_resolve).to_json())
-    return float(auto_level(lambda p: avatar.density_field(p), avatar_bounds(avatar)))
 
 
 def _over_white(rgba: np.ndarray) -> np.ndarray:
@@ -819,7 +803,6 @@ def _main(args: argparse.Namespace, console) -> int:
     except DemoError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    args._redirect = True
     t0 = time.perf_counter()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True, disable=args.quiet,

@@ -1,4 +1,4 @@
-"""``python -m portrait_core demo``: the end-to-end headless Blender demo at tiny settings (4 frames, 64², a
+"""``python -m busto_apps demo``: the end-to-end headless Blender demo at tiny settings (4 frames, 64², a
 random-init ``tiny`` generator), every output checked, the .blend and the .glb reopened in a fresh Blender."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ POSE_BONES = ("neck", "left_collar", "right_collar", "head", "left_shoulder", "r
 
 # ------------------------------------------------------------------------------------------- pure helpers (no bpy)
 def test_schedule_plays_the_four_presets_without_overlap():
-    from portrait_core.demo import comparison_frames, grid_frames, schedule, segment_of
+    from busto_apps.demo import comparison_frames, grid_frames, schedule, segment_of
 
     segs = schedule(48)
     assert [s.preset for s in segs] == ["TURN", "NOD", "SHRUG", "SMILE"]
@@ -42,7 +42,7 @@ def test_schedule_plays_the_four_presets_without_overlap():
 
 
 def test_silhouette_iou_and_overlay():
-    from portrait_core.demo import overlay, silhouette_iou
+    from busto_apps.demo import overlay, silhouette_iou
 
     a = np.zeros((8, 8), bool)
     a[2:6, 2:6] = True
@@ -55,13 +55,32 @@ def test_silhouette_iou_and_overlay():
 
 
 def test_bad_options_are_refused_before_blender_starts(capfd):
-    from portrait_core import demo
+    from busto_apps import demo
 
     assert demo.main(["--frames", "0", "--out", "/nonexistent/x"]) == 2
     assert demo.main(["--checkpoint", "/nonexistent/model.safetensors"]) == 2
     assert demo.main(["--resolution", "8"]) == 2
     err = capfd.readouterr().out
     assert "--frames must be >= 1" in err and "no such file" in err and "--resolution" in err
+
+
+def test_portrait_core_demo_is_an_alias_of_the_app():
+    """``python -m portrait_core demo`` still runs the demo, which now lives in busto_apps (named by string)."""
+    r = subprocess.run([sys.executable, "-m", "portrait_core", "demo", "--frames", "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--frames must be >= 1" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "busto_apps", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_blend_paths_are_relative_to_the_blend():
+    from busto_apps.demo import blend_relative
+
+    assert blend_relative("/data/out/frames/####", "/data/out") == "//frames/####"
+    assert blend_relative("/data/models/g.safetensors", "/data/out") == "//../models/g.safetensors"
+    assert blend_relative("//already/relative", "/data/out") == "//already/relative"
+    assert blend_relative("", "/data/out") == ""
 
 
 # ------------------------------------------------------------------------------------------- the demo in Blender
@@ -81,7 +100,7 @@ def demo_run(tmp_path_factory):
                COLUMNS="120")
     t0 = time.perf_counter()
     r = subprocess.run(
-        [sys.executable, "-m", "portrait_core", "demo", "--out", str(out), "--frames", str(FRAMES), "--resolution",
+        [sys.executable, "-m", "busto_apps", "demo", "--out", str(out), "--frames", str(FRAMES), "--resolution",
          str(SIZE), "--mesh-resolution", "40", "--checkpoint", str(ckpt), "--seed", str(SEED), "--fps", "12"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     seconds = time.perf_counter() - t0
@@ -232,10 +251,61 @@ def test_blend_and_glb_reopen_in_a_fresh_blender(demo_run):
     assert {f'pose.bones["{b}"].rotation_quaternion' for b in POSE_BONES} <= set(res["fcurves"])
     assert "busto.exp_smile" in res["fcurves"]
     head = np.array(res["pose2"])[3]
-    from portrait_core.demo import SEGMENTS
+    from busto_apps.demo import SEGMENTS
 
     turn_amplitude = dict((name, amp) for name, _, amp in SEGMENTS)["TURN"]
     assert abs(head[1]) == pytest.approx(0.35 * turn_amplitude, abs=1e-3)  # frame 2: the turn's first key
     assert res["moved"] > 0.01  # ... and the skinned mesh follows
     assert set(POSE_BONES) <= set(res["glb_bones"]) and res["glb_skinned"]
     assert res["glb_shape_keys"] == 9 and res["glb_actions"] >= 1
+
+
+@pytest.mark.blender
+def test_moved_blend_resolves_and_renders_inside_its_new_folder(demo_run, tmp_path):
+    """demo.blend stores ``//`` paths: copied elsewhere (with the checkpoint beside its folder, as the demo left
+    them), the checkpoint and ``render.filepath`` resolve inside the copy, and ``blender -b demo.blend -a`` there
+    renders with the copied checkpoint into the copy, leaving the original frames untouched."""
+    import shutil
+
+    out, ckpt = demo_run["out"], demo_run["ckpt"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved / "out", ignore=shutil.ignore_patterns("*.png", "*.mp4"))
+    shutil.copy2(ckpt, moved / ckpt.name)
+    original = {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
+    code = textwrap.dedent(f"""
+        import json, os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import bpy, blender_addon
+        blender_addon.register()
+        from blender_addon import prefs
+        bpy.ops.wm.open_mainfile(filepath={str(moved / 'out' / 'demo.blend')!r})
+        sc = bpy.context.scene
+        rig = next(o for o in sc.objects if o.type == "ARMATURE")
+        res = {{"scene_ckpt": sc.busto.checkpoint, "rig_ckpt": rig.busto.checkpoint,
+               "resolved_ckpt": prefs.resolve(bpy.context, sc, rig).checkpoint,
+               "filepath": sc.render.filepath, "frames_abs": bpy.path.abspath(sc.render.filepath)}}
+        sc.frame_end = sc.frame_start  # one frame of `blender -b demo.blend -a`
+        bpy.ops.render.render(animation=True)
+        print("RESULT" + json.dumps(res))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "BUSTO_CHECKPOINT"}
+    env.update(BLENDER_USER_RESOURCES=str(tmp_path / "blender-user"), OMP_NUM_THREADS="2")
+    away = ckpt.with_name(ckpt.name + ".away")  # the original checkpoint is gone while the copy renders
+    ckpt.rename(away)
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=env)
+    finally:
+        away.rename(ckpt)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT"))[len("RESULT"):])
+    assert res["scene_ckpt"] == res["rig_ckpt"] == f"//../{ckpt.name}"
+    assert Path(res["resolved_ckpt"]).resolve() == (moved / ckpt.name).resolve()
+    assert res["filepath"] == "//frames/####"
+    assert Path(res["frames_abs"]).parent.resolve() == (moved / "out" / "frames").resolve()
+    from PIL import Image
+
+    with Image.open(moved / "out" / "frames" / "0001.png") as im:  # rendered into the copy, with the copy's model
+        frame = np.asarray(im.convert("RGB"))
+    assert frame.shape == (SIZE, SIZE, 3) and not np.all(frame == (255, 0, 255))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()} == original
