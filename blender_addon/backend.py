@@ -401,6 +401,52 @@ def loaded_backends() -> list:
     return [b for b in _BACKENDS.values() if getattr(b, "info", None)]
 
 
+#: the largest safetensors header :func:`checkpoint_mode` reads (a generator's header is a few hundred KiB)
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+def checkpoint_mode(path: str) -> str:
+    """The render mode (``"frontal"`` or ``"360"``) of a generator checkpoint: its config's ``render.mode``, read
+    from the safetensors header alone (no torch, no model load). Raises :class:`BackendError` naming the file."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"header of {n} bytes (not a safetensors file?)")
+            header = json.loads(f.read(n))
+        config = json.loads(header["__metadata__"]["config"])
+        mode = config.get("render", {}).get("mode", "frontal")  # missing keys take the defaults (frontal)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise BackendError(f"{path}: cannot read the generator config of this checkpoint ({exc})") from exc
+    if mode not in ("frontal", "360"):
+        raise BackendError(f"{path}: render.mode is {mode!r}, expected 'frontal' or '360'")
+    return mode
+
+
+def model_mode(settings: Settings) -> str:
+    """``"frontal"`` or ``"360"``: the mode of the settings' model. A loaded model answers with its load reply
+    (``info["mode"]``, from the worker or the in-process session); otherwise the checkpoint file's header says it
+    (the shipped model for an empty checkpoint). ``""`` when it cannot be known without loading (the worker's
+    shipped model) or the file cannot be read."""
+    for key, b in list(_BACKENDS.items()):
+        info = getattr(b, "info", None)
+        if info and key[1] == settings.checkpoint and info.get("mode"):
+            return str(info["mode"])
+    path = settings.checkpoint or shipped_checkpoint(settings)
+    if not path or not os.path.isfile(path):
+        return ""
+    try:
+        return checkpoint_mode(path)
+    except BackendError:
+        return ""
+
+
 def shutdown_all() -> None:
     with _CACHE_LOCK:
         for b in _BACKENDS.values():

@@ -7,7 +7,7 @@ import os
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import backend, convert, prefs, presets, scene
 from . import constants as K
@@ -30,6 +30,20 @@ def _store_info(context, info: dict) -> None:
     rt.model_status = (f"{info.get('preset', '?')} model, {info.get('output_resolution', '?')} px, "
                        f"{info.get('mode', '?')} mode")
     rt.model_device = str(info.get("device", ""))
+    rt.model_mode = str(info.get("mode", ""))
+
+
+#: preview yaws of a sampled avatar: the front only, or all round (front, left, back, right)
+FRONT_YAWS = [math.pi / 2]
+ALL_ROUND_YAWS = [math.pi / 2 + k * math.pi / 2 for k in range(4)]
+
+
+def _model_mode(context, rig=None) -> str:
+    """'frontal' / '360' of the model the rig (or scene) renders with: what the rig recorded when it was sampled
+    (the load reply), else the loaded model's reply or the checkpoint's config (backend.model_mode); '' unknown."""
+    if rig is not None and rig.busto.model_mode:
+        return rig.busto.model_mode
+    return backend.model_mode(_settings(context, rig))
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -77,12 +91,14 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
             spec = backend.AvatarSpec(seed=sp.new_seed, truncation=round(sp.new_truncation, 6),
                                       super_resolve=sp.super_resolve)
             full_360 = sp.new_full_360
-        yaws = [math.pi / 2 + k * math.pi / 2 for k in range(4)] if full_360 else [math.pi / 2]
+        yaws = ALL_ROUND_YAWS if full_360 else FRONT_YAWS
         return {"settings": _settings(context, rig), "spec": spec, "yaws": yaws, "rig": rig.name if rig else None,
                 "full_360": full_360}
 
     def work(self, job, state):
         info = backend.load(state["settings"], job.report_progress, job.should_stop)
+        if info.get("mode") == "360":  # the checkpoint decides: a 360 model previews all round
+            state["yaws"], state["full_360"] = ALL_ROUND_YAWS, True
         out = backend.sample(state["settings"], state["spec"], state["yaws"], 128, job.report_progress,
                              job.should_stop)
         return info, out
@@ -96,6 +112,7 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
             p = rig.busto
             p.seed, p.truncation, p.full_360 = spec.seed, spec.truncation, state["full_360"]
             p.checkpoint = state["settings"].checkpoint
+            p.model_mode = str(info.get("mode", ""))
             for o in context.view_layer.objects:
                 o.select_set(False)
             rig.select_set(True)
@@ -104,6 +121,8 @@ class BUSTO_OT_sample_avatar(BackgroundJobOperator, bpy.types.Operator):
             rig = bpy.data.objects[state["rig"]]
             if scene.update_rig_rest(context, rig, out["joint_positions"]) and rig.busto.mesh is not None:
                 self.report({"WARNING"}, f"{rig.name}: the body shape changed; extract the mesh again")
+            rig.busto.model_mode = str(info.get("mode", ""))
+            rig.busto.full_360 = state["full_360"]
         rig.busto.preview = _preview_image(f"{rig.name} preview", out["preview"])
         mode_note = ""
         if state["full_360"] and info.get("mode") != "360":
@@ -217,6 +236,7 @@ class BUSTO_OT_avatar_from_photo(BackgroundJobOperator, bpy.types.Operator):
         p.seed, p.truncation, p.full_360 = spec.seed, spec.truncation, False
         p.body_shape = spec.body_shape
         p.checkpoint = out["checkpoint"]
+        p.model_mode = str(out["info"].get("mode", ""))
         for o in context.view_layer.objects:
             o.select_set(False)
         rig.select_set(True)
@@ -528,18 +548,66 @@ class BUSTO_OT_add_camera(bpy.types.Operator):
         ("FACE", "Face", "The face camera: close-up that follows the head bone"),
     ])
     make_active: BoolProperty(name="Make active", default=True)
+    yaw: FloatProperty(name="Yaw", default=0.0, min=-math.pi, max=math.pi, subtype="ANGLE",
+                       description="Portrait camera angle around the avatar (0: front, ±180°: back; a frontal "
+                                   "model covers about ±90°, a 360° model all round)")
 
     def execute(self, context):
         rig = _need_rig(self, context)
         if rig is None:
             return {"CANCELLED"}
+        yaw = presets.FRONT_YAW + self.yaw
         if self.kind == "PORTRAIT":
-            cam = scene.add_portrait_camera(context, rig)
+            cam = scene.add_portrait_camera(context, rig, yaw=yaw)
         else:
             cam = scene.add_face_camera(context, rig)
         if self.make_active:
             context.scene.camera = cam
         self.report({"INFO"}, f"Busto: added {cam.name}")
+        if self.kind == "PORTRAIT" and presets.outside_frontal_range(yaw) and _model_mode(context, rig) == "frontal":
+            self.report({"WARNING"}, f"Busto: a yaw of {math.degrees(self.yaw):.0f}° sees the back; this checkpoint "
+                                     "was trained in frontal mode, so back views are outside its range")
+        return {"FINISHED"}
+
+
+class BUSTO_OT_orbit_camera(bpy.types.Operator):
+    """Key a camera making one full turn around the active avatar over a frame range (linear, at the portrait
+    camera's distance, looking at the portrait centre): render the animation to see the avatar from all sides"""
+
+    bl_idname = "busto.orbit_camera"
+    bl_label = "Orbit Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    frame_start: IntProperty(name="Start", default=1, description="First frame of the turn (default: the Animate "
+                                                                 "panel's Start)")
+    frame_end: IntProperty(name="End", default=120, description="Last frame of the turn (default: Start + the "
+                                                               "Animate panel's orbit frames - 1)")
+    make_active: BoolProperty(name="Make active", default=True)
+    set_range: BoolProperty(name="Set frame range", default=True,
+                            description="Make the scene's frame range the turn (a seamless loop)")
+
+    def execute(self, context):
+        rig = _need_rig(self, context)
+        if rig is None:
+            return {"CANCELLED"}
+        sp, sc = context.scene.busto, context.scene
+        start = self.frame_start if self.properties.is_property_set("frame_start") else sp.anim_start
+        end = self.frame_end if self.properties.is_property_set("frame_end") else start + sp.orbit_frames - 1
+        if end <= start:
+            self.report({"ERROR"}, f"Orbit camera: the end frame ({end}) must come after the start frame ({start})")
+            return {"CANCELLED"}
+        cam = scene.add_orbit_camera(context, rig, start, end, sp.orbit_elevation)
+        if self.make_active:
+            sc.camera = cam
+        if self.set_range:
+            sc.frame_start, sc.frame_end = start, end
+        mode = _model_mode(context, rig)
+        self.report({"INFO"}, f"Busto: {cam.name} turns around {rig.name} over frames {start}-{end} "
+                              f"({360.0 / (end - start + 1):.3g}° a frame, {mode or 'unknown'} model)")
+        if mode == "frontal":
+            self.report({"WARNING"}, "Busto: this checkpoint was trained in frontal mode; the back half of the "
+                                     "orbit is outside its range (the back folds onto the front). Use a 360° model "
+                                     "(render.mode = '360') for back views")
         return {"FINISHED"}
 
 
@@ -603,5 +671,6 @@ class BUSTO_OT_setup_render(bpy.types.Operator):
 CLASSES = (
     BUSTO_OT_load_model, BUSTO_OT_sample_avatar, BUSTO_OT_avatar_from_photo, BUSTO_OT_remove_avatar, BUSTO_OT_extract_mesh, BUSTO_OT_reset_pose,
     BUSTO_OT_import_keyframes, BUSTO_OT_export_keyframes, BUSTO_OT_animation_preset, BUSTO_OT_add_camera,
+    BUSTO_OT_orbit_camera,
     BUSTO_OT_face_preview, BUSTO_OT_setup_render,
 )

@@ -51,3 +51,32 @@ def build_preset(name: str, amplitude: float = 1.0) -> Preset:
 
 
 PRESET_NAMES = ("NOD", "TURN", "SHRUG", "SMILE")
+
+
+# --------------------------------------------------------------------------------------------- orbit camera
+#: the front of the avatar in the Busto yaw convention (the generator's portrait camera sits at yaw π/2)
+FRONT_YAW = np.pi / 2
+
+
+def orbit_keys(frame_start: int, frame_end: int, start_yaw: float = FRONT_YAW) -> tuple[list[int], np.ndarray]:
+    """The "orbit" camera preset: one full turn around the avatar over ``frame_start..frame_end`` (inclusive).
+
+    Two linear keys of the camera yaw: ``start_yaw`` at ``frame_start`` and ``start_yaw + 2π`` one frame after
+    ``frame_end``, so the ``n = frame_end - frame_start + 1`` rendered frames step ``2π / n`` each and the range
+    loops without a repeated frame. Returns ``(frames, yaws)``."""
+    if frame_end < frame_start + 1:
+        raise ValueError(f"orbit: the frame range {frame_start}-{frame_end} needs at least two frames")
+    return [int(frame_start), int(frame_end) + 1], np.array([start_yaw, start_yaw + 2 * np.pi])
+
+
+def orbit_yaw(frame: float, frame_start: int, frame_end: int, start_yaw: float = FRONT_YAW) -> float:
+    """The orbit preset's camera yaw at ``frame`` (linear between the keys of :func:`orbit_keys`)."""
+    (f0, f1), (y0, y1) = orbit_keys(frame_start, frame_end, start_yaw)
+    return float(y0 + (y1 - y0) * (frame - f0) / (f1 - f0))
+
+
+def outside_frontal_range(yaw: float, limit: float = np.pi / 2) -> bool:
+    """Whether a camera at ``yaw`` sees the avatar from further than ``limit`` off the front: views a frontal-mode
+    model folds onto the front (its textures cover the front hemisphere only)."""
+    off = (float(yaw) - FRONT_YAW + np.pi) % (2 * np.pi) - np.pi
+    return abs(off) > limit + 1e-9

@@ -37,6 +37,9 @@ class BustoAvatarProps(bpy.types.PropertyGroup):
     full_360: BoolProperty(name="360°", default=False,
                            description="Preview the avatar all around (needs a checkpoint trained in 360° mode "
                                        "for the back to be meaningful)")
+    model_mode: StringProperty(name="Model mode", default="", options={"HIDDEN"},
+                               description="Render mode of the checkpoint the avatar was sampled from ('frontal' "
+                                           "or '360'; empty: not known yet)")
     body_shape: FloatVectorProperty(name="Body shape", size=K.BODY_SHAPE_DIM, default=(0.0,) * K.BODY_SHAPE_DIM,
                                     min=-5.0, max=5.0, description="SMPL betas of the avatar's body")
     checkpoint: StringProperty(name="Checkpoint", subtype="FILE_PATH", default="", options=_PATH_OPTIONS,
@@ -108,6 +111,10 @@ class BustoSceneProps(bpy.types.PropertyGroup):
     anim_interval: IntProperty(name="Frames per key", default=12, min=1,
                                description="Frames between consecutive keyframes (the official n_interval)")
     anim_amplitude: FloatProperty(name="Amplitude", default=1.0, min=0.0, max=3.0)
+    orbit_frames: IntProperty(name="Orbit frames", default=120, min=2, max=100000,
+                              description="Frames of one full turn of the orbit camera (from the Start frame)")
+    orbit_elevation: FloatProperty(name="Elevation", default=0.0, min=-1.4, max=1.4, subtype="ANGLE",
+                                   description="Orbit camera height angle above the portrait centre (0: level)")
 
 
 class BustoRuntimeProps(bpy.types.PropertyGroup):
@@ -118,6 +125,7 @@ class BustoRuntimeProps(bpy.types.PropertyGroup):
     job_progress: FloatProperty(name="Progress", subtype="PERCENTAGE", min=0.0, max=100.0, default=0.0)
     model_status: StringProperty(default="")
     model_device: StringProperty(default="")
+    model_mode: StringProperty(default="")
 
 
 CLASSES = (BustoAvatarProps, BustoSceneProps, BustoRuntimeProps)

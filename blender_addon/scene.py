@@ -11,7 +11,7 @@ from bpy_extras import anim_utils
 from mathutils import Matrix
 
 from . import constants as K
-from . import convert
+from . import convert, presets
 from .props import effective_expression, set_expression
 
 #: Bone tails: child joint to point at (SMPL id), or None for a fixed offset.
@@ -373,6 +373,51 @@ def add_portrait_camera(context, rig, name: str = "Busto portrait camera", yaw: 
     M = convert.cv_to_blender_camera(convert.orbit_camera_cv(yaw, pitch, K.PORTRAIT_RADIUS, K.PORTRAIT_LOOK_AT),
                                      np.array(rig.matrix_world))
     ob.matrix_world = Matrix(M.tolist())
+    return ob
+
+
+def add_orbit_camera(context, rig, frame_start: int, frame_end: int, elevation: float = 0.0,
+                     name: str = "Busto orbit camera"):
+    """The "orbit" preset: the generator's portrait camera (12° fov, portrait radius, looking at the portrait
+    centre) turning once around the avatar over ``frame_start..frame_end`` (:func:`presets.orbit_keys`).
+
+    The camera is the child of a pivot empty at the portrait centre, parented to the rig; the pivot's rotation
+    about the rig's up axis has two LINEAR keys, so on every frame (and sub-frame) the camera keeps its distance
+    and looks at the centre. ``elevation``: radians above level. An earlier orbit of the same name is replaced.
+    Returns the camera object."""
+    frames, yaws = presets.orbit_keys(frame_start, frame_end)
+    for old in (name, f"{name} pivot"):
+        ob = bpy.data.objects.get(old)
+        if ob is not None:
+            data = ob.data
+            bpy.data.objects.remove(ob, do_unlink=True)
+            if data is not None and data.users == 0:
+                bpy.data.cameras.remove(data)
+    centre = convert.smpl_to_blender_points(np.asarray(K.PORTRAIT_LOOK_AT))  # rig (armature) space
+    pivot = bpy.data.objects.new(f"{name} pivot", None)
+    pivot.empty_display_type = "SPHERE"
+    pivot.empty_display_size = 0.05
+    context.scene.collection.objects.link(pivot)
+    pivot.parent = rig
+    pivot.location = centre.tolist()
+    pivot.rotation_mode = "XYZ"
+    cam = bpy.data.cameras.new(name)
+    cam.sensor_fit = "AUTO"
+    cam.sensor_width = 36.0
+    cam.lens = convert.lens_for_fov(K.PORTRAIT_FOV_DEG, cam.sensor_width)
+    cam.clip_start, cam.clip_end = 0.05, 100.0
+    ob = bpy.data.objects.new(name, cam)
+    context.scene.collection.objects.link(ob)
+    ob.parent = pivot
+    M = convert.cv_to_blender_camera(convert.orbit_camera_cv(presets.FRONT_YAW, math.pi / 2 - elevation,
+                                                             K.PORTRAIT_RADIUS, K.PORTRAIT_LOOK_AT))
+    M[:3, 3] -= centre  # in the pivot's frame
+    ob.matrix_basis = Matrix(M.tolist())
+    # yaw grows counter-clockwise seen from above in SMPL axes (+Y up) = clockwise about Blender's +Z
+    for frame, yaw in zip(frames, yaws):
+        pivot.rotation_euler = (0.0, 0.0, -(float(yaw) - presets.FRONT_YAW))
+        pivot.keyframe_insert("rotation_euler", index=2, frame=frame)
+    _set_interpolation(pivot, "LINEAR", prefix="rotation_euler")
     return ob
 
 

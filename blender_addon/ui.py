@@ -221,6 +221,13 @@ class BUSTO_PT_render(_BustoPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("busto.add_camera", text="Portrait", icon="CAMERA_DATA").kind = "PORTRAIT"
         row.operator("busto.add_camera", text="Face", icon="VIEW_CAMERA").kind = "FACE"
+        col = layout.column(align=True)  # the orbit preset: a full turn, to render the avatar from all sides
+        col.prop(sc.busto, "orbit_frames", text="Turn frames")
+        col.prop(sc.busto, "orbit_elevation")
+        col.operator("busto.orbit_camera", text="Orbit Camera", icon="ORIENTATION_GIMBAL")
+        rig = scene.active_rig(context)
+        if rig is not None and rig.busto.model_mode == "frontal":
+            _wrapped_label(layout, "Frontal model: back views fold onto the front", icon="INFO")
         if sc.camera is None:
             layout.label(text="No scene camera", icon="ERROR")
         rig = scene.active_rig(context)
