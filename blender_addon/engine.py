@@ -9,6 +9,7 @@ per process, so a frame range loads the model once.
 from __future__ import annotations
 
 import threading
+import time
 
 import bpy
 import numpy as np
@@ -110,14 +111,46 @@ K_BACKGROUND = 1.0  # the generator composites on white (conventions.BACKGROUND)
 
 
 # ------------------------------------------------------------------------------------------------ viewport
-#: per 3D-view region: the inputs of the last requested preview, the last finished image, the worker thread
-_VIEWS: dict[int, dict] = {}
+# Rendered viewport shading shows the neural avatar live: while the view, frame, pose or expression changes (scrubbing
+# or playing the timeline) each redraw asks for a small preview (VIEWPORT_LOW_SIZE rays on the long side); once the
+# picture has been still for VIEWPORT_SETTLE_SECONDS a refined one (VIEWPORT_MAX_SIZE) follows. One worker thread per
+# 3D-view region renders the newest request only: a request waiting behind a busy worker is replaced by a newer one,
+# and a result is shown only when newer than the image on screen. The decisions are pure functions (tested plainly);
+# :class:`ViewportPreview` holds one region's state and never touches bpy, so its thread may run it.
+
+VIEWPORT_LOW_SIZE = 64
 VIEWPORT_MAX_SIZE = 160
+VIEWPORT_SETTLE_SECONDS = 0.3
+#: how often the main-thread timer checks for finished previews and due refinements
+VIEWPORT_POLL_SECONDS = 0.05
 
 
 def viewport_size(width: int, height: int, cap: int = VIEWPORT_MAX_SIZE) -> tuple[int, int]:
+    """The render size of a ``width`` x ``height`` region with the long side at most ``cap`` (at least 8)."""
     s = min(1.0, cap / max(width, height, 1))
     return max(8, round(width * s)), max(8, round(height * s))
+
+
+def viewport_level(seconds_since_change: float, settle: float = VIEWPORT_SETTLE_SECONDS) -> str:
+    """``"low"`` while the picture changed less than ``settle`` seconds ago (moving), else ``"full"`` (still)."""
+    return "low" if seconds_since_change < settle else "full"
+
+
+def viewport_cap(level: str) -> int:
+    """The long side in rays of a preview at ``level``."""
+    return VIEWPORT_LOW_SIZE if level == "low" else VIEWPORT_MAX_SIZE
+
+
+def result_is_newer(result_seq: int, shown_seq: int) -> bool:
+    """Whether a finished preview (request number ``result_seq``) replaces the image on screen (``shown_seq``):
+    only a later request does, so a late answer to an old request never overwrites a newer picture."""
+    return result_seq > shown_seq
+
+
+def refine_due(level_shown: str | None, seconds_since_change: float, settle: float = VIEWPORT_SETTLE_SECONDS) -> bool:
+    """Whether a redraw is needed to ask for the refined preview: the screen shows a low-resolution (or no)
+    picture of the current inputs and they have been still long enough."""
+    return level_shown != "full" and viewport_level(seconds_since_change, settle) == "full"
 
 
 def inputs_key(items: list[dict], width: int, height: int) -> bytes:
@@ -129,16 +162,131 @@ def inputs_key(items: list[dict], width: int, height: int) -> bytes:
     return b"|".join(parts)
 
 
+def preview_image(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composited premultiplied sRGB + alpha -> the opaque RGBA image drawn in the viewport (over white,
+    top-down, display values)."""
+    over_white = rgb + (1.0 - alpha) * K_BACKGROUND
+    return np.concatenate([over_white, np.ones_like(alpha)], axis=-1).astype(np.float32)
+
+
+def texture_data(image: np.ndarray) -> np.ndarray:
+    """A top-down RGBA image -> the flat float32 data of a GPU texture (rows bottom-up, as OpenGL expects)."""
+    if image.ndim != 3 or image.shape[2] != 4:
+        raise ValueError(f"expected an RGBA image [H, W, 4], got shape {image.shape}")
+    return np.ascontiguousarray(np.flipud(image), np.float32).ravel()
+
+
+class ViewportPreview:
+    """One 3D-view region's live preview: the newest inputs, when they last changed, the single pending request,
+    the worker thread and the image on screen. No bpy: :meth:`update` runs on the main thread in ``view_draw``,
+    the worker calls the backend through ``render`` (default :func:`composite`)."""
+
+    def __init__(self, render=None, clock=time.monotonic):
+        self.render = render or composite
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.key: bytes | None = None
+        self.changed_at = 0.0
+        self.seq = 0
+        self.pending: dict | None = None  # the newest request not yet started
+        self.running: dict | None = None  # the request the worker renders now
+        self.thread: threading.Thread | None = None
+        self.image: np.ndarray | None = None
+        self.shown: dict | None = None  # the request whose image is on screen
+        self.drawn_seq = 0  # the request whose image was last drawn
+        self.error = ""
+        self.timings: list[tuple[str, float]] = []  # (level, seconds) of recent renders
+        self.gpu_cache: dict = {}  # the texture of the image on screen (main thread only)
+
+    def update(self, items: list[dict], region_w: int, region_h: int) -> dict | None:
+        """Note the current inputs and queue the preview they need. Returns the queued request, or None when the
+        picture on screen, in progress or pending already is that one."""
+        now = self.clock()
+        key = inputs_key(items, region_w, region_h)
+        with self.lock:
+            if key != self.key:
+                self.key, self.changed_at = key, now
+            level = viewport_level(now - self.changed_at)
+            w, h = viewport_size(region_w, region_h, viewport_cap(level))
+            target = (key, level)
+            for req in (self.shown, self.running, self.pending):
+                if req is not None and (req["key"], req["level"]) == target:
+                    return None
+            if self.shown is not None and self.shown["key"] == key and self.shown["level"] == "full":
+                return None  # the refined picture of these inputs is on screen already
+            self.seq += 1
+            req = {"seq": self.seq, "key": key, "level": level, "items": items, "size": (w, h)}
+            self.pending = req  # replaces (drops) any older request still waiting
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._work, name="busto-viewport", daemon=True)
+                self.thread.start()
+            return req
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                req, self.pending = self.pending, None
+                self.running = req
+                if req is None:
+                    return
+            w, h = req["size"]
+            t0 = time.perf_counter()
+            try:
+                rgb, alpha = self.render(req["items"], w, h)
+                image, error = preview_image(rgb, alpha), ""
+            except Exception as exc:  # reported on the console; the viewport keeps the last good image
+                image, error = None, error_message(exc)
+                print(f"Busto Neural viewport: {error}")
+            with self.lock:
+                self.running = None
+                self.timings = (self.timings + [(req["level"], time.perf_counter() - t0)])[-32:]
+                self.error = error
+                if image is not None and result_is_newer(req["seq"], self.shown["seq"] if self.shown else 0):
+                    self.image, self.shown = image, {k: req[k] for k in ("seq", "key", "level", "size")}
+
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def needs_redraw(self) -> bool:
+        """A new image is ready to draw, or the inputs have been still long enough to ask for the refined one."""
+        with self.lock:
+            if self.shown is not None and self.shown["seq"] != self.drawn_seq:
+                return True
+            shown_level = self.shown["level"] if self.shown and self.shown["key"] == self.key else None
+            asked = any(r is not None and r["key"] == self.key and r["level"] == "full"
+                        for r in (self.running, self.pending))
+            return self.key is not None and not asked and refine_due(shown_level, self.clock() - self.changed_at)
+
+    def waiting(self) -> bool:
+        """Whether the main thread should keep polling (a render runs, or a refinement is still to come)."""
+        with self.lock:
+            refined = self.shown is not None and self.shown["key"] == self.key and self.shown["level"] == "full"
+        return self.busy() or (self.key is not None and not refined and not self.error)
+
+    def frame(self) -> np.ndarray | None:
+        """The image to draw now (marks it drawn)."""
+        with self.lock:
+            if self.shown is not None:
+                self.drawn_seq = self.shown["seq"]
+            return self.image
+
+
+#: per 3D-view region (its pointer): the live preview
+_VIEWS: dict[int, ViewportPreview] = {}
+_TICKING = [False]
+
+
 def draw_image(image: np.ndarray, width: int, height: int, cache: dict | None = None) -> None:
     """Draw a top-down RGBA float image (display values) over the current framebuffer, stretched to
-    ``width`` x ``height`` pixels."""
+    ``width`` x ``height`` pixels (needs a GPU context: not available in background mode)."""
     import gpu
     from gpu_extras.presets import draw_texture_2d
 
     h, w = image.shape[:2]
     tex = cache.get("texture") if cache is not None and cache.get("texture_of") is image else None
     if tex is None:
-        buf = gpu.types.Buffer("FLOAT", w * h * 4, np.ascontiguousarray(np.flipud(image), np.float32).ravel().tolist())
+        data = texture_data(image)
+        buf = gpu.types.Buffer("FLOAT", data.size, data.tolist())
         tex = gpu.types.GPUTexture((w, h), format="RGBA16F", data=buf)
         if cache is not None:
             cache["texture"], cache["texture_of"] = tex, image
@@ -154,28 +302,28 @@ def _tag_viewports() -> None:
                 area.tag_redraw()
 
 
-def request_viewport_preview(state: dict, items: list[dict], width: int, height: int) -> bool:
-    """Start rendering ``items`` for a viewport unless the same picture is done or being made. Returns whether a
-    render started. The thread only calls the backend; the main thread draws ``state['image']``."""
-    key = inputs_key(items, width, height)
-    thread = state.get("thread")
-    if key == state.get("key") or (thread is not None and thread.is_alive()):
-        return False
-    state["key"] = key
+def viewport_tick(views: dict | None = None) -> float | None:
+    """The main-thread timer: redraw the 3D views when a preview finished or a refinement is due; keeps running
+    (returns its interval) while any preview waits, stops (None) otherwise."""
+    views = _VIEWS if views is None else views
+    if any(v.needs_redraw() for v in list(views.values())):
+        _tag_viewports()
+    if any(v.waiting() for v in list(views.values())):
+        return VIEWPORT_POLL_SECONDS
+    _TICKING[0] = False
+    return None
 
-    def run():
-        try:
-            rgb, alpha = composite(items, width, height)
-            over_white = rgb + (1.0 - alpha) * K_BACKGROUND
-            state["image"] = np.concatenate([over_white, np.ones_like(alpha)], axis=-1).astype(np.float32)
-            state["error"] = ""
-        except Exception as exc:  # reported on the console; the viewport keeps the last good image
-            state["error"] = error_message(exc)
-            print(f"Busto Neural viewport: {state['error']}")
 
-    state["thread"] = threading.Thread(target=run, name="busto-viewport", daemon=True)
-    state["thread"].start()
-    return True
+def _ensure_tick() -> None:
+    if not _TICKING[0] and not bpy.app.background:
+        _TICKING[0] = True
+        bpy.app.timers.register(viewport_tick, first_interval=VIEWPORT_POLL_SECONDS)
+
+
+def request_viewport_preview(state: ViewportPreview, items: list[dict], width: int, height: int) -> bool:
+    """Queue the preview ``items`` need in a ``width`` x ``height`` region (see :meth:`ViewportPreview.update`).
+    Returns whether a render was queued."""
+    return state.update(items, width, height) is not None
 
 
 class BustoNeuralEngine(bpy.types.RenderEngine):
@@ -212,30 +360,25 @@ class BustoNeuralEngine(bpy.types.RenderEngine):
 
     def view_draw(self, context, depsgraph):
         region, rv3d = context.region, context.region_data
-        state = _VIEWS.setdefault(region.as_pointer(), {})
-        if len(_VIEWS) > 16:
-            for k in list(_VIEWS)[:-16]:
+        state = _VIEWS.get(region.as_pointer())
+        if state is None:
+            state = _VIEWS[region.as_pointer()] = ViewportPreview()
+            for k in list(_VIEWS)[:-16]:  # regions closed since: forget them
                 _VIEWS.pop(k, None)
-        w, h = viewport_size(region.width, region.height)
         try:
             Kn = convert.projection_to_intrinsics(np.array(rv3d.window_matrix))
             cam_world = np.linalg.inv(np.array(rv3d.view_matrix))
             items = rig_inputs(depsgraph, cam_world, Kn)
         except ValueError as exc:
-            if state.get("error") != str(exc):
+            if state.error != str(exc):
                 print(f"Busto Neural viewport: {exc}")
-            state["error"], items = str(exc), None
-        if items is not None and request_viewport_preview(state, items, w, h):
-            def poll():
-                t = state.get("thread")
-                if t is not None and t.is_alive():
-                    return 0.1
-                _tag_viewports()
-                return None
-
-            bpy.app.timers.register(poll, first_interval=0.1)
-        if state.get("image") is not None:
-            draw_image(state["image"], region.width, region.height, state)
+            state.error, items = str(exc), None
+        if items is not None:
+            state.update(items, region.width, region.height)
+            _ensure_tick()  # redraws when the preview is ready, and again to refine once the view is still
+        image = state.frame()
+        if image is not None:
+            draw_image(image, region.width, region.height, state.gpu_cache)
 
 
 def _panels_for_engine():

@@ -456,17 +456,17 @@ def test_viewport_preview_renders_in_a_thread(addon, bpy_module):
                                                            K.PORTRAIT_LOOK_AT))
     Kn = cv.blender_intrinsics(cv.lens_for_fov(12.0), 36, 24, "AUTO", 48, 32)
     items = eng.rig_inputs(dg, cam_world, Kn)
-    state = {}
+    state = eng.ViewportPreview(clock=lambda: 0.0)  # time stands still: the low-resolution preview only
     assert eng.request_viewport_preview(state, items, 48, 32)
     assert not eng.request_viewport_preview(state, items, 48, 32)  # busy or same picture: no second render
-    state["thread"].join(timeout=120)
-    assert state.get("error", "") == "" and state["image"].shape == (32, 48, 4)
+    state.thread.join(timeout=120)
+    assert state.error == "" and state.image.shape == (32, 48, 4)
     assert not eng.request_viewport_preview(state, items, 48, 32)  # unchanged view: nothing to do
     rgb, alpha = eng.composite(items, 48, 32)
-    assert np.allclose(state["image"][..., :3], rgb + (1 - alpha), atol=1e-6)
+    assert np.allclose(state.image[..., :3], rgb + (1 - alpha), atol=1e-6)
     items[0]["pose"] = items[0]["pose"] + 0.1
     assert eng.request_viewport_preview(state, items, 48, 32)  # the pose changed: a new preview
-    state["thread"].join(timeout=120)
+    state.thread.join(timeout=120)
     assert eng.viewport_size(1920, 1080) == (160, 90)
 
 
