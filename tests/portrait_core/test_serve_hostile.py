@@ -225,7 +225,7 @@ def test_valid_requests_get_their_defaults():
     assert serve.validate_request("load", {"device": "cuda:1"}, {}) == {"checkpoint": None, "device": "cuda:1"}
     out = serve.validate_request("extract", {"avatar": {"seed": 3}, "level": "auto", "decimate": None}, {})
     assert out == {"avatar": {"seed": 3, "truncation": 0.7, "body_shape": [0.0] * 10, "super_resolve": True},
-                   "resolution": 128, "decimate": 0, "colors": True, "level": "auto", "morphs": 0}
+                   "resolution": 128, "decimate": 0, "colors": True, "level": "auto", "morphs": 0, "texture": 0}
     assert serve.validate_request("render", {"size": 0}, camera_arrays(3))["size"] is None
 
 

@@ -468,13 +468,14 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
     assert changed and all(k.startswith("superres") for k in changed), changed
 
 
-def test_superres_stage_needs_a_super_resolution(tiny_data, tmp_path):
+def test_superres_stage_needs_a_super_resolution(tiny_data, tmp_path, capsys):
     from portrait_core.generator import save_generator
 
     save_generator(tmp_path / "plain.safetensors", Generator(generator_config("tiny", superres={"enabled": False})))
-    with pytest.raises(ValueError, match="super-resolution"):
-        run_warm(tiny_data, tmp_path / "run", "run.steps=1", f"model.init_from={tmp_path / 'plain.safetensors'}",
-                 preset_name="warm128-sr")
+    code = run_warm(tiny_data, tmp_path / "run", "run.steps=1", f"model.init_from={tmp_path / 'plain.safetensors'}",
+                    preset_name="warm128-sr")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: stage 2 needs a generator with super-resolution (superres.enabled)"]
 
 
 def test_heldout_evaluation_with_baselines_and_export(tiny_data, tmp_path):
