@@ -353,8 +353,8 @@ class BustoNeuralEngine(bpy.types.RenderEngine):
         result.layers[0].passes["Combined"].rect.foreach_set(np.ascontiguousarray(np.flipud(rgba)).ravel())
         self.end_result(result)
 
-    # Rendered viewport shading: a low-resolution neural preview of the view, made in a worker thread and drawn
-    # when ready; it refreshes whenever the view, the pose or the expression changes.
+    # Rendered viewport shading: the live neural preview (ViewportPreview): low resolution while the view, frame,
+    # pose or expression changes, refined once they have been still for VIEWPORT_SETTLE_SECONDS.
     def view_update(self, context, depsgraph):
         pass  # view_draw compares the inputs on every redraw
 
