@@ -12,7 +12,7 @@ def test_export_glb_random_init(tmp_path, keyframes_dir, capsys):
 
     out = tmp_path / "avatar.glb"
     rc = main(["--preset", "tiny", "--seed", "2", "--resolution", "40", "--morphs", "jaw_open,smile,blink",
-               "--keyframes", str(keyframes_dir / "real_video_sample1"), "--key-interval", "1", "--json",
+               "--keyframes", str(keyframes_dir / "real_video_sample1"), "--key-interval", "1", "--json", "--texture", "0",
                "--out", str(out)])
     assert rc == 0
     cap = capsys.readouterr()
