@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 #: command -> (module with ``main(argv) -> int``, one-line help)
@@ -13,21 +12,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: python -m busto_apps COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines)
-
-
 def _dispatch(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)
+    from portrait_core.cli.errors import dispatch_command
+
+    return dispatch_command("busto_apps", COMMANDS, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

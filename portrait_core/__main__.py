@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 #: command -> (module with ``main(argv) -> int``, one-line help)
@@ -22,24 +21,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: python -m portrait_core COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Data tools: python -m portrait_core.data --help; training: python -m train --help",
-              "Errors print one 'error: <file>: <problem>' line; --debug (or BUSTO_DEBUG=1) shows the traceback."]
-    return "\n".join(lines)
+NOTES = ("Data tools: python -m portrait_core.data --help; training: python -m train --help",
+         "Errors print one 'error: <file>: <problem>' line; --debug (or BUSTO_DEBUG=1) shows the traceback.")
 
 
 def _dispatch(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    from portrait_core.cli.errors import dispatch_command
+
+    return dispatch_command("portrait_core", COMMANDS, argv, NOTES)
 
 
 def main(argv: list[str] | None = None) -> int:

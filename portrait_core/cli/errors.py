@@ -125,3 +125,22 @@ def usage_error(message: str) -> int:
     """Print ``error: <message>`` (a bad argument or value found after parsing) and return the user-error status."""
     print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
     return USER_ERROR_EXIT
+
+
+def dispatch_command(prog: str, commands: dict[str, tuple[str, str]], argv: Sequence[str],
+                     notes: Sequence[str] = ()) -> int:
+    """Run ``commands[argv[0]]`` (module with ``main(argv) -> int``, imported only when used) on the rest of
+    ``argv``; no command or ``-h``/``--help`` prints the usage, an unknown one is a usage error (exit 2)."""
+    import importlib
+
+    lines = [f"usage: python -m {prog} COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in commands.items()]
+    usage = "\n".join([*lines, *([""] + list(notes) if notes else [])])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    name, rest = argv[0], list(argv[1:])
+    if name not in commands:
+        print(f"error: unknown command {name!r}\n\n{usage}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(commands[name][0]).main(rest) or 0)

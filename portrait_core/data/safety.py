@@ -144,6 +144,7 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, what: str) -> bytes:
                          f"{MAX_FILE_BYTES}")
     try:
         return zf.read(info)
+    # zipfile raises NotImplementedError for a compression method it does not know
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
         raise LabelError(f"{what}: (archive member): cannot be read: {e}") from None
 
