@@ -167,6 +167,9 @@ class OptimConfig:
     """Learning-rate multiplier of the manifold network (param group 'manifold')."""
     lr_colour_head_scale: float = 1.0
     """Learning-rate multiplier of the modulated colour head (radiance.modulated_colour), its own group if != 1."""
+    lr_face_texture_scale: float = 10.0
+    """Learning-rate multiplier of the shared face texture (param group 'face_texture'; ``face_texture.enabled``):
+    each texel is seen by few rays per step, so it moves faster than the networks."""
     lr_min_fraction: float = 1.0
     """Cosine decay of every learning rate to this fraction at ``run.steps`` (1 = constant)."""
     warmup_steps: int = 0

@@ -233,7 +233,8 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
     G.requires_grad_(False)
     o = cfg.optim
     groups = trainable_generator_params(G, cfg.stage, colour_head_group=o.lr_colour_head_scale != 1.0)
-    scale = {"mapping": o.lr_mapping_scale, "manifold": o.lr_manifold_scale, "colour_head": o.lr_colour_head_scale}
+    scale = {"mapping": o.lr_mapping_scale, "manifold": o.lr_manifold_scale, "colour_head": o.lr_colour_head_scale,
+             "face_texture": o.lr_face_texture_scale}
     param_groups = []
     for name, params in groups.items():
         for p in params:

@@ -396,7 +396,8 @@ class SupervisedObjective:
             textures = G.bake_textures(G.radiance_styles(latents))
             scene = SceneFields(pose_volume=G.pose_volume(G.body.posed(controls.body_shape, controls.pose)),
                                 expression_fields=G.expression_fields_fn(latents.identity, controls.expression),
-                                manifold=G.baked_manifold_fn(), radiance=G.texture_radiance_fn(textures))
+                                manifold=G.baked_manifold_fn(), radiance=G.texture_radiance_fn(textures),
+                                face_detail=G.face_detail_fn(latents, controls.body_shape))
         hr_textures = G.super_resolve_textures(textures, G.superres_styles(latents))
         scene = dataclasses.replace(scene, radiance_hr=G.texture_radiance_fn(hr_textures))
         res_hr = sr * res

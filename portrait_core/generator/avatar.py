@@ -71,6 +71,7 @@ class Avatar:
                 sr_styles = generator.superres_styles(self.latents, truncation)
                 self.textures_hr = generator.super_resolve_textures(self.textures, sr_styles)
             self.manifold = generator.baked_manifold_fn()
+            self.face_detail = generator.face_detail_fn(self.latents, self.body_shape)
             self.canonical_body = generator.body.canonical(self.body_shape)
             self._neutral_expression_volume = None
             if generator.cfg.render.expression_grid:
@@ -139,8 +140,18 @@ class Avatar:
             manifold=self.manifold,
             radiance=g.texture_radiance_fn(self.textures),
             radiance_hr=g.texture_radiance_fn(self.textures_hr) if super_resolve else None,
+            face_detail=self._face_detail_for(b),
         )
         return g.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve)
+
+    def _face_detail_for(self, batch: int):
+        """The face texture's correction for ``batch`` frames of this identity (None without one)."""
+        if self.face_detail is None:
+            return None
+        if batch == 1:
+            return self.face_detail
+        detail = self.face_detail
+        return lambda hits, rgb: torch.cat([detail(hits[i:i + 1], rgb[i:i + 1]) for i in range(batch)])
 
     # ------------------------------------------------------------------ fields for mesh export and blendshapes
     @torch.no_grad()
@@ -200,6 +211,8 @@ class Avatar:
             crossings = R.intersect_levels(s, (t + offset)[None, None, :], g.levels)
             hits = R.interpolate_at_crossings(ray[None], crossings)
             rgb, alpha, _ = radiance(hits, crossings.valid)
+            if self.face_detail is not None:
+                rgb = self.face_detail(hits, rgb)
             comp = R.composite(rgb, alpha, crossings.depth, crossings.valid, background=0.0)
             colour = comp.rgb / comp.opacity[..., None].clamp_min(1e-6)
             # fallback: the texel of the level nearest to the point

@@ -26,6 +26,7 @@ from portrait_core.geometry.camera import Camera
 
 from . import rendering as R
 from .config import GeneratorConfig
+from .face_texture import FaceTexture, face_coordinate_volume
 from .fast_composite import composite_fast
 from .networks import (
     ExpressionDeformNet,
@@ -65,6 +66,9 @@ class SceneFields:
     """At ray resolution."""
     radiance_hr: RadianceFn | None = None
     """Super-resolved textures (None: no super-resolution)."""
+    face_detail: Callable[[Tensor, Tensor], Tensor] | None = None
+    """(canonical hits [B, R, L, 3], rgb [B, R, L, 3]) -> rgb with the face texture's correction (None: no
+    ``face_texture`` in the config)."""
 
 
 class Generator(nn.Module):
@@ -83,6 +87,7 @@ class Generator(nn.Module):
                          else RadianceField(cfg.radiance))
         self.radiance_mapping = MappingNetwork(latent_dim, self.radiance.style_dim, cfg.radiance.mapping, last_gain=0.25)
         self.manifold = ManifoldField(cfg.manifold)
+        self.face_texture = FaceTexture(cfg.face_texture, latent_dim) if cfg.face_texture.enabled else None
         # per frame
         self.expression_deform = ExpressionDeformNet(cfg.expression)
         self.expression_mapping = MappingNetwork(cfg.identity_dim + cfg.expression_dim, self.expression_deform.style_dim,
@@ -158,6 +163,9 @@ class Generator(nn.Module):
             "deform": list(self.expression_deform.parameters()),
             "smoother": list(self.pose_smoother.parameters()),
         }
+        if self.face_texture is not None:
+            groups["face_texture"] = [self.face_texture.texture]
+            groups["face_texture_net"] = [p for n, p in self.face_texture.named_parameters() if n != "texture"]
         if self.superres is not None:
             groups["superres"] = list(self.superres.parameters())
             groups["superres_mapping"] = list(self.superres_mapping.parameters())
@@ -194,6 +202,31 @@ class Generator(nn.Module):
         return sigma + strength * prior
 
     # ------------------------------------------------------------------ mapping and truncation
+    def face_detail_fn(self, latents: Latents, body_shape: Tensor) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """The face texture's (hits, rgb) -> rgb for a batch of identities (None without ``face_texture``): their
+        (u, v, weight) grid over the head box is baked here (no grad), the correction stays differentiable."""
+        if self.face_texture is None:
+            return None
+        volume = self.face_coordinate_volume(latents.identity, body_shape)
+        bias = self.face_texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
+
+        def detail(hits: Tensor, rgb: Tensor) -> Tensor:
+            b = hits.shape[0]
+            coords = R.sample_grid(volume, hits.reshape(b, -1, 3), self.head_box_centre, self.head_box_half, "zeros")
+            return self.face_texture.correct(rgb, coords.reshape(*hits.shape[:-1], 3), bias)
+
+        return detail
+
+    @torch.no_grad()
+    def face_coordinate_volume(self, identity: Tensor, body_shape: Tensor) -> Tensor:
+        """[B, 3, G, G, G] (u, v, weight) of :func:`face_texture.face_coordinates` over the head box."""
+        face = self.face
+        neutral = face.neutral_vertices(identity)
+        mean = face.neutral_vertices(torch.zeros_like(identity[:1]))[0]
+        transform = self.body.face_transform(body_shape).to(neutral)
+        return face_coordinate_volume(neutral, mean, transform, self.cfg.face_texture, self.head_box_centre,
+                                      self.head_box_half)
+
     def radiance_styles(self, latents: Latents, truncation: float = 1.0) -> Tensor:
         """[B, radiance.style_dim] FiLM freq/phase (raw), truncated towards the tracked average."""
         raw = self.radiance_mapping(torch.cat([latents.identity, latents.noise], -1))
@@ -458,6 +491,8 @@ class Generator(nn.Module):
         hits = R.interpolate_at_crossings(canonical, crossings)  # [B, R, L, 3]
         # 5. radiance at the canonical intersections (the neutral face), shaded by the expression
         rgb, alpha, feats = scene.radiance(hits, crossings.valid)
+        if scene.face_detail is not None:  # the face texture's correction near the 3DMM surface
+            rgb = scene.face_detail(hits, rgb)
         shading = None
         if expression.shape[-1] > 3:
             logits = R.interpolate_at_crossings(expression[..., 3:].reshape(b, h * w, n, 1), crossings)
@@ -478,6 +513,8 @@ class Generator(nn.Module):
             valid_hr = R.upsample_rays(crossings.valid.to(hits.dtype), (h, w), scale) > 0.99
             depth_hr = R.upsample_rays(crossings.depth, (h, w), scale)
             rgb_hr, alpha_hr, _ = scene.radiance_hr(hits_hr, valid_hr)
+            if scene.face_detail is not None:
+                rgb_hr = scene.face_detail(hits_hr, rgb_hr)
             if shading is not None:
                 rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
             hr = composite_fast(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
@@ -515,6 +552,7 @@ class Generator(nn.Module):
             radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
                       else self.network_radiance_fn(radiance_styles)),
             radiance_hr=radiance_hr,
+            face_detail=self.face_detail_fn(latents, controls.body_shape),
         )
 
     def forward(self, latents: Latents, controls: Controls, camera: Camera, *, truncation: float = 1.0,

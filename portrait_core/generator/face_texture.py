@@ -1,0 +1,117 @@
+"""The face texture: a neural texture on the mean 3DMM face, shared by every identity (``face_texture`` config).
+
+Two parts, kept apart so each can be tested alone:
+
+* :func:`face_coordinates` (pure, no parameters): canonical points -> (u, v, weight), the point's place on the
+  mean face's texture and how close it lies to the identity's neutral 3DMM surface. Baked per identity on a grid
+  over the head box (:func:`face_coordinate_volume`), read trilinearly per hit.
+* :class:`FaceTexture` (trainable): the texture [C, R, R] and a small network that turns a texel's features and the
+  identity's latents into an rgb correction, weighted by the proximity.
+
+Frames: canonical points are in the canonical-pose, neutral-expression frame (metres); the 3DMM lives in its face
+frame, placed by ``body.face_transform(body_shape)``; (u, v) in [-1, 1] cover ``extent`` of the mean face's
+(x, y) (u right, v up), as ``grid_sample`` reads them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import rendering as R
+from .config import FaceTextureConfig
+
+__all__ = ["FaceTexture", "face_coordinates", "face_coordinate_volume"]
+
+
+@torch.no_grad()
+def face_coordinates(points: Tensor, neutral_vertices: Tensor, mean_vertices: Tensor, face_transform: Tensor,
+                     cfg: FaceTextureConfig) -> Tensor:
+    """Canonical points [B, P, 3] -> [B, P, 3] = (u, v, weight).
+
+    ``neutral_vertices`` [B, N, 3]: each identity's neutral 3DMM vertices, face frame; ``mean_vertices`` [N, 3]: the
+    mean face's; ``face_transform`` [B, 4, 4]: face frame -> canonical. For the nearest vertex k of a point's
+    face-frame position y: m = mean[k] + (y - neutral[k]); (u, v) = m.xy scaled from ``extent`` to [-1, 1];
+    weight = exp(-(|y - neutral[k]| / reach)^2), 0 beyond 3 reach (not searched)."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    rot, shift = face_transform[:, :3, :3], face_transform[:, None, :3, 3]
+    y = (points - shift) @ rot  # inverse of a rigid transform: R^T (x - t), row vectors
+    # points farther than 3 reach (weight < 1.3e-4) are not searched: weight 0 there
+    far = 3.0 * cfg.reach
+    index = []
+    for p, verts in zip(y.detach().cpu().double().numpy(), neutral_vertices.detach().cpu().double().numpy()):
+        dist, k = cKDTree(verts).query(p, distance_upper_bound=far)
+        index.append(np.where(np.isfinite(dist), k, -1))
+    k = torch.from_numpy(np.stack(index)).to(points.device)
+    found = k >= 0
+    k = k.clamp_min(0)
+    nearest = neutral_vertices.gather(1, k[..., None].expand(-1, -1, 3))
+    offset = y - nearest
+    m = mean_vertices[k] + offset
+    x0, x1, y0, y1 = cfg.extent
+    u = (m[..., 0] - x0) / (x1 - x0) * 2 - 1
+    v = (m[..., 1] - y0) / (y1 - y0) * 2 - 1
+    weight = torch.exp(-(offset.norm(dim=-1) / cfg.reach) ** 2) * found.to(points.dtype)
+    return torch.stack([u, v, weight], -1)
+
+
+@torch.no_grad()
+def face_coordinate_volume(neutral_vertices: Tensor, mean_vertices: Tensor, face_transform: Tensor,
+                           cfg: FaceTextureConfig, box_centre: Tensor, box_half: Tensor) -> Tensor:
+    """:func:`face_coordinates` at the nodes of a ``cfg.grid``^3 grid over ``box_centre +/- box_half`` (the head
+    box): [B, 3, G, G, G] for :func:`rendering.sample_grid` (zeros outside the box: weight 0)."""
+    g, b = cfg.grid, neutral_vertices.shape[0]
+    nodes = R.grid_points(box_centre, box_half, g).reshape(1, -1, 3).expand(b, -1, -1)
+    coords = face_coordinates(nodes, neutral_vertices, mean_vertices, face_transform, cfg)
+    return coords.reshape(b, g, g, g, 3).permute(0, 4, 1, 2, 3).contiguous()
+
+
+class FaceTexture(nn.Module):
+    """Shared texture [1, C, R, R] + colour network: (features, latents) -> rgb correction.
+
+    The last layer starts at zero, so enabling the texture on a trained generator changes nothing until it
+    trains."""
+
+    def __init__(self, cfg: FaceTextureConfig, latent_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.texture = nn.Parameter(torch.randn(1, cfg.channels, cfg.resolution, cfg.resolution) * 0.1)
+        self.latent_proj = nn.Linear(latent_dim, cfg.hidden)
+        self.feature_in = nn.Linear(cfg.channels, cfg.hidden)
+        self.hidden = nn.Linear(cfg.hidden, cfg.hidden)
+        self.rgb = nn.Linear(cfg.hidden, 3)
+        nn.init.zeros_(self.rgb.weight)
+        nn.init.zeros_(self.rgb.bias)
+
+    def latent_bias(self, latents: Tensor) -> Tensor:
+        """[B, identity + noise dims] -> [B, hidden] (per identity; avatars compute it once)."""
+        return self.latent_proj(latents)
+
+    def correction(self, coords: Tensor, latent_bias: Tensor) -> Tensor:
+        """coords [B, P, 3] (u, v, weight) and latent_bias [B, hidden] -> weighted rgb correction [B, P, 3]."""
+        b = coords.shape[0]
+        uv = coords[..., :2].reshape(1, 1, -1, 2).to(self.texture.dtype)
+        feats = F.grid_sample(self.texture, uv, mode="bilinear", padding_mode="zeros", align_corners=False)
+        feats = feats.reshape(self.cfg.channels, b, -1).permute(1, 2, 0)  # [B, P, C]
+        h = F.silu(self.feature_in(feats) + latent_bias[:, None, :])
+        h = F.silu(self.hidden(h))
+        return self.rgb(h) * coords[..., 2:3]
+
+    def correct(self, rgb: Tensor, coords: Tensor, latent_bias: Tensor, min_weight: float = 1e-3) -> Tensor:
+        """rgb [B, ..., 3] in [0, 1] at points whose coords are [B, ..., 3] -> corrected rgb, clamped to [0, 1].
+        Only points with weight > ``min_weight`` run the network (the rest of the frame is left as it is)."""
+        b = rgb.shape[0]
+        flat_rgb, flat = rgb.reshape(b, -1, 3), coords.reshape(b, -1, 3)
+        near = flat[..., 2] > min_weight
+        if not bool(near.any()):
+            return rgb
+        count = int(near.sum(1).max())
+        order = torch.argsort(near.to(torch.int8), dim=1, descending=True, stable=True)[:, :count]  # near first
+        picked = flat.gather(1, order[..., None].expand(-1, -1, 3))
+        delta = self.correction(picked, latent_bias)
+        delta = delta * near.gather(1, order)[..., None].to(delta.dtype)  # padding entries of shorter rows
+        out = flat_rgb.scatter_add(1, order[..., None].expand(-1, -1, 3), delta)
+        return out.clamp(0.0, 1.0).reshape(rgb.shape)
