@@ -202,12 +202,15 @@ class Generator(nn.Module):
         return sigma + strength * prior
 
     # ------------------------------------------------------------------ mapping and truncation
-    def face_detail_fn(self, latents: Latents, body_shape: Tensor) -> Callable[[Tensor, Tensor], Tensor] | None:
+    def face_detail_fn(self, latents: Latents, body_shape: Tensor,
+                       volume: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor] | None:
         """The face texture's (hits, rgb) -> rgb for a batch of identities (None without ``face_texture``): their
-        (u, v, weight) grid over the head box is baked here (no grad), the correction stays differentiable."""
+        (u, v, weight) grid over the head box is baked here (no grad; or passed in as ``volume``, from
+        :meth:`face_coordinate_volume`), the correction stays differentiable."""
         if self.face_texture is None:
             return None
-        volume = self.face_coordinate_volume(latents.identity, body_shape)
+        if volume is None:
+            volume = self.face_coordinate_volume(latents.identity, body_shape)
         bias = self.face_texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
 
         def detail(hits: Tensor, rgb: Tensor) -> Tensor:

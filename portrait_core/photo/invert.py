@@ -358,11 +358,16 @@ class _Scene:
         self.targets = {"portrait": (target.image.to(dev), target.matte.to(dev)),
                         "face": (target.face.to(dev), target.face_matte.to(dev))}
 
+        self.face_volume = (g.face_coordinate_volume(self.identity, self.body_shape)
+                            if getattr(g, "face_texture", None) is not None else None)
+        self.face_detail = None
+
     def fields(self, radiance, radiance_hr=None):
         from portrait_core.generator.generator import SceneFields
 
         return SceneFields(pose_volume=self.pose_volume, expression_fields=self.expression_fields,
-                           manifold=self.manifold, radiance=radiance, radiance_hr=radiance_hr)
+                           manifold=self.manifold, radiance=radiance, radiance_hr=radiance_hr,
+                           face_detail=self.face_detail)
 
 
 def invert(g, target: Target, settings: InvertSettings | None = None, samplers=None, progress: Progress | None = None,
@@ -420,6 +425,12 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     latents = Latents(scene.identity.clone(), noises[best:best + 1].clone())
     timings["candidates"] = time.perf_counter() - t0
 
+    def use_face_detail() -> None:  # the face texture's correction for these latents (rebuilt when it is tuned)
+        if scene.face_volume is not None:
+            scene.face_detail = g.face_detail_fn(latents, scene.body_shape, scene.face_volume)
+
+    use_face_detail()
+
     # 2. latent optimisation of the radiance style (w)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -446,9 +457,14 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     gen = torch.Generator().manual_seed(s.seed + 1)
     if s.tune_steps:
         params = list(g.radiance.parameters())
+        groups = [{"params": params, "lr": s.lr_tune}]
+        if g.face_texture is not None:  # the shared face texture holds the face's detail: tune it too, faster
+            texture_net = [p for n, p in g.face_texture.named_parameters() if n != "texture"]
+            groups += [{"params": [g.face_texture.texture], "lr": s.lr_tune * 10}, {"params": texture_net, "lr": s.lr_tune}]
+            params = params + [g.face_texture.texture] + texture_net
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=s.lr_tune)
+        opt = torch.optim.Adam(groups, lr=s.lr_tune)
         probe_lat = Latents(torch.randn(2, C.IDENTITY_DIM, generator=gen).to(g.device),
                             noises[torch.randint(len(noises), (2,), generator=gen)])
         with torch.no_grad():
@@ -459,6 +475,7 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
             ref = torch.cat(frozen(pts, probe_styles), -1) if g.cfg.radiance.kind == "siren" else None
         for step in range(s.tune_steps):
             cam = cams[step % 2]
+            use_face_detail()
             out = render(cam, g.network_radiance_fn(pivot), resolution=res)
             loss = loss_of(out, cam)
             if ref is not None and s.w_locality:
@@ -470,6 +487,7 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
             tick("tuning the radiance network")
         for p in params:
             p.requires_grad_(False)
+        use_face_detail()
     del frozen
     timings["tune"] = time.perf_counter() - t0
 
