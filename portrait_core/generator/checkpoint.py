@@ -191,13 +191,18 @@ def _check_header_against_config(path: Path, cfg) -> None:
 RADIANCE_KEYS = ("radiance.", "radiance_mapping.", "radiance_style_avg")
 #: What a resized expression network replaces: the deformation network and its mapping.
 EXPRESSION_KEYS = ("expression_deform.", "expression_mapping.")
+#: What a change of ``render.mode`` replaces: the manifold network. A frontal model's manifold is only constrained
+#: in front; the shipped one pushes s below every level behind the head (rays from behind cross no level, a back
+#: view renders nothing), so a 360-degree fine-tune starts from the closed shells again.
+MANIFOLD_KEYS = ("manifold.",)
 
 
 def replaced_keys(old, new) -> tuple[str, ...]:
     """State-dict prefixes that a change from config ``old`` to ``new`` (``GeneratorConfig``) rebuilds from scratch:
     :data:`RADIANCE_KEYS` when the radiance network changes kind or size (or, for convolutional textures, the
     level count), :data:`EXPRESSION_KEYS` when the expression network or its mapping changes size. Everything else
-    (manifold, pose smoother, super-resolution) must keep its shapes to transfer."""
+    (manifold, pose smoother, super-resolution) must keep its shapes to transfer; :data:`MANIFOLD_KEYS` when
+    ``render.mode`` changes (frontal <-> 360)."""
     def radiance(c):
         r = c.radiance
         return (r.kind, r.width, r.depth, r.feature_dim if r.kind == "cnn" else None, r.cnn_channels, r.mapping,
@@ -208,7 +213,8 @@ def replaced_keys(old, new) -> tuple[str, ...]:
         return e.width, e.depth, e.mapping
 
     keys = RADIANCE_KEYS if radiance(old) != radiance(new) else ()
-    return keys + (EXPRESSION_KEYS if expression(old) != expression(new) else ())
+    keys = keys + (EXPRESSION_KEYS if expression(old) != expression(new) else ())
+    return keys + (MANIFOLD_KEYS if old.render.mode != new.render.mode else ())
 
 
 def transfer_weights(generator, state: dict[str, torch.Tensor], where: str, drop: tuple[str, ...] = ()) -> list[str]:

@@ -181,7 +181,7 @@ def test_transfer_weights_to_convolutional_textures_keeps_the_deformations_and_r
 
 def test_replaced_keys_name_what_a_config_change_rebuilds():
     from portrait_core.generator import generator_config
-    from portrait_core.generator.checkpoint import EXPRESSION_KEYS, RADIANCE_KEYS, replaced_keys
+    from portrait_core.generator.checkpoint import EXPRESSION_KEYS, MANIFOLD_KEYS, RADIANCE_KEYS, replaced_keys
 
     old = generator_config("tiny")
     assert replaced_keys(old, generator_config(old, manifold={"levels": 8})) == ()  # SIREN: levels keep shapes
@@ -191,3 +191,23 @@ def test_replaced_keys_name_what_a_config_change_rebuilds():
     assert replaced_keys(old, cnn) == RADIANCE_KEYS
     assert replaced_keys(cnn, generator_config(cnn, manifold={"levels": 8})) == RADIANCE_KEYS  # one texture per level
     assert replaced_keys(old, generator_config(old, expression={"width": 32})) == EXPRESSION_KEYS
+    assert replaced_keys(old, generator_config(old, render={"mode": "360"})) == MANIFOLD_KEYS
+
+
+def test_the_shipped_model_fine_tuned_to_360_sees_a_back_view():
+    """Regression: the shipped frontal manifold crosses no level from behind; a render.mode change rebuilds it."""
+    import math
+
+    from portrait_core.assets import default_checkpoint_path
+    from portrait_core.generator import Controls, Generator, Latents, generator_config, load_generator
+    from portrait_core.generator.checkpoint import replaced_keys, transfer_weights
+    from portrait_core.geometry.camera import Camera
+
+    frontal = load_generator(default_checkpoint_path())
+    cfg = generator_config(frontal.cfg, render={"mode": "360"})
+    g = Generator(cfg).eval()
+    transfer_weights(g, frontal.state_dict(), "test", replaced_keys(frontal.cfg, cfg))
+    controls = Controls(torch.zeros(1, 6, 3), torch.zeros(1, 64), torch.zeros(1, 10))
+    with torch.no_grad():
+        back = g(Latents.sample(1, seed=0), controls, Camera.portrait(yaw=math.pi / 2 + math.pi), resolution=32)
+    assert back.aux["valid"].float().mean() > 0.3 and back.alpha.mean() > 0.1
