@@ -5,13 +5,16 @@
 Rows: ``--avatars`` avatars (seeds ``--seed``, ``--seed`` + 1, ...: the avatars ``python -m portrait_core sample``
 gives for those seeds) under a camera yaw sweep; one avatar under a head-turn sweep (pose joint 15
 about +Y), a head-nod sweep (about +X) and two expression sweeps (``jaw_open``, ``smile``) seen through the face
-camera (the close-up the method's face discriminator sees; a mouth is a few pixels of a 128^2 portrait). Rendered
+camera (the close-up the method's face discriminator sees; a mouth is a few pixels of a 128^2 portrait). A
+360-degree checkpoint (``render.mode = '360'``) gets 8 camera yaws all round per avatar and a row seen from above
+instead of the frontal yaw sweep. Rendered
 through ``Generator.make_avatar`` / ``Avatar.render`` (the path the add-on uses), super-resolved when available.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -61,13 +64,25 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
     rows: list[tuple[str, np.ndarray]] = []
     zero_pose = torch.zeros(columns, *C.POSE_SHAPE)
     zero_exp = torch.zeros(columns, C.EXPRESSION_DIM)
-    cams = Camera.portrait(yaw=C.FRONTAL_YAW + yaw_range * sweep, pitch=torch.full((columns,), C.FRONTAL_PITCH))
+    full_turn = G.cfg.render.mode == "360"
+    if full_turn:  # 360-degree models: 8 yaws all round (front, sides, back), and the same from above
+        turn_yaws = C.FRONTAL_YAW + torch.arange(8) * (2 * math.pi / 8)
+        cams = Camera.portrait(yaw=turn_yaws, pitch=torch.full((8,), C.FRONTAL_PITCH))
+        above = Camera.portrait(yaw=turn_yaws, pitch=torch.full((8,), C.FRONTAL_PITCH - 0.9))
+        yaw_label = "camera yaw front, then every 45 deg all round"
+    else:
+        cams = Camera.portrait(yaw=C.FRONTAL_YAW + yaw_range * sweep, pitch=torch.full((columns,), C.FRONTAL_PITCH))
+        yaw_label = f"camera yaw {-yaw_range:+.1f}..{yaw_range:+.1f} rad"
     first = None
     for i in range(avatars):
         av = G.make_avatar(drawn[i][0], drawn[i][1], truncation=truncation)
         if first is None:
             first = av
-        rows.append((f"avatar {i}: camera yaw {-yaw_range:+.1f}..{yaw_range:+.1f} rad", _tiles(av.render(zero_pose, zero_exp, cams))))
+        n = cams.batch_size
+        rows.append((f"avatar {i}: {yaw_label}", _tiles(av.render(zero_pose[:1].expand(n, -1, -1), zero_exp[:1].expand(n, -1), cams))))
+    if full_turn:
+        rows.append(("avatar 0 from above (pitch -0.9 rad): the top of the head",
+                     _tiles(first.render(zero_pose[:1].expand(8, -1, -1), zero_exp[:1].expand(8, -1), above))))
     front = Camera.portrait(batch=1)
     head = C.POSE_JOINTS.index(C.HEAD)
     turn = zero_pose.clone()
@@ -86,13 +101,14 @@ def contact_sheet(G, samplers, out_path: str | Path, avatars: int = 4, columns: 
         responses.update(control_responses(rows))
     size = rows[0][1].shape[1]
     pad = 14 if labels else 0
-    sheet = Image.new("RGB", (columns * size, len(rows) * (size + pad)), "white")
+    width = max(len(tiles) for _, tiles in rows)
+    sheet = Image.new("RGB", (width * size, len(rows) * (size + pad)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (label, tiles) in enumerate(rows):
         y = r * (size + pad)
         if labels:
             draw.text((3, y + 1), label, fill=(0, 0, 0))
-        for c in range(columns):
+        for c in range(len(tiles)):
             sheet.paste(Image.fromarray(tiles[c]), (c * size, y + pad))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
