@@ -5,13 +5,17 @@ Runs Blender as the ``bpy`` module, with the Busto add-on registered from source
 takes in the Busto panel: load the model, sample an avatar (the rig), extract its geometry (mesh, skin weights,
 expression shape keys), key a head turn, a nod, a shoulder shrug and a smile with the add-on's animation presets,
 add the portrait camera, render the animation with the **Busto Neural** engine, and render the extracted mesh with
-Workbench from the same camera to check that the geometry lines up with the neural image.
+Workbench from the same camera to check that the geometry lines up with the neural image. With a 360° checkpoint
+(``--mode 360``, or a checkpoint whose ``render.mode`` is ``"360"``) it also keys a full camera turn around the
+avatar with the add-on's orbit operator and renders it: back views included.
 
 Outputs in DIR (see docs/demo.md)::
 
     frames/0001.png ...     the neural frames (Busto Neural engine, 8-bit sRGB)
+    orbit/0001.png ...      360 mode only: one full camera turn (busto.orbit_camera), the front view first
+    orbit.mp4               360 mode only: the turn as H.264 video
     demo.mp4                the frames as H.264 video (imageio-ffmpeg)
-    contact-sheet.png       frames in a grid + Workbench mesh / neural / overlay comparisons
+    contact-sheet.png       frames in a grid + Workbench mesh / neural / overlay comparisons (+ an orbit row)
     compare/                the comparison renders (mesh_FFFF.png Workbench RGBA, neural_FFFF.png RGBA)
     demo.blend              the scene (rig, mesh, keyframes, camera, render settings): ``blender -b demo.blend -a``
     avatar.glb              rig + skinned mesh + shape keys + the animation (Blender's glTF exporter)
@@ -48,6 +52,10 @@ SEGMENTS = (("TURN", "head turn", 0.6), ("NOD", "nod", 1.0), ("SHRUG", "shoulder
 #: Generator preset used when no trained checkpoint is available (random init, saved next to the outputs).
 FALLBACK_PRESET = "small"
 RANDOM_INIT_NAME = "random-init-small.safetensors"
+#: The shipped 360° model, in portrait_core/assets when it exists (the recipe ``default360`` of docs/training.md).
+DEFAULT_360_NAME = "default360.safetensors"
+#: The orbit row of the contact sheet: this many evenly spaced yaws of the turn (45° apart, the back at 180°).
+ORBIT_SHEET_VIEWS = 8
 #: Magenta: the colour the Busto Neural engine writes when a frame fails.
 _FAILED_RGB = (255, 0, 255)
 
@@ -79,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="density threshold of the mesh (default: 0.5 for a trained model, half the density "
                         "maximum for an untrained one)")
     p.add_argument("--morphs", type=int, default=8, help="expression shape keys on the mesh (default: 8)")
+    p.add_argument("--mode", choices=("frontal", "360"), default=None,
+                   help="frontal: the head turn, nod, shrug and smile; 360: also a full camera turn around the "
+                        "avatar (back views), with --checkpoint or portrait_core/assets/"
+                        f"{DEFAULT_360_NAME} (default: the checkpoint's render mode)")
+    p.add_argument("--orbit-frames", type=int, default=24,
+                   help="360 mode: frames of the camera turn (default: 24, 15 degrees apart)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the summary is still printed)")
     return p
 
@@ -101,6 +115,8 @@ def _check_args(a: argparse.Namespace) -> None:
         problems.append(f"--mesh-level must be in (0, 1), got {a.mesh_level}")
     if not 0 <= a.morphs <= 64:
         problems.append(f"--morphs must be in [0, 64], got {a.morphs}")
+    if not ORBIT_SHEET_VIEWS <= a.orbit_frames <= 720:
+        problems.append(f"--orbit-frames must be in [{ORBIT_SHEET_VIEWS}, 720], got {a.orbit_frames}")
     if a.checkpoint is not None and not a.checkpoint.is_file():
         problems.append(f"--checkpoint {a.checkpoint}: no such file")
     if problems:
@@ -213,6 +229,54 @@ def random_init_checkpoint(path: Path, seed: int) -> Path:
     return path
 
 
+def default_360_checkpoint() -> Path:
+    """Where the shipped 360° model lies (``portrait_core/assets/default360.safetensors``); it may not exist."""
+    from portrait_core.assets import ASSETS_DIR
+
+    return Path(ASSETS_DIR) / DEFAULT_360_NAME
+
+
+def checkpoint_render_mode(path: Path) -> str:
+    """``render.mode`` (``"frontal"`` or ``"360"``) of a generator checkpoint's config: the ``G.cfg`` that
+    ``load_generator`` would build, read from the file's header without loading its tensors."""
+    from portrait_core.generator import CheckpointError
+    from portrait_core.generator.checkpoint import read_metadata
+    from portrait_core.generator.config import config_from_json
+
+    try:
+        return str(config_from_json(read_metadata(path)["config"]).render.mode)
+    except (CheckpointError, KeyError, ValueError, TypeError) as exc:
+        raise DemoError(f"{path}: cannot read the generator config of this checkpoint ({exc})") from exc
+
+
+def resolve_mode(a: argparse.Namespace) -> None:
+    """Set ``a.mode`` (and, for 360, ``a.checkpoint``). ``--mode 360`` takes ``--checkpoint`` or the shipped 360°
+    model and refuses a checkpoint not trained in 360 mode; ``--mode frontal`` changes nothing; no ``--mode``
+    follows the checkpoint (a 360° checkpoint gives the 360 demo). Raises DemoError (one line)."""
+    if a.mode == "frontal":
+        return
+    if a.mode == "360":
+        ckpt = a.checkpoint
+        if ckpt is None:
+            ckpt = default_360_checkpoint()
+            if not ckpt.is_file():
+                raise DemoError(f"--mode 360 needs a 360° checkpoint: {ckpt} does not exist; pass one with "
+                                f"--checkpoint PATH (a generator trained with render.mode = '360')")
+        mode = checkpoint_render_mode(ckpt)
+        if mode != "360":
+            raise DemoError(f"--mode 360: {ckpt} is a {mode}-mode checkpoint (render.mode = {mode!r}); pass a "
+                            f"360° checkpoint with --checkpoint PATH, or drop --mode 360")
+        a.checkpoint = ckpt
+        return
+    ckpt = a.checkpoint if a.checkpoint is not None else default_checkpoint()
+    try:
+        a.mode = checkpoint_render_mode(ckpt) if ckpt is not None else "frontal"
+    except DemoError:  # unreadable: the frontal demo, whose model load reports it
+        a.mode = "frontal"
+    if a.mode == "360":
+        a.checkpoint = ckpt
+
+
 def checkpoint_is_trained(path: Path) -> bool:
     """False for checkpoints the demo (or a test) made from a random init: their density never reaches 0.5."""
     try:
@@ -308,12 +372,13 @@ def overlay(neural_rgb: np.ndarray, mesh_mask: np.ndarray) -> np.ndarray:
 
 
 def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subtitle: str, path: Path,
-                  columns: int = 6, tile: int = 192) -> Path:
+                  columns: int = 6, tile: int = 192, orbit: list[dict] | None = None) -> Path:
     """The contact sheet (PNG, white background).
 
     ``frames``: ``{frame, neural, mesh, label}`` images; they fill rows of ``columns`` neural frames, each row
     followed by the Workbench renders of the mesh at the same frames (so every mesh sits under its neural frame).
     ``comparisons``: ``{frame, overlay, iou}``; one row of the mesh outline drawn on the neural frame.
+    ``orbit``: ``{neural, label}`` views of the camera turn (360 mode), one last row; the sheet widens to hold it.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -322,11 +387,14 @@ def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subti
     except TypeError:  # Pillow < 10.1: bitmap font only
         font = small = ImageFont.load_default()
     label_h, pad, head_h, section_h = 18, 6, 52, 24
+    orbit = orbit or []
     rows = math.ceil(len(frames) / columns)
     cmp_rows = math.ceil(len(comparisons) / columns)
-    width = columns * tile + (columns + 1) * pad
+    wide = max(columns, len(orbit))
+    width = wide * tile + (wide + 1) * pad
     row_h = tile + label_h + pad
-    height = head_h + rows * (2 * row_h + section_h) + (section_h + cmp_rows * row_h if comparisons else 0) + pad
+    height = (head_h + rows * (2 * row_h + section_h) + (section_h + cmp_rows * row_h if comparisons else 0)
+              + (section_h + row_h if orbit else 0) + pad)
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
@@ -364,6 +432,13 @@ def contact_sheet(frames: list[dict], comparisons: list[dict], title: str, subti
             r, c = divmod(i, columns)
             put(cmp["overlay"], pad + c * (tile + pad), y + r * row_h,
                 f"frame {cmp['frame']}: IoU {cmp['iou']:.2f}")
+        y += cmp_rows * row_h
+    if orbit:
+        section(y, "Orbit camera (busto.orbit_camera): one full turn around the avatar, Busto Neural, the back "
+                   "at 180°")
+        y += section_h
+        for c, view in enumerate(orbit):
+            put(view["neural"], pad + c * (tile + pad), y, view["label"])
     sheet.save(path, optimize=True)
     return path
 
@@ -415,18 +490,23 @@ def _engine_failed(png: np.ndarray) -> bool:
 # --------------------------------------------------------------------------------------------------- main
 def run(args: argparse.Namespace, console=None, progress=None) -> Report:
     """The demo. ``console``/``progress``: rich objects (or None); returns the report of what was made."""
+    if getattr(args, "mode", None) not in ("frontal", "360"):
+        resolve_mode(args)
+    orbiting = args.mode == "360"
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for sub in ("frames", "compare"):  # no stale images from an earlier run
-        (out / sub).mkdir(exist_ok=True)
+    for sub in ("frames", "compare", "orbit"):  # no stale images from an earlier run
+        if sub != "orbit" or orbiting:
+            (out / sub).mkdir(exist_ok=True)
         for old in (out / sub).glob("*.png"):
             old.unlink()
+    (out / "orbit.mp4").unlink(missing_ok=True)
     log_path = out / "demo.log"
     log_path.write_text("")
     report = Report()
     n = int(args.frames)
 
-    steps_total = 10
+    steps_total = 11 if orbiting else 10
     overall = progress.add_task("demo", total=steps_total) if progress is not None else None
 
     def say(text: str) -> None:
@@ -472,7 +552,8 @@ def run(args: argparse.Namespace, console=None, progress=None) -> Report:
         sc.busto.checkpoint = str(ckpt)
         sc.busto.super_resolve = not args.no_sr
         s.detail = f"bpy {bpy.app.version_string}, add-on from {Path(blender_addon.__file__).parent.name}/"
-    report.info.update({"checkpoint": str(ckpt), "trained": trained, "seed": args.seed, "frames": n,
+    report.info.update({"mode": args.mode, "checkpoint": str(ckpt), "trained": trained, "seed": args.seed,
+                        "frames": n,
                         "resolution": args.resolution, "mesh_resolution": args.mesh_resolution,
                         "super_resolution": not args.no_sr, "fps": args.fps})
     try:
@@ -513,7 +594,8 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
     # 3. avatar + rig --------------------------------------------------------------------------------------
     with step("Sample the avatar and its rig (busto.sample_avatar)") as s:
         sp = sc.busto
-        sp.new_seed, sp.new_truncation, sp.new_full_360 = int(args.seed), float(args.truncation), False
+        sp.new_seed, sp.new_truncation = int(args.seed), float(args.truncation)
+        sp.new_full_360 = args.mode == "360"
         B.op("busto.sample_avatar", new_avatar=True)
         rig = bpy.context.view_layer.objects.active
         if rig is None or rig.type != "ARMATURE" or not rig.busto.is_avatar:
@@ -617,6 +699,11 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
                                    "centroid_px": round(c["centroid_px"], 2)} for c in comparisons]
     report.info["min_iou"] = round(min(ious), 4) if ious else None
 
+    # 7b. 360 mode: one full camera turn around the avatar ------------------------------------------------------
+    orbit_paths: list[Path] = []
+    if args.mode == "360":
+        orbit_paths = _orbit(args, B, sc, out, n, rig, segments, report, step, progress)
+
     # 8. .blend + .glb ----------------------------------------------------------------------------------------
     with step("Save demo.blend, export avatar.glb") as s:
         # paths relative to the .blend (//...), so that the saved scene renders the same frames wherever the folder
@@ -655,11 +742,76 @@ def _run_blender(args, B: _Blender, sc, out: Path, n: int, ckpt: Path, trained: 
         subtitle = (f"{report.info.get('model', '')}; mesh {report.info['mesh_vertices']:,} vertices (grid "
                     f"{args.mesh_resolution}), {report.info['shape_keys']} shape keys; "
                     + "; ".join(f"{g.label} {g.frames[0]}-{g.frames[-1]}" for g in segments))
+        orbit_views = []
+        if orbit_paths:
+            title += ", 360° model"
+            subtitle += f"; orbit {len(orbit_paths)} frames"
+            yaws = report.info["orbit"]["yaws_deg"]
+            orbit_views = [{"neural": _read_png(orbit_paths[i]), "label": f"orbit {yaws[i]:.0f}°"}
+                           for i in orbit_sheet_views(len(orbit_paths))]
         contact_sheet(frames, comparisons, title, subtitle, out / "contact-sheet.png",
-                      tile=min(192, max(128, int(args.resolution))))
-        s.detail = f"{len(frames)} neural + mesh frames, {len(comparisons)} outline overlays"
+                      tile=min(192, max(128, int(args.resolution))), orbit=orbit_views)
+        s.detail = f"{len(frames)} neural + mesh frames, {len(comparisons)} outline overlays" + (
+            f", {len(orbit_views)} orbit views" if orbit_views else "")
     report.files["contact-sheet.png"] = "neural frames, the mesh under each, mesh outlines on the neural frames"
     backend.shutdown_all()
+
+
+def orbit_sheet_views(count: int, views: int = ORBIT_SHEET_VIEWS) -> list[int]:
+    """Indices of the ``views`` orbit frames (of ``count``, a full turn from the front) shown on the contact sheet:
+    evenly spaced yaws all round (exactly 360/views degrees apart when ``views`` divides ``count``)."""
+    return sorted({int(round(j * count / views)) % count for j in range(views)})
+
+
+def _orbit(args, B: _Blender, sc, out: Path, n: int, rig, segments: list[Segment], report: Report, step,
+           progress) -> list[Path]:
+    """Key one full camera turn around the avatar with the add-on's orbit operator, after every pose key (the
+    avatar at rest), render it with Busto Neural to ``orbit/0001.png`` ... (the front view first) and
+    ``orbit.mp4``; the scene's camera, frame range and output path are restored for the .blend."""
+    bpy = B.bpy
+    k = int(args.orbit_frames)
+    first = max(n, segments[-1].frames[-1]) + 1
+    last = first + k - 1
+    paths = [out / "orbit" / f"{i + 1:04d}.png" for i in range(k)]
+    with step(f"Orbit: key a full camera turn (busto.orbit_camera), render {k} frames") as s:
+        saved = (sc.camera, sc.frame_start, sc.frame_end, sc.render.filepath)
+        task = progress.add_task("  orbit", total=k) if progress is not None else None
+
+        def on_write(*_a):
+            if task is not None:
+                progress.advance(task)
+
+        try:
+            bpy.context.view_layer.objects.active = rig
+            B.op("busto.orbit_camera", frame_start=first, frame_end=last, make_active=True, set_range=True)
+            sc.render.filepath = str(out / "orbit" / "render-####")
+            bpy.app.handlers.render_write.append(on_write)
+            t0 = time.perf_counter()
+            bpy.ops.render.render(animation=True)
+            dt = time.perf_counter() - t0
+        finally:
+            if on_write in bpy.app.handlers.render_write:
+                bpy.app.handlers.render_write.remove(on_write)
+            if task is not None:
+                progress.remove_task(task)
+            sc.camera, sc.frame_start, sc.frame_end, sc.render.filepath = saved
+        for i, f in enumerate(range(first, last + 1)):
+            rendered = out / "orbit" / f"render-{f:04d}.png"
+            if not rendered.is_file():
+                raise DemoError(f"the Busto Neural engine wrote no orbit frame {f} (see {out / 'demo.log'})")
+            rendered.replace(paths[i])
+        failed = [p.name for p in paths if _engine_failed(_read_png(p))]
+        if failed:
+            raise DemoError(f"the Busto Neural engine failed on orbit/{', orbit/'.join(failed[:5])} (magenta "
+                            f"frames; the error is in {out / 'demo.log'})")
+        write_video(paths, out / "orbit.mp4", int(args.fps))
+        s.detail = f"frames {first}-{last}, {360 / k:.3g}° a frame, {dt / k:.2f} s/frame; orbit.mp4"
+    report.files["orbit/"] = f"{k} PNG frames of one camera turn (Busto Neural), the front view first"
+    report.files["orbit.mp4"] = f"the turn, {k} frames, {args.fps} fps"
+    report.info["orbit"] = {"scene_frames": [first, last], "yaws_deg": [round(360.0 * i / k, 3) for i in range(k)],
+                            "sheet_views": [i + 1 for i in orbit_sheet_views(k)],
+                            "seconds_per_frame": round(dt / k, 3)}
+    return paths
 
 
 def blend_relative(path: str, blend_dir: str | os.PathLike) -> str:
@@ -800,8 +952,9 @@ def _main(args: argparse.Namespace, console) -> int:
 
     try:
         _check_args(args)
+        resolve_mode(args)
     except DemoError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)  # one line, whatever the terminal's width
         return 2
     t0 = time.perf_counter()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -64,6 +64,63 @@ def test_bad_options_are_refused_before_blender_starts(capfd):
     assert "--frames must be >= 1" in err and "no such file" in err and "--resolution" in err
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    """Random-init ``tiny`` generators saved with ``save_generator``: one frontal, one in 360 mode."""
+    import torch
+
+    from portrait_core.generator import Generator, generator_config, save_generator
+
+    tmp = tmp_path_factory.mktemp("tiny-ckpts")
+    paths = {}
+    for mode in ("frontal", "360"):
+        torch.manual_seed(0)
+        paths[mode] = save_generator(tmp / f"tiny-{mode}.safetensors",
+                                     Generator(generator_config("tiny", render={"mode": mode})),
+                                     info={"note": "random init, tests"})
+    return paths
+
+
+def test_mode_360_errors_are_refused_before_blender_starts(tiny_checkpoints, tmp_path, monkeypatch, capfd):
+    """``--mode 360`` without a 360° checkpoint (none shipped, none given) and with a frontal one: exit 2, one
+    error line that names the file and ``--checkpoint``."""
+    from busto_apps import demo
+
+    missing = tmp_path / "assets" / demo.DEFAULT_360_NAME
+    monkeypatch.setattr(demo, "default_360_checkpoint", lambda: missing)
+    assert demo.main(["--mode", "360", "--out", str(tmp_path / "a")]) == 2
+    err = capfd.readouterr().out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert str(missing) in lines[0] and "--checkpoint" in lines[0] and "does not exist" in lines[0]
+    frontal = tiny_checkpoints["frontal"]
+    assert demo.main(["--mode", "360", "--checkpoint", str(frontal), "--out", str(tmp_path / "b")]) == 2
+    err = capfd.readouterr().out
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert str(frontal) in lines[0] and "frontal" in lines[0] and "--checkpoint" in lines[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before Blender started
+
+
+def test_mode_follows_the_checkpoint_unless_given(tiny_checkpoints, tmp_path, monkeypatch):
+    from busto_apps import demo
+
+    def resolved(*argv):
+        a = demo.build_parser().parse_args(list(argv))
+        demo.resolve_mode(a)
+        return a.mode, a.checkpoint
+
+    frontal, full = tiny_checkpoints["frontal"], tiny_checkpoints["360"]
+    assert demo.checkpoint_render_mode(frontal) == "frontal" and demo.checkpoint_render_mode(full) == "360"
+    assert resolved("--checkpoint", str(full)) == ("360", full)
+    assert resolved("--checkpoint", str(frontal)) == ("frontal", frontal)
+    assert resolved("--mode", "frontal", "--checkpoint", str(full)) == ("frontal", full)  # nothing changes
+    assert resolved("--mode", "360", "--checkpoint", str(full)) == ("360", full)
+    monkeypatch.setattr(demo, "default_360_checkpoint", lambda: full)  # a shipped 360° model is used
+    assert resolved("--mode", "360") == ("360", full)
+    assert demo.orbit_sheet_views(8) == list(range(8)) and demo.orbit_sheet_views(24) == list(range(0, 24, 3))
+
+
 def test_portrait_core_demo_is_an_alias_of_the_app():
     """``python -m portrait_core demo`` still runs the demo, which now lives in busto_apps (named by string)."""
     r = subprocess.run([sys.executable, "-m", "portrait_core", "demo", "--frames", "0"], cwd=ROOT,
@@ -309,3 +366,85 @@ def test_moved_blend_resolves_and_renders_inside_its_new_folder(demo_run, tmp_pa
         frame = np.asarray(im.convert("RGB"))
     assert frame.shape == (SIZE, SIZE, 3) and not np.all(frame == (255, 0, 255))
     assert {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()} == original
+
+
+# ------------------------------------------------------------------------------------------- the 360 demo in Blender
+ORBIT = 8
+
+
+@pytest.fixture(scope="module")
+def demo_360_run(tmp_path_factory, tiny_checkpoints):
+    """``--mode 360`` on a random-init ``tiny`` 360° checkpoint at the smallest settings the demo allows."""
+    pytest.importorskip("bpy", reason="the bpy module (Blender 5.0.1) is not installed")
+    tmp = tmp_path_factory.mktemp("demo360")
+    out = tmp / "out"
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "blender-user"), OMP_NUM_THREADS="2",
+               COLUMNS="120")
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "busto_apps", "demo", "--mode", "360", "--out", str(out), "--frames", "1",
+         "--resolution", "16", "--mesh-resolution", "16", "--morphs", "0", "--orbit-frames", str(ORBIT),
+         "--checkpoint", str(tiny_checkpoints["360"]), "--seed", str(SEED), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    seconds = time.perf_counter() - t0
+    log = (out / "demo.log").read_text(errors="replace")[-3000:] if (out / "demo.log").is_file() else ""
+    assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}\n--- demo.log ---\n{log}"
+    return {"out": out, "seconds": seconds, "summary": json.loads((out / "summary.json").read_text())}
+
+
+@pytest.mark.blender
+def test_demo_360_renders_a_full_orbit(demo_360_run):
+    from PIL import Image
+
+    out, s = demo_360_run["out"], demo_360_run["summary"]
+    assert s["mode"] == "360" and len(s["steps"]) == 11
+    assert any(st["name"].startswith("Orbit") and "busto.orbit_camera" in st["name"] for st in s["steps"])
+    # the head-turn/nod/shrug/smile part is still there
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["0001.png"]
+    assert [g["preset"] for g in s["segments"]] == ["TURN", "NOD", "SHRUG", "SMILE"]
+    assert sorted(p.name for p in (out / "orbit").iterdir()) == [f"{i:04d}.png" for i in range(1, ORBIT + 1)]
+    assert (out / "orbit.mp4").stat().st_size > 0
+    assert s["orbit"]["yaws_deg"] == [45.0 * i for i in range(ORBIT)]
+    views = []
+    for i in range(1, ORBIT + 1):
+        with Image.open(out / "orbit" / f"{i:04d}.png") as im:
+            assert im.size == (16, 16) and im.mode == "RGB"
+            views.append(np.asarray(im).astype(np.int16))
+    for v in views:
+        assert not np.all(v == (255, 0, 255)), "a failed (magenta) orbit frame"
+    for a, b in zip(views, views[1:] + views[:1]):  # every step of the turn changes the picture
+        assert (np.abs(a - b).max(-1) >= 3).sum() > 4
+    front, back = views[0], views[ORBIT // 2]
+    assert (np.abs(front - back).max(-1) >= 3).sum() > 4, "the back view is the front view"
+    assert demo_360_run["seconds"] < 240
+
+
+@pytest.mark.blender
+def test_demo_360_contact_sheet_has_the_orbit_row(demo_360_run, tmp_path):
+    """One more row than the frontal layout, as wide as the 8 views, showing the orbit frames all round."""
+    from PIL import Image
+
+    from busto_apps.demo import ORBIT_SHEET_VIEWS, contact_sheet
+
+    out, s = demo_360_run["out"], demo_360_run["summary"]
+    tile, pad = 128, 6  # the sheet's tile for renders under 128 px, and its padding
+    img = np.zeros((16, 16, 3), np.uint8)
+    frames = [{"frame": 1, "neural": img, "mesh": img, "label": "rest"}]
+    cmps = [{"frame": c["frame"], "overlay": img, "iou": c["iou"]} for c in s["comparisons"]]
+    sizes = {}
+    for name, orbit in (("frontal", None), ("360", [{"neural": img, "label": "x"}] * ORBIT_SHEET_VIEWS)):
+        with Image.open(contact_sheet(frames, cmps, "t", "s", tmp_path / f"{name}.png", tile=tile,
+                                      orbit=orbit)) as im:
+            sizes[name] = im.size
+    with Image.open(out / "contact-sheet.png") as im:
+        sheet = np.asarray(im.convert("RGB"))
+    assert (sheet.shape[1], sheet.shape[0]) == sizes["360"]
+    assert sizes["360"][1] > sizes["frontal"][1] and sizes["360"][0] >= ORBIT_SHEET_VIEWS * tile
+    # the last row holds the orbit frames the summary names, front view first, back view in the middle
+    row_y = sheet.shape[0] - pad - (tile + 18 + pad)
+    assert s["orbit"]["sheet_views"] == list(range(1, ORBIT + 1))
+    for c, i in enumerate(s["orbit"]["sheet_views"]):
+        with Image.open(out / "orbit" / f"{i:04d}.png") as im:
+            want = np.asarray(im.convert("RGB").resize((tile, tile), Image.Resampling.NEAREST))
+        x = pad + c * (tile + pad)
+        assert np.array_equal(sheet[row_y:row_y + tile, x:x + tile], want), f"orbit view {i} not on the sheet"
