@@ -82,26 +82,33 @@ class InvertSettings:
     latent_steps: int = 40
     tune_steps: int = 30
     sr_steps: int = 30
+    #: steps of face-texture tuning (generators with ``face_texture`` only): the shared texture on the 3DMM face and
+    #: its colour network, on face-camera and portrait renders at ``face_resolution`` rays
+    face_steps: int = 60
     candidates: int = 8
     #: ray resolution of the latent and radiance-tuning renders (the super-resolution stage renders at the model's)
     opt_resolution: int = 32
     lr_latent: float = 0.01
     lr_tune: float = 3e-4
     lr_sr: float = 1e-3
+    lr_face: float = 1e-2
+    face_resolution: int = 64
     w_alpha: float = 0.5
     w_grad: float = 0.5
     w_locality: float = 1.0
     seed: int = 0
 
     def validate(self) -> InvertSettings:
-        for name in ("latent_steps", "tune_steps", "sr_steps"):
+        for name in ("latent_steps", "tune_steps", "sr_steps", "face_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_STEPS:
                 raise InvertError(f"{name} must be an integer in [0, {MAX_STEPS}], got {v!r}")
         if not isinstance(self.candidates, int) or not 1 <= self.candidates <= 64:
             raise InvertError(f"candidates must be an integer in [1, 64], got {self.candidates!r}")
-        if not isinstance(self.opt_resolution, int) or not 8 <= self.opt_resolution <= 256:
-            raise InvertError(f"opt_resolution must be an integer in [8, 256], got {self.opt_resolution!r}")
+        for name in ("opt_resolution", "face_resolution"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 8 <= v <= 256:
+                raise InvertError(f"{name} must be an integer in [8, 256], got {v!r}")
         return self
 
 
@@ -384,8 +391,9 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     for p in g.parameters():
         p.requires_grad_(False)
     scene = _Scene(g, target)
-    timings, losses = {}, {"latent": [], "tune": [], "sr": []}
-    total = max(1, s.latent_steps + s.tune_steps + 3 * s.sr_steps + s.candidates)
+    timings, losses = {}, {"latent": [], "tune": [], "face": [], "sr": []}
+    face_steps = s.face_steps if g.face_texture is not None else 0
+    total = max(1, s.latent_steps + s.tune_steps + 3 * s.sr_steps + 2 * face_steps + s.candidates)
     done = 0
 
     def tick(stage: str, n: int = 1):
@@ -490,6 +498,32 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
         use_face_detail()
     del frozen
     timings["tune"] = time.perf_counter() - t0
+
+    # 3b. the face texture (shared by identities, attached to the 3DMM face) on the baked level textures, at the
+    # face crop's density: the detail the radiance network's 64^2 textures cannot hold
+    t0 = time.perf_counter()
+    if face_steps:
+        with torch.no_grad():
+            baked = g.texture_radiance_fn(g.bake_textures(pivot))
+        net = [p for n, p in g.face_texture.named_parameters() if n != "texture"]
+        for p in g.face_texture.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": [g.face_texture.texture], "lr": s.lr_face},
+                                {"params": net, "lr": s.lr_face * 0.1}])
+        for step in range(face_steps):
+            cam = cams[(step + 1) % 2]  # face camera first
+            use_face_detail()
+            out = render(cam, baked, resolution=s.face_resolution)
+            loss = loss_of(out, cam)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses["face"].append(float(loss.detach()))
+            tick("tuning the face texture", 2)
+        for p in g.face_texture.parameters():
+            p.requires_grad_(False)
+        use_face_detail()
+    timings["face"] = time.perf_counter() - t0
 
     # 4. pivotal tuning of the super-resolution network on the baked level textures, at the output resolution
     t0 = time.perf_counter()

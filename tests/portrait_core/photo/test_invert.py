@@ -3,6 +3,7 @@ SynthPortrait record whose labels are known, into a random-init ``tiny`` generat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -187,7 +188,9 @@ def test_pivotal_tuning_also_tunes_the_face_texture(synth, tmp_path):
     g = Generator(generator_config("tiny", face_texture={"enabled": True, "resolution": 32, "grid": 16}))
     ckpt = save_generator(tmp_path / "tiny_ft.safetensors", g, info={"note": "random init, tests"})
     before = g.face_texture.texture.detach().clone()
-    report = inv.run_invert(tmp_path / "avatar", prepared=synth, index=0, settings=SETTINGS, checkpoint=ckpt)
+    settings = dataclasses.replace(SETTINGS, face_steps=6, face_resolution=32)
+    report = inv.run_invert(tmp_path / "avatar", prepared=synth, index=0, settings=settings, checkpoint=ckpt)
+    assert report["timings"]["face"] > 0  # the face-texture stage ran
     tuned = load_generator(tmp_path / "avatar" / "avatar.safetensors")
     assert tuned.face_texture is not None
     assert (tuned.face_texture.texture - before).abs().max() > 1e-4  # the texture moved
