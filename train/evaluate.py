@@ -326,14 +326,15 @@ def _geometry(G, ds, n: int, seed: int, device, log, noise_rows: torch.Tensor | 
 
 
 def heldout_report(target: str | Path, roots: list[str], holdout: int, resolution: int = 64, images: int = 0,
-                   baselines: bool = False, export: str = "", log=print) -> dict:
+                   baselines: bool = False, export: str = "", log=print, export_name: str = "default") -> dict:
     """The model card's held-out protocol (``--heldout``): the last ``holdout`` identities of the last of ``roots``
     rendered with their own labels vs their images and face crops (``labelled.evaluate_heldout``: L1, PSNR, alpha
     IoU, face PSNR), at ray resolution and, with super-resolution, super-resolved (and bicubic); the expression
     deformation vs the 3DMM at the held-out identities and the clothing-colour slope on 64 training images
     (``train.fidelity``); ``baselines`` adds a white image,
     the mean training image and an untrained generator of the same config; ``export`` writes
-    ``EXPORT/default.safetensors`` (the scores in its info) and ``EXPORT/default_samplers.safetensors``."""
+    ``EXPORT/<export_name>.safetensors`` (the scores in its info) and ``EXPORT/<export_name>_samplers.safetensors``
+    (``default``: the shipped model's file names; ``default360`` for the 360-degree model)."""
     from train.fidelity import clothing_colour_fidelity, expression_fidelity
     from train.labelled import LabelledData, baseline_metrics, evaluate_heldout
 
@@ -358,22 +359,23 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     if baselines:
         res["baselines"] = baseline_metrics(G, data, held, resolution)
     if export:
-        from portrait_core.data.samplers import DEFAULT_SAMPLERS
-        from portrait_core.generator.loading import DEFAULT_CHECKPOINT
         from train.gen import save_generator
 
+        if not export_name or Path(export_name).name != export_name or export_name in (".", ".."):
+            raise ValueError(f"--export-name must be a bare file stem, got {export_name!r}")
+        checkpoint_file, samplers_file = f"{export_name}.safetensors", f"{export_name}_samplers.safetensors"
         info = dict(G.checkpoint_info or {})
         info["heldout"] = res
-        info["samplers"] = DEFAULT_SAMPLERS
+        info["samplers"] = samplers_file
         dest = Path(export)
-        save_generator(dest / DEFAULT_CHECKPOINT, G, info=info)
+        save_generator(dest / checkpoint_file, G, info=info)
         try:
             exported = LabelSampler.load(find_samplers(gen_path, None, G.checkpoint_info))
         except FileNotFoundError:  # none stored with it: the tables of the data it is evaluated on
             exported = data.samplers()
-        exported.save(dest / DEFAULT_SAMPLERS)
-        log(f"exported {dest / DEFAULT_CHECKPOINT} ({(dest / DEFAULT_CHECKPOINT).stat().st_size / 2**20:.2f} MiB) "
-            f"and {dest / DEFAULT_SAMPLERS}")
+        exported.save(dest / samplers_file)
+        log(f"exported {dest / checkpoint_file} ({(dest / checkpoint_file).stat().st_size / 2**20:.2f} MiB) "
+            f"and {dest / samplers_file}")
     return res
 
 
@@ -390,7 +392,9 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--heldout-resolution", type=int, default=64)
     p.add_argument("--baselines", action="store_true", help="with --heldout: white / mean-image / untrained scores")
     p.add_argument("--export", default="", metavar="DIR",
-                   help="with --heldout: write DIR/default.safetensors and DIR/default_samplers.safetensors")
+                   help="with --heldout: write DIR/NAME.safetensors and DIR/NAME_samplers.safetensors")
+    p.add_argument("--export-name", default="default", metavar="NAME",
+                   help="file stem of --export (default: default; the 360-degree model is default360)")
     p.add_argument("--images", type=int, default=None,
                    help="fakes (and reals) for the distribution metrics (default: the dataset's images, at most 1000)")
     p.add_argument("--seed", type=int, default=0)
@@ -412,7 +416,7 @@ def _main(argv: list[str]) -> int:
         if not a.data:
             raise ValueError("--heldout needs --data (the labelled dataset folders)")
         report = heldout_report(a.target, a.data, a.heldout, a.heldout_resolution, a.images or 0, a.baselines,
-                                a.export)
+                                a.export, export_name=a.export_name)
     else:
         if a.data and len(a.data) > 1:
             raise ValueError("--data takes one folder unless --heldout")

@@ -498,6 +498,13 @@ def test_heldout_evaluation_with_baselines_and_export(tiny_data, tmp_path):
     assert G.checkpoint_info["heldout"]["ray"]["psnr"] == rep["ray"]["psnr"]
     assert DefaultSamplers.load(export / "default_samplers.safetensors").identity.shape[0] == 3
     assert evaluate_main([str(out), "--heldout", "1"]) == 2  # --heldout needs the data
+    # another stem (the 360-degree model's files), found beside it through its info
+    from portrait_core.generator.loading import find_samplers
+
+    assert evaluate_main([str(ck.resolve(out) / ck.GENERATOR_FILE), "--heldout", "1", "--data", str(tiny_data),
+                          "--heldout-resolution", "12", "--export", str(export), "--export-name", "default360",
+                          "--out", str(report)]) == 0
+    assert find_samplers(export / "default360.safetensors") == export / "default360_samplers.safetensors"
 
 
 def test_labelled_data_reads_packed_datasets_and_refuses_paths_outside_them(tiny_data, tmp_path):
