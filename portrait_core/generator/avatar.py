@@ -71,7 +71,7 @@ class Avatar:
                 sr_styles = generator.superres_styles(self.latents, truncation)
                 self.textures_hr = generator.super_resolve_textures(self.textures, sr_styles)
             self.manifold = generator.baked_manifold_fn()
-            self.face_detail = generator.face_detail_fn(self.latents, self.body_shape)
+            self.face_detail = generator.face_detail_fn(self.latents, self.body_shape, baked=True)
             self.canonical_body = generator.body.canonical(self.body_shape)
             self._neutral_expression_volume = None
             if generator.cfg.render.expression_grid:
@@ -140,18 +140,9 @@ class Avatar:
             manifold=self.manifold,
             radiance=g.texture_radiance_fn(self.textures),
             radiance_hr=g.texture_radiance_fn(self.textures_hr) if super_resolve else None,
-            face_detail=self._face_detail_for(b),
+            face_detail=self.face_detail,
         )
         return g.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve)
-
-    def _face_detail_for(self, batch: int):
-        """The face texture's correction for ``batch`` frames of this identity (None without one)."""
-        if self.face_detail is None:
-            return None
-        if batch == 1:
-            return self.face_detail
-        detail = self.face_detail
-        return lambda hits, rgb: torch.cat([detail(hits[i:i + 1], rgb[i:i + 1]) for i in range(batch)])
 
     # ------------------------------------------------------------------ fields for mesh export and blendshapes
     @torch.no_grad()

@@ -100,6 +100,26 @@ class FaceTexture(nn.Module):
         h = F.silu(self.hidden(h))
         return self.rgb(h) * coords[..., 2:3]
 
+    def bake(self, latent_bias: Tensor) -> Tensor:
+        """The unweighted correction at every texel for identities with ``latent_bias`` [B, hidden]: [B, 3, R, R].
+        An avatar reads it bilinearly per hit (:meth:`correct_baked`) instead of running the network per hit; the
+        two differ by interpolating the network's output instead of its input (a test bounds the difference)."""
+        r, c = self.cfg.resolution, self.cfg.channels
+        feats = self.texture.reshape(c, r * r).t()[None]  # [1, R*R, C]
+        h = F.silu(self.feature_in(feats) + latent_bias[:, None, :])
+        h = F.silu(self.hidden(h))
+        return self.rgb(h).transpose(1, 2).reshape(-1, 3, r, r)
+
+    @staticmethod
+    def correct_baked(rgb: Tensor, coords: Tensor, baked: Tensor) -> Tensor:
+        """rgb [B, ..., 3] + weight x the baked correction [B, 3, R, R] at coords [B, ..., 3] (u, v, weight),
+        clamped to [0, 1]."""
+        b = rgb.shape[0]
+        uv = coords[..., :2].reshape(b, 1, -1, 2).to(baked.dtype)
+        delta = F.grid_sample(baked, uv, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, 3, 1, P]
+        delta = delta[:, :, 0].transpose(1, 2).reshape(rgb.shape)
+        return (rgb + delta * coords[..., 2:3]).clamp(0.0, 1.0)
+
     def correct(self, rgb: Tensor, coords: Tensor, latent_bias: Tensor, min_weight: float = 1e-3) -> Tensor:
         """rgb [B, ..., 3] in [0, 1] at points whose coords are [B, ..., 3] -> corrected rgb, clamped to [0, 1].
         Only points with weight > ``min_weight`` run the network (the rest of the frame is left as it is)."""

@@ -202,21 +202,28 @@ class Generator(nn.Module):
         return sigma + strength * prior
 
     # ------------------------------------------------------------------ mapping and truncation
-    def face_detail_fn(self, latents: Latents, body_shape: Tensor,
-                       volume: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor] | None:
+    def face_detail_fn(self, latents: Latents, body_shape: Tensor, volume: Tensor | None = None,
+                       baked: bool = False) -> Callable[[Tensor, Tensor], Tensor] | None:
         """The face texture's (hits, rgb) -> rgb for a batch of identities (None without ``face_texture``): their
         (u, v, weight) grid over the head box is baked here (no grad; or passed in as ``volume``, from
-        :meth:`face_coordinate_volume`), the correction stays differentiable."""
+        :meth:`face_coordinate_volume`), the correction stays differentiable. ``baked`` (avatars): the correction is
+        also baked per identity into a colour texture (:meth:`FaceTexture.bake`), so a frame costs two lookups
+        per hit and no network."""
         if self.face_texture is None:
             return None
         if volume is None:
             volume = self.face_coordinate_volume(latents.identity, body_shape)
         bias = self.face_texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
+        colours = self.face_texture.bake(bias) if baked else None
 
         def detail(hits: Tensor, rgb: Tensor) -> Tensor:
             b = hits.shape[0]
-            coords = R.sample_grid(volume, hits.reshape(b, -1, 3), self.head_box_centre, self.head_box_half, "zeros")
-            return self.face_texture.correct(rgb, coords.reshape(*hits.shape[:-1], 3), bias)
+            vol = volume.expand(b, -1, -1, -1, -1) if volume.shape[0] == 1 else volume  # one identity, b frames
+            coords = R.sample_grid(vol, hits.reshape(b, -1, 3), self.head_box_centre, self.head_box_half, "zeros")
+            coords = coords.reshape(*hits.shape[:-1], 3)
+            if colours is not None:
+                return self.face_texture.correct_baked(rgb, coords, colours.expand(b, -1, -1, -1))
+            return self.face_texture.correct(rgb, coords, bias)
 
         return detail
 
