@@ -116,24 +116,27 @@ def blend_transforms(weights: Tensor, T: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, method: str = "auto") -> Tensor:
+def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, method: str = "auto",
+                  max_distance: float | None = None) -> Tensor:
     """Index of the nearest target for each point: points [B,N,3], targets [B,M,3] -> LongTensor [B,N].
 
     ``method``: 'cdist' (chunked over N with exact ``torch.cdist``, at most ~chunk_elems distances at once; any
     device), 'kdtree' (scipy cKDTree per batch element; CPU tensors) or 'auto' (kdtree on CPU, else cdist).
-    Both are exact nearest-neighbour searches (they can differ only on exact ties).
+    Both are exact nearest-neighbour searches (they can differ only on exact ties). ``max_distance``: points with
+    no target within it get -1 (the k-d tree stops searching there, which is much faster for far points).
     """
     B, N, _ = points.shape
     M = targets.shape[1]
     if method == "auto":
         method = "kdtree" if points.device.type == "cpu" else "cdist"
+    bound = np.inf if max_distance is None else float(max_distance)
     if method == "kdtree":
         from scipy.spatial import cKDTree
 
-        out = [
-            torch.from_numpy(cKDTree(t.double().numpy()).query(p.double().numpy())[1].astype(np.int64))
-            for p, t in zip(points.detach().cpu(), targets.detach().cpu())
-        ]
+        out = []
+        for p, t in zip(points.detach().cpu(), targets.detach().cpu()):
+            dist, k = cKDTree(t.double().numpy()).query(p.double().numpy(), distance_upper_bound=bound)
+            out.append(torch.from_numpy(np.where(np.isfinite(dist), k, -1).astype(np.int64)))
         return torch.stack(out).to(points.device)
     if method != "cdist":
         raise ValueError(f"nearest_index: unknown method {method!r}")
@@ -141,7 +144,8 @@ def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, m
     out = torch.empty(B, N, dtype=torch.long, device=points.device)
     for s in range(0, N, step):  # chunks of points (not single points)
         d = torch.cdist(points[:, s : s + step], targets, compute_mode="donot_use_mm_for_euclid_dist")
-        out[:, s : s + step] = d.argmin(dim=-1)
+        best, idx = d.min(dim=-1)
+        out[:, s : s + step] = torch.where(best <= bound, idx, -1)
     return out
 
 

@@ -142,9 +142,8 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, what: str) -> bytes:
     if info.file_size > MAX_FILE_BYTES:
         raise LimitError(f"{what}: (archive member): declares {info.file_size} bytes, above the limit of "
                          f"{MAX_FILE_BYTES}")
-    try:
+    try:  # NotImplementedError: a compression method zipfile does not support
         return zf.read(info)
-    # zipfile raises NotImplementedError for a compression method it does not know
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
         raise LabelError(f"{what}: (archive member): cannot be read: {e}") from None
 

@@ -34,18 +34,12 @@ def face_coordinates(points: Tensor, neutral_vertices: Tensor, mean_vertices: Te
     mean face's; ``face_transform`` [B, 4, 4]: face frame -> canonical. For the nearest vertex k of a point's
     face-frame position y: m = mean[k] + (y - neutral[k]); (u, v) = m.xy scaled from ``extent`` to [-1, 1];
     weight = exp(-(|y - neutral[k]| / reach)^2), 0 beyond 3 reach (not searched)."""
-    import numpy as np
-    from scipy.spatial import cKDTree
+    from portrait_core.body.model import nearest_index
 
     rot, shift = face_transform[:, :3, :3], face_transform[:, None, :3, 3]
     y = (points - shift) @ rot  # inverse of a rigid transform: R^T (x - t), row vectors
     # points farther than 3 reach (weight < 1.3e-4) are not searched: weight 0 there
-    far = 3.0 * cfg.reach
-    index = []
-    for p, verts in zip(y.detach().cpu().double().numpy(), neutral_vertices.detach().cpu().double().numpy()):
-        dist, k = cKDTree(verts).query(p, distance_upper_bound=far)
-        index.append(np.where(np.isfinite(dist), k, -1))
-    k = torch.from_numpy(np.stack(index)).to(points.device)
+    k = nearest_index(y, neutral_vertices, max_distance=3.0 * cfg.reach)
     found = k >= 0
     k = k.clamp_min(0)
     nearest = neutral_vertices.gather(1, k[..., None].expand(-1, -1, 3))

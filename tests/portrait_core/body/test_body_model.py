@@ -249,3 +249,20 @@ def test_bad_pose_shape(body, bad):
         body.posed(None, bad)
     with pytest.raises(ValueError, match="pose"):
         body.face_transform(None, bad)
+
+
+def test_nearest_index_max_distance_marks_far_points_in_both_methods():
+    from portrait_core.body.model import nearest_index
+
+    gen = torch.Generator().manual_seed(0)
+    targets = torch.rand(2, 50, 3, generator=gen)
+    points = torch.rand(2, 40, 3, generator=gen) * 3 - 1  # many outside the targets' unit cube
+    bound = 0.2
+    kd = nearest_index(points, targets, method="kdtree", max_distance=bound)
+    cd = nearest_index(points, targets, method="cdist", max_distance=bound)
+    dist = torch.cdist(points, targets).min(-1).values
+    assert torch.equal(kd == -1, dist > bound) and torch.equal(cd == -1, dist > bound)
+    assert (kd == -1).any() and (kd >= 0).any()
+    near = kd >= 0
+    assert torch.equal(kd[near], cd[near])
+    assert torch.equal(nearest_index(points, targets, method="kdtree")[near], kd[near])
