@@ -170,6 +170,9 @@ class OptimConfig:
     lr_face_texture_scale: float = 10.0
     """Learning-rate multiplier of the shared face texture (param group 'face_texture'; ``face_texture.enabled``):
     each texel is seen by few rays per step, so it moves faster than the networks."""
+    train_groups: str = ""
+    """Comma-separated generator parameter groups to train (e.g. ``face_texture,face_texture_net``: a texture-only
+    fine-tune that leaves every other weight bit-identical); empty = every group of the stage."""
     lr_min_fraction: float = 1.0
     """Cosine decay of every learning rate to this fraction at ``run.steps`` (1 = constant)."""
     warmup_steps: int = 0

@@ -168,10 +168,11 @@ def _make_ds(cfg: TrainConfig, res: int, face_res: int, in_ch: int = 3) -> nn.Mo
     })
 
 
-def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool = False
+def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool = False, only: str = ""
                                ) -> dict[str, list[nn.Parameter]]:
     """Named parameter groups the stage trains (stage 2: only the super-resolution network and its mapping);
-    ``colour_head_group``: the modulated colour head gets its own group (out of 'radiance')."""
+    ``colour_head_group``: the modulated colour head gets its own group (out of 'radiance'); ``only``: comma-separated
+    group names to keep (``optim.train_groups``; empty = all), an unknown or empty-for-this-stage name is an error."""
     groups = dict(G.param_groups())
     if colour_head_group and G.cfg.radiance.modulated_colour:
         head = [*G.radiance.colour_modulation.parameters(), *G.radiance.modulated_rgb.parameters()]
@@ -181,7 +182,13 @@ def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool
         groups = {k: v for k, v in groups.items() if k in ("superres", "superres_mapping")}
         if not groups:
             raise ValueError("stage 2 needs a generator with super-resolution (superres.enabled)")
-    return {k: v for k, v in groups.items() if v}
+    groups = {k: v for k, v in groups.items() if v}
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in groups]
+    if unknown:
+        raise ValueError(f"optim.train_groups names {', '.join(map(repr, unknown))}, which stage {stage} of this "
+                         f"generator does not train; its groups: {', '.join(groups)}")
+    return {k: v for k, v in groups.items() if k in wanted} if wanted else groups
 
 
 def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor | None = None,
@@ -232,7 +239,8 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
         pose_ema = copy.deepcopy(pose_branch).eval().requires_grad_(False)
     G.requires_grad_(False)
     o = cfg.optim
-    groups = trainable_generator_params(G, cfg.stage, colour_head_group=o.lr_colour_head_scale != 1.0)
+    groups = trainable_generator_params(G, cfg.stage, colour_head_group=o.lr_colour_head_scale != 1.0,
+                                        only=o.train_groups)
     scale = {"mapping": o.lr_mapping_scale, "manifold": o.lr_manifold_scale, "colour_head": o.lr_colour_head_scale,
              "face_texture": o.lr_face_texture_scale}
     param_groups = []

@@ -430,6 +430,26 @@ def test_modulated_colour_head_gets_its_own_learning_rate(tiny_data, tmp_path):
     assert G.cfg.radiance.modulated_colour and G.radiance.modulated_rgb.weight.abs().sum() > 0
 
 
+def test_train_groups_leave_every_other_weight_bit_identical(tiny_data, tmp_path, capsys):
+    from portrait_core.generator import save_generator
+
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny", face_texture={"enabled": True}))
+    with torch.no_grad():  # a live colour network, so that the texels get a gradient
+        for p in G.face_texture.parameters():
+            p.normal_(0, 0.1)
+    save_generator(tmp_path / "init.safetensors", G, info={})
+    out = tmp_path / "run"
+    assert run_warm(tiny_data, out, "run.steps=2", "optim.batch=2", f"model.init_from={tmp_path / 'init.safetensors'}",
+                    "optim.lr_g=1e-2", "optim.train_groups=face_texture,face_texture_net") == 0
+    trained = latest_generator(out).state_dict()
+    changed = {k for k, v in G.state_dict().items() if "style_avg" not in k and not torch.equal(trained[k], v)}
+    assert "face_texture.texture" in changed and all(k.startswith("face_texture.") for k in changed), changed
+    with pytest.raises(ValueError, match="'radiance_typo'.*its groups: mapping"):
+        loop.trainable_generator_params(G, 1, only="face_texture, radiance_typo")
+    assert set(loop.trainable_generator_params(G, 1, only=" deform ")) == {"deform"}
+
+
 def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_data, tmp_path):
     from portrait_core.generator import save_generator
 
