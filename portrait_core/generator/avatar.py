@@ -133,16 +133,23 @@ class Avatar:
         if super_resolve and self.textures_hr is None:
             raise ValueError("Avatar.render: super_resolve=True but this avatar was baked without super-resolved "
                              "textures (make_avatar(..., super_resolve=True) with superres enabled)")
+        scene = self.scene(pose, expression, super_resolve)
+        return self.generator.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve)
+
+    def scene(self, pose: Tensor, expression: Tensor, super_resolve: bool = True) -> SceneFields:
+        """The baked :class:`SceneFields` of B frames (pose [B, 6, 3] and expression [B, 64], checked by
+        :meth:`render`) for ``Generator.render_scene``."""
         g = self.generator
-        scene = SceneFields(
+        super_resolve = super_resolve and self.textures_hr is not None
+        return SceneFields(
             pose_volume=self._pose_volume(pose),
             expression_fields=self._expression_fn(expression),
             manifold=self.manifold,
             radiance=g.texture_radiance_fn(self.textures),
             radiance_hr=g.texture_radiance_fn(self.textures_hr) if super_resolve else None,
             face_detail=self.face_detail,
+            textures_hr=self.textures_hr if super_resolve else None,
         )
-        return g.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve)
 
     # ------------------------------------------------------------------ fields for mesh export and blendshapes
     @torch.no_grad()

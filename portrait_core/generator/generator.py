@@ -28,6 +28,7 @@ from . import rendering as R
 from .config import GeneratorConfig
 from .face_texture import FaceTexture, face_coordinate_volume
 from .fast_composite import composite_fast
+from .fast_superres import superres_frame, superres_frame_reference
 from .networks import (
     ExpressionDeformNet,
     ManifoldField,
@@ -69,6 +70,9 @@ class SceneFields:
     face_detail: Callable[[Tensor, Tensor], Tensor] | None = None
     """(canonical hits [B, R, L, 3], rgb [B, R, L, 3]) -> rgb with the face texture's correction (None: no
     ``face_texture`` in the config)."""
+    textures_hr: Tensor | None = None
+    """The super-resolved textures [1 or B, L, C, T, T] that ``radiance_hr`` reads, when it is a plain lookup: the
+    frontal layout then renders the super-resolved frame level-major (:func:`fast_superres.superres_frame`)."""
 
 
 class Generator(nn.Module):
@@ -519,18 +523,14 @@ class Generator(nn.Module):
             if scene.radiance_hr is None:
                 raise ValueError("super_resolve=True needs super-resolved textures (superres.enabled in the config)")
             scale = self.cfg.superres.scale
-            hits_hr = R.upsample_rays(hits, (h, w), scale)
-            valid_hr = R.upsample_rays(crossings.valid.to(hits.dtype), (h, w), scale) > 0.99
-            depth_hr = R.upsample_rays(crossings.depth, (h, w), scale)
-            rgb_hr, alpha_hr, _ = scene.radiance_hr(hits_hr, valid_hr)
-            if scene.face_detail is not None:
-                rgb_hr = scene.face_detail(hits_hr, rgb_hr)
-            if shading is not None:
-                rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
-            hr = composite_fast(rgb_hr, alpha_hr, depth_hr, valid_hr, C.BACKGROUND, None, camera.far[:, None])
-            hh, ww = h * scale, w * scale
-            image, alpha_img, depth_img = _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), \
-                _to_image(hr.depth[..., None], hh, ww)
+            if scene.textures_hr is not None and rc.texture_layout == "frontal":
+                image, alpha_img, depth_img = superres_frame(
+                    hits, crossings.valid, crossings.depth, shading, (h, w), scale, scene.textures_hr,
+                    self.shell_centre, rc.texture_half_extent, C.BACKGROUND, camera.far[:, None], scene.face_detail)
+            else:
+                image, alpha_img, depth_img = superres_frame_reference(
+                    hits, crossings.valid, crossings.depth, shading, (h, w), scale, scene.radiance_hr, C.BACKGROUND,
+                    camera.far[:, None], scene.face_detail)
         aux = {
             "valid": crossings.valid.permute(0, 2, 1).reshape(b, -1, h, w),
             "weights": lr.weights.permute(0, 2, 1).reshape(b, -1, h, w),
@@ -547,7 +547,7 @@ class Generator(nn.Module):
         ``pose_volume``: a precomputed :meth:`pose_volume` (e.g. from cached inverse-LBS entries)."""
         radiance_styles = self.radiance_styles(latents, truncation)
         rc = self.cfg.render
-        textures = radiance_hr = None
+        textures = radiance_hr = hr_textures = None
         if super_resolve or rc.train_radiance == "textures":
             textures = self.bake_textures(radiance_styles)
         if super_resolve:
@@ -563,6 +563,7 @@ class Generator(nn.Module):
                       else self.network_radiance_fn(radiance_styles)),
             radiance_hr=radiance_hr,
             face_detail=self.face_detail_fn(latents, controls.body_shape),
+            textures_hr=hr_textures if super_resolve else None,
         )
 
     def forward(self, latents: Latents, controls: Controls, camera: Camera, *, truncation: float = 1.0,

@@ -19,7 +19,8 @@ from torch import Tensor
 
 __all__ = [
     "sample_depths", "ray_points", "grid_points", "sample_grid", "affine_entries", "apply_affine",
-    "LevelCrossings", "intersect_levels", "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
+    "LevelCrossings", "intersect_levels", "intersect_levels_reference", "intersect_levels_entered",
+    "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
     "TEXTURE_LAYOUTS", "octahedral_uv", "octahedral_directions", "spherical_uv", "spherical_directions",
     "texel_centres", "texture_coords", "texture_rays", "pad_texture", "unpad_texture", "sample_textures",
     "upsample_rays",
@@ -93,6 +94,39 @@ class LevelCrossings(NamedTuple):
 
 
 def intersect_levels(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
+    """First crossing of each level ``l`` by the field samples ``s`` [..., N] along a ray: what
+    :func:`intersect_levels_reference` returns (bit for bit), by :func:`intersect_levels_entered` when every ray starts
+    outside every level (``s_0 >= max(levels)``, the usual case: the near plane lies outside the outermost shell)."""
+    entered = s.shape[-1] >= 2 and s.numel() and bool((s[..., 0] >= levels.to(s.dtype).max()).all())
+    if entered and bool(torch.isfinite(s).all()):  # (NaN would break the running minimum's order)
+        return intersect_levels_entered(s, depth, levels)
+    return intersect_levels_reference(s, depth, levels)
+
+
+def intersect_levels_entered(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
+    """:func:`intersect_levels_reference` for rays that start outside every level (``s[..., 0] >= l`` for all l;
+    the caller checks). Then the first crossing of level l ends at the first sample below it, which is where the
+    running minimum of ``s`` first drops below l; the running minimum never increases, so one binary search per
+    level finds it (L log N comparisons per ray instead of L N boolean tensors)."""
+    n = s.shape[-1]
+    depth = depth.expand_as(s)
+    lv = levels.to(s.dtype)
+    running_min = torch.cummin(s, dim=-1).values  # [..., N], non-increasing
+    lead = s.shape[:-1]
+    flat = -running_min.reshape(-1, n)  # non-decreasing rows, as searchsorted wants
+    # first sample below l = the number of samples whose running minimum is still >= l
+    below = torch.searchsorted(flat, (-lv).expand(flat.shape[0], -1).contiguous(), right=True)
+    below = below.reshape(*lead, lv.shape[0])
+    valid = below < n
+    index = torch.where(valid, below - 1, torch.full_like(below, n - 2))
+    s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
+    frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
+    frac = torch.where(valid, frac, torch.ones_like(frac))
+    d_a, d_b = depth.gather(-1, index), depth.gather(-1, index + 1)
+    return LevelCrossings(d_a + frac * (d_b - d_a), valid, index, frac)
+
+
+def intersect_levels_reference(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
     """First crossing of each level ``l`` by the field samples ``s`` [..., N] along a ray.
 
     A crossing is an interval with ``s_i >= l > s_{i+1}`` (s falls through the level while moving away from the

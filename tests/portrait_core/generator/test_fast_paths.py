@@ -111,3 +111,122 @@ def test_bad_shape_refused_before_any_tensor_is_read(tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load_file", no_read)
     with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
         load_generator(path)
+
+
+def _fields(seed: int, rays: int, n: int, entered: bool, ties: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bumpy fields along rays (falling on average, with rises), depths, 7 decreasing levels; ``ties``: values
+    snapped to a lattice that contains the levels, so that samples land exactly on them."""
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.linspace(0.6, -0.6, 7)
+    s = 1.0 - torch.linspace(0, 2.2, n) + 0.35 * torch.randn(2, rays, n, generator=g)
+    if ties:
+        s = (s / 0.2).round() * 0.2
+    if entered:
+        s[..., 0] = s[..., 0].clamp_min(0.6)
+    depth = torch.linspace(0.5, 1.5, n)[None, None].expand(2, rays, n)
+    return s, depth, levels
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 30), entered=st.booleans(), ties=st.booleans())
+def test_intersect_levels_equals_reference_bit_for_bit(seed, n, entered, ties):
+    s, depth, levels = _fields(seed, 50, n, entered, ties)
+    ref = R.intersect_levels_reference(s, depth, levels)
+    out = R.intersect_levels(s, depth, levels)
+    for a, b in zip(ref, out):
+        assert torch.equal(a, b)
+    if entered:  # the fast path itself (the dispatcher may have taken it or not)
+        for a, b in zip(ref, R.intersect_levels_entered(s, depth, levels)):
+            assert torch.equal(a, b)
+
+
+def test_intersect_levels_fast_path_keeps_gradients_and_refuses_nothing():
+    s, depth, levels = _fields(1, 40, 12, entered=True, ties=False)
+    grads = []
+    for fn in (R.intersect_levels_reference, R.intersect_levels_entered):
+        x = s.clone().requires_grad_()
+        fn(x, depth, levels).depth.sum().backward()
+        grads.append(x.grad)
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+    # rays that start inside a level, or NaN samples, take the reference
+    s[0, 0, 0] = -1.0
+    s[1, 3, 5] = float("nan")
+    for a, b in zip(R.intersect_levels_reference(s, depth, levels), R.intersect_levels(s, depth, levels)):
+        torch.testing.assert_close(b, a, rtol=0, atol=0, equal_nan=True)
+
+
+def _superres_generator():
+    """The tiny preset with expression shading and the face texture, their zero-initialised heads made live."""
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny", expression={"shading": True}, face_texture={"enabled": True})).eval()
+    with torch.no_grad():
+        for p in [*G.face_texture.parameters(), *G.expression_deform.shading_head.parameters(),
+                  *G.expression_deform.head.parameters()]:
+            p.normal_(0, 0.3)
+        G.radiance.sigma_heads[0].bias.fill_(3.0)  # opaque enough that every level shows
+    return G
+
+
+def _reference_scene(scene):
+    """The same scene without its plain super-resolved textures: ``render_scene`` takes the reference path."""
+    from dataclasses import replace
+
+    return replace(scene, textures_hr=None)
+
+
+def test_superres_frame_equals_reference_for_avatars_and_training_scenes():
+    from portrait_core.generator import Controls, Latents
+    from portrait_core.geometry.camera import Camera
+
+    G = _superres_generator()
+    latents = Latents.sample(2, seed=4)
+    gen = torch.Generator().manual_seed(1)
+    pose = torch.randn(2, 6, 3, generator=gen) * 0.6  # large enough that some rays cross levels out of order
+    expression = torch.randn(2, 64, generator=gen)
+    camera = Camera.portrait(batch=2)
+    with torch.no_grad():
+        avatar = G.make_avatar(latents.index(0))
+        training = G.training_scene(latents, Controls(pose, expression, torch.zeros(2, 10)), super_resolve=True)
+        for scene_, cam in ((avatar.scene(pose, expression), camera), (training, camera)):
+            assert scene_.textures_hr is not None and scene_.face_detail is not None
+            fast = G.render_scene(scene_, cam, 16, super_resolve=True)
+            ref = G.render_scene(_reference_scene(scene_), cam, 16, super_resolve=True)
+            for name in ("image", "alpha", "depth", "image_lr"):
+                torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-5, msg=name)
+            assert fast.image.shape == (2, 3, 32, 32) and fast.alpha.amax() > 0.5
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), frames=st.integers(1, 2), shared=st.booleans(), shuffled=st.booleans())
+def test_superres_frame_equals_reference_on_random_layers(seed, frames, shared, shuffled):
+    """Random crossings, some rays with their levels out of depth order (those pixels are composited sorted)."""
+    from portrait_core.generator.fast_superres import superres_frame, superres_frame_reference
+
+    g = torch.Generator().manual_seed(seed)
+    h, w, n_levels, scale = 5, 6, 4, 2
+    centre, half = torch.tensor([0.0, 0.1, 0.0]), 0.3
+    hits = torch.rand(frames, h * w, n_levels, 3, generator=g) * 0.5 - 0.25
+    depth = (torch.rand(frames, h * w, n_levels, generator=g) + torch.arange(n_levels)).sort(-1).values
+    valid = (torch.rand(frames, h * w, n_levels, generator=g) > 0.2).sort(-1, descending=True).values
+    if shuffled:
+        rays = torch.rand(frames, h * w, generator=g) < 0.2
+        depth = torch.where(rays[..., None], depth.flip(-1), depth)
+    shading = torch.rand(frames, h * w, n_levels, 1, generator=g) * 2
+    textures = torch.rand(1 if shared else frames, n_levels, 5, 8, 8, generator=g)
+    far = torch.full((frames, 1), 9.0)
+    from portrait_core.generator import rendering as R
+
+    def radiance(x, v):
+        texels = R.sample_textures(textures[:, :, :4], R.texture_coords(x, "frontal", centre, half), "frontal")
+        return texels[..., :3], texels[..., 3] * v.to(texels.dtype), None
+
+    def face_detail(x, rgb):  # any point-wise correction
+        return (rgb + 0.3 * torch.sin(20 * x)).clamp(0, 1)
+
+    for detail in (None, face_detail):
+        for sh in (None, shading):
+            ref = superres_frame_reference(hits, valid, depth, sh, (h, w), scale, radiance, 1.0, far, detail)
+            fast = superres_frame(hits, valid, depth, sh, (h, w), scale, textures, centre, half, 1.0, far, detail)
+            for a, b in zip(ref, fast):
+                assert a.shape == b.shape
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,148 @@
+"""The super-resolved frame in image layout: :func:`superres_frame` returns what :func:`superres_frame_reference`
+(the plain path of ``Generator.render_scene``) returns, to float rounding, for the 'frontal' texture layout.
+
+Manifold super-resolution reads the super-resolved level textures at the low-resolution intersections, upsampled
+bilinearly to the output size. The reference upsamples the canonical hits, maps them to texture coordinates, and
+works per ray ([B, H*W, L, C]: the levels of a ray side by side). Here:
+
+- the frontal texture coordinates are affine in the hit (``u = (x - cx) / E``, ``v = -(y - cy) / E``) and bilinear
+  weights sum to one, so upsampling the low-resolution coordinates gives the coordinates of the upsampled hits:
+  the full-size coordinate map is never computed;
+- coordinates, validity, depth and the shading factor of every level are upsampled by one ``interpolate`` call;
+- texture lookups, shading and compositing run level-major ([B, L, C, H, W]): the lookup writes that layout
+  directly, the products are contiguous, and the composite is a cumulative product and sums over the level axis,
+  which also leaves the image in [B, C, H, W] without a transpose.
+
+Other layouts (the 360 mode's octahedral and spherical maps are not affine), or levels out of depth order, take the
+reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import rendering as R
+from .fast_composite import composite_fast
+
+__all__ = ["superres_frame", "superres_frame_reference"]
+
+FaceDetail = Callable[[Tensor, Tensor], Tensor]
+RadianceFn = Callable[[Tensor, Tensor], tuple]
+
+
+def _to_image(values: Tensor, h: int, w: int) -> Tensor:
+    """Per-ray values [B, H*W, C] -> image [B, C, H, W]."""
+    return values.reshape(values.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+
+def superres_frame_reference(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None,
+                             size: tuple[int, int], scale: int, radiance_hr: RadianceFn, background: float,
+                             far: Tensor, face_detail: FaceDetail | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The super-resolved (image [B, 3, sH, sW] in [0, 1], alpha [B, 1, ...], depth [B, 1, ...]) of a frame from
+    its low-resolution level crossings: canonical hits [B, h*w, L, 3], validity and camera-z depth [B, h*w, L], the
+    expression shading factor [B, h*w, L, 1] or None; ``radiance_hr`` reads the super-resolved textures at canonical
+    points, ``face_detail`` adds the face texture's correction; composited over ``background``, empty pixels at
+    depth ``far`` [B, 1]."""
+    h, w = size
+    hits_hr = R.upsample_rays(hits, (h, w), scale)
+    valid_hr = R.upsample_rays(valid.to(hits.dtype), (h, w), scale) > 0.99
+    depth_hr = R.upsample_rays(depth, (h, w), scale)
+    rgb_hr, alpha_hr, _ = radiance_hr(hits_hr, valid_hr)
+    if face_detail is not None:
+        rgb_hr = face_detail(hits_hr, rgb_hr)
+    if shading is not None:
+        rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
+    hr = composite_fast(rgb_hr, alpha_hr, depth_hr, valid_hr, background, None, far)
+    hh, ww = h * scale, w * scale
+    return _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), _to_image(hr.depth[..., None], hh, ww)
+
+
+def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None, size: tuple[int, int],
+                   scale: int, textures: Tensor, centre: Tensor, half_extent: float, background: float, far: Tensor,
+                   face_detail: FaceDetail | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`superres_frame_reference` for frontal textures [G, L, C >= 4, T, T] (G = 1 or B; rgb, alpha first)
+    over ``centre`` +/- ``half_extent`` (the reference's ``radiance_hr`` is ``texture_radiance_fn(textures)``)."""
+    b, rays, n_levels = valid.shape
+    h, w = size
+    hh, ww = h * scale, w * scale
+    g = textures.shape[0]
+    dt = hits.dtype
+    uv = R.texture_coords(hits, "frontal", centre, half_extent)  # [B, R, L, 2] at the low resolution
+    channels = [uv, valid.to(dt)[..., None], depth[..., None]]
+    if shading is not None:
+        channels.append(shading.to(dt))
+    if face_detail is not None:
+        channels.append(hits)
+    per_level = torch.cat(channels, -1)  # [B, R, L, k]
+    k = per_level.shape[-1]
+    low = per_level.reshape(b, h, w, n_levels, k).permute(3, 0, 4, 1, 2).contiguous()  # [L, B, k, h, w]
+    # pixels that read a ray whose levels are out of depth order are composited sorted, after the loop
+    key = torch.where(valid, depth, torch.full_like(depth, float("inf")))
+    unordered = (key[..., 1:] < key[..., :-1]).any(-1).reshape(b, 1, h, w)
+    sorted_pixels = None
+    if bool(unordered.any()):
+        spread = F.interpolate(unordered.to(dt), scale_factor=scale, mode="bilinear", align_corners=False) > 0
+        sorted_pixels = spread.reshape(-1).nonzero()[:, 0]  # flat (frame, row, column) indices
+        kept: dict[str, list[Tensor]] = {"rgb": [], "alpha": [], "depth": [], "valid": []}
+    colour = torch.zeros(b, 3, hh, ww, dtype=textures.dtype, device=textures.device)
+    opacity = torch.zeros(b, 1, hh, ww, dtype=textures.dtype, device=textures.device)
+    depth_sum = torch.zeros_like(opacity)
+    transmittance = torch.ones_like(opacity)
+    for level in range(n_levels):  # front to back (where in depth order): one level's full-size maps at a time
+        up = F.interpolate(low[level], scale_factor=scale, mode="bilinear", align_corners=False)  # [B, k, H, W]
+        valid_hr = up[:, 2:3] > 0.99
+        depth_hr = up[:, 3:4]
+        grid = up[:, :2].permute(0, 2, 3, 1).to(textures.dtype)  # [B, H, W, 2]
+        if g == 1:  # one avatar seen in B frames
+            texels = F.grid_sample(textures[:, level, :4], grid.reshape(1, b * hh, ww, 2), mode="bilinear",
+                                   padding_mode="zeros", align_corners=False)
+            texels = texels.reshape(4, b, hh, ww).transpose(0, 1)
+        else:
+            texels = F.grid_sample(textures[:, level, :4], grid, mode="bilinear", padding_mode="zeros",
+                                   align_corners=False)
+        rgb = texels[:, :3]
+        alpha = texels[:, 3:4] * valid_hr.to(texels.dtype)
+        if face_detail is not None:
+            rgb = face_detail(up[:, -3:].permute(0, 2, 3, 1), rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if shading is not None:
+            rgb = (rgb * up[:, 4:5]).clamp(max=1.0)
+        if sorted_pixels is not None:
+            for name, x in (("rgb", rgb), ("alpha", alpha), ("depth", depth_hr), ("valid", valid_hr)):
+                kept[name].append(x.transpose(0, 1).reshape(x.shape[1], -1)[:, sorted_pixels])
+        weight = alpha * transmittance
+        colour = colour + weight * rgb
+        opacity = opacity + weight
+        depth_sum = depth_sum + weight * depth_hr.masked_fill(~valid_hr, 0.0)
+        transmittance = transmittance * (1.0 - alpha)
+    colour = colour + (1.0 - opacity) * background
+    mean_depth = depth_sum / opacity.clamp_min(1e-6)
+    empty = far.to(mean_depth.dtype).reshape(-1, 1, 1, 1).expand_as(mean_depth)
+    mean_depth = torch.where(opacity > 1e-6, mean_depth, empty)
+    if sorted_pixels is None:
+        return colour, opacity, mean_depth
+    # the reference's sorted compositing for the pixels near unordered rays: [1, P, L, ...]
+    stack = {name: torch.stack(v, -1).transpose(0, 1)[None] for name, v in kept.items()}
+    frame = torch.div(sorted_pixels, hh * ww, rounding_mode="floor")
+    out = composite_fast(stack["rgb"].transpose(-1, -2), stack["alpha"][..., 0, :], stack["depth"][..., 0, :],
+                         stack["valid"][..., 0, :], background, None, far.reshape(-1)[frame][None])
+    results = []
+    for image, values in ((colour, out.rgb[0]), (opacity, out.opacity[0, :, None]), (mean_depth, out.depth[0, :, None])):
+        flat = image.transpose(0, 1).reshape(image.shape[1], -1).clone()
+        flat[:, sorted_pixels] = values.T.to(flat.dtype)
+        results.append(flat.reshape(image.shape[1], b, hh, ww).transpose(0, 1))
+    return results[0], results[1], results[2]
+
+
+def _texture_radiance(textures: Tensor, centre: Tensor, half_extent: float) -> RadianceFn:
+    def radiance(hits: Tensor, valid: Tensor):
+        texels = R.sample_textures(textures[:, :, :4], R.texture_coords(hits, "frontal", centre, half_extent),
+                                   "frontal")
+        return texels[..., :3], texels[..., 3] * valid.to(texels.dtype), None
+
+    return radiance
+
+
