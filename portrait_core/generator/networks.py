@@ -463,10 +463,16 @@ class StyleRRDBNet(nn.Module):
     def style_dim(self) -> int:
         return sum(self.style_dims)
 
-    def forward(self, textures: Tensor, styles: Tensor) -> Tensor:
-        """textures [G, K, 4 + C, T, T] (rgb, alpha in [0, 1], features), styles [G, style_dim]."""
+    def forward(self, textures: Tensor, styles: Tensor, channels_last: bool | None = None) -> Tensor:
+        """textures [G, K, 4 + C, T, T] (rgb, alpha in [0, 1], features), styles [G, style_dim]. ``channels_last``
+        (default: on the CPU without gradients, i.e. avatar bakes) runs the convolutions on channels-last tensors,
+        about a quarter faster on the CPU (oneDNN) and equal to the default layout to float rounding (tested)."""
         g, k, c, t, _ = textures.shape
         x = textures.reshape(g * k, c, t, t)
+        if channels_last is None:
+            channels_last = x.device.type == "cpu" and not torch.is_grad_enabled()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         feat = self.conv_first(x)
         feat = feat + self.trunk_conv(self.trunk(feat))
         feat = feat.reshape(g, k, *feat.shape[1:])

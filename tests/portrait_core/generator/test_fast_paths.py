@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portrait_core.generator import Generator, generator_config
+from portrait_core.generator import Generator, Latents, generator_config
 from portrait_core.generator import rendering as R
 from portrait_core.generator.checkpoint import CheckpointError, _SkipRandomInit, load_generator, save_generator
 from portrait_core.generator.fast_composite import composite_fast, layers_in_depth_order
@@ -230,3 +230,21 @@ def test_superres_frame_equals_reference_on_random_layers(seed, frames, shared, 
             for a, b in zip(ref, fast):
                 assert a.shape == b.shape
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_super_resolution_equals_the_default_layout():
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny")).eval()
+    with torch.no_grad():
+        for p in G.superres.parameters():  # a trained-looking SR: not the near-bilinear start
+            p.add_(torch.randn_like(p) * 0.2)
+        G.superres.residual_gain.fill_(1.0)
+        latents = Latents.sample(2, seed=1)
+        textures = G.bake_textures(G.radiance_styles(latents))
+        styles = G.superres_styles(latents)
+        plain = G.superres(textures, styles, channels_last=False)
+        fast = G.superres(textures, styles, channels_last=True)
+        default = G.superres(textures, styles)  # no grad on the CPU: channels-last
+    assert plain.shape == fast.shape and plain.is_contiguous() and (plain - 0.5).abs().amax() > 0.05
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(default, fast, rtol=0, atol=0)
