@@ -52,6 +52,10 @@ __all__ = ["Generator", "SceneFields"]
 RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, "Tensor | None"]]
 
 
+SUPERRES_LEVEL_CHUNK = 4
+"""Levels super-resolved per pass in a bake (:meth:`Generator.super_resolve_textures`)."""
+
+
 @dataclass
 class SceneFields:
     """How a batch of frames evaluates each stage of the pipeline: networks (training) or bakes (avatars)."""
@@ -431,20 +435,28 @@ class Generator(nn.Module):
         texels = torch.cat([rgb, alpha[..., None], feats], -1)  # [G, T*T*L, 4 + C]
         return texels.reshape(g, t, t, n_levels, -1).permute(0, 3, 4, 1, 2).contiguous()
 
-    def super_resolve_textures(self, textures: Tensor, superres_styles: Tensor) -> Tensor:
+    def super_resolve_textures(self, textures: Tensor, superres_styles: Tensor, level_chunk: int | None = None
+                               ) -> Tensor:
         """[G, L, 4 + C, T, T] -> [G, L, 4, sT, sT] RGBA in [0, 1].
 
         In '360' mode the textures are first padded (:func:`rendering.pad_texture`, :func:`superres_pad` texels)
         with what lies beyond their edges on the sphere, so the convolutions see across the octahedral fold (or the
         spherical seam) as they do inside the texture, and the result's margins are blended back onto the texels
-        they continue (:func:`rendering.unpad_texture`), so both sides of an edge meet."""
+        they continue (:func:`rendering.unpad_texture`), so both sides of an edge meet. The network treats each level
+        on its own, so bakes (no gradients) run ``level_chunk`` levels at a time (default
+        :data:`SUPERRES_LEVEL_CHUNK`; 0: all at once), which bounds the activations' memory and equals one pass."""
         if self.superres is None:
             raise ValueError("super-resolution is disabled in this generator's config (superres.enabled=False)")
+        if level_chunk is None:
+            level_chunk = 0 if torch.is_grad_enabled() else SUPERRES_LEVEL_CHUNK
         layout, pad = self.cfg.render.texture_layout, superres_pad(textures.shape[-1])
-        if layout == "frontal":
-            return self.superres(textures, superres_styles)
-        out = self.superres(R.pad_texture(textures, layout, pad), superres_styles)
-        return R.unpad_texture(out, layout, pad * self.cfg.superres.scale)
+        if layout != "frontal":
+            textures = R.pad_texture(textures, layout, pad)
+        if 0 < level_chunk < textures.shape[1]:
+            out = torch.cat([self.superres(chunk, superres_styles) for chunk in textures.split(level_chunk, 1)], 1)
+        else:
+            out = self.superres(textures, superres_styles)
+        return out if layout == "frontal" else R.unpad_texture(out, layout, pad * self.cfg.superres.scale)
 
     def texture_radiance_fn(self, textures: Tensor, with_features: bool = False) -> RadianceFn:
         """Radiance by texture lookup at the canonical hits' parametrisation coordinates (RGBA only unless

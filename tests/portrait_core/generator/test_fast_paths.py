@@ -270,3 +270,19 @@ def test_overlapped_pose_and_expression_volumes_render_the_same_frames():
     for name in ("image", "depth", "alpha"):
         torch.testing.assert_close(getattr(frames[1], name), getattr(frames[0], name), rtol=1e-6, atol=1e-6)
     assert frames[0].image.std() > 0.01
+
+
+@pytest.mark.parametrize("mode", ["frontal", "360"])
+def test_super_resolution_in_level_chunks_equals_one_pass(mode):
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny", render={"mode": mode})).eval()
+    with torch.no_grad():
+        for p in G.superres.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        latents = Latents.sample(2, seed=1)
+        textures = G.bake_textures(G.radiance_styles(latents))
+        styles = G.superres_styles(latents)
+        whole = G.super_resolve_textures(textures, styles, level_chunk=0)
+        for chunk in (1, 4, None):
+            torch.testing.assert_close(G.super_resolve_textures(textures, styles, level_chunk=chunk), whole,
+                                       rtol=1e-5, atol=1e-6)
