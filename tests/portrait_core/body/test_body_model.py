@@ -266,3 +266,15 @@ def test_nearest_index_max_distance_marks_far_points_in_both_methods():
     near = kd >= 0
     assert torch.equal(kd[near], cd[near])
     assert torch.equal(nearest_index(points, targets, method="kdtree")[near], kd[near])
+
+
+def test_nearest_index_kdtree_equals_brute_force_for_grid_nodes_far_from_a_body():
+    """The pose grid's case: a lattice of nodes, most far from a compact cloud of vertices (the k-d tree's leaf
+    size is tuned for it; the answer must stay the exact nearest vertex)."""
+    g = torch.Generator().manual_seed(0)
+    axis = torch.linspace(-0.32, 0.32, 16)
+    nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+    body = torch.randn(1, 3000, 3, generator=g) * torch.tensor([0.12, 0.2, 0.08])
+    kd = nearest_index(nodes, body, method="kdtree")
+    brute = nearest_index(nodes, body, method="cdist")
+    assert torch.equal(kd, brute)
