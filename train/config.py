@@ -42,6 +42,14 @@ class DataConfig:
     folders)."""
     holdout: int = 0
     """Supervised objective: the last ``holdout`` identities of ``root`` are held out of training and evaluated."""
+    pose_label_noise: float = 0.0
+    """Adversarial objective: make the neck and head pose labels coarse, as estimated labels of real photos are: each
+    record's neck and head labels are rotated by this many degrees about a random axis drawn from
+    (``pose_label_noise_seed``, record index) alone (``train.data.coarse_pose``). The coarse labels feed the fake
+    inputs, the pose prior and D's pose regression on reals; the true labels stay in each real batch as
+    ``true_pose`` and are what ``train.evaluate --metrics pose`` measures against. 0 = the labels as stored."""
+    pose_label_noise_seed: int = 0
+    """Seed of the ``pose_label_noise`` axes (independent of ``seed``: runs with different seeds share the labels)."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +274,10 @@ class TrainConfig:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not 0 < self.optim.lr_min_fraction <= 1:
             raise ConfigError("optim.lr_min_fraction must be in (0, 1]")
+        if self.data.pose_label_noise < 0:
+            raise ConfigError("data.pose_label_noise must be >= 0 (degrees)")
+        if self.data.pose_label_noise > 0 and self.objective != "adversarial":
+            raise ConfigError("data.pose_label_noise applies to the adversarial objective only")
         if self.objective == "supervised" and self.data.holdout < 0:
             raise ConfigError("data.holdout must be >= 0")
         if self.optim.batch <= 0 or self.optim.batch % world_size:

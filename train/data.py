@@ -15,12 +15,14 @@ rows of its label samplers (``LabelTable.noise``; see :func:`find_samplers`).
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -212,3 +214,58 @@ class RealStream:
         return collate(items)
 
 
+
+
+# ------------------------------------------------------------------------------------------ coarse pose labels
+def coarse_pose(pose: Tensor, degrees: float, seed: int = 0, joints: tuple[int, ...] = (0, 3)) -> Tensor:
+    """Coarse copies of pose labels ``pose`` [N, 6, 3] (axis-angle, canonical-relative; ``data.pose_label_noise``):
+    the rows ``joints`` (default neck and head, the joints the 3DPortraitGAN pose branch learns) of record ``i``
+    are rotated by exactly ``degrees`` about axes drawn from ``(seed, i)`` alone (uniform on the sphere, one per
+    joint; ``R_coarse = R_noise R_label``), so a record's coarse label depends on nothing else in the dataset and
+    its angular error against the true label is ``degrees``. Other rows are returned unchanged."""
+    from portrait_core.geometry.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
+    pose = torch.as_tensor(pose, dtype=torch.float32).reshape(-1, 6, 3)
+    if degrees <= 0 or pose.shape[0] == 0:
+        return pose.clone()
+    axes = torch.from_numpy(np.stack([np.random.default_rng([seed, i]).standard_normal((len(joints), 3))
+                                      for i in range(pose.shape[0])]))
+    noise = axes / axes.norm(dim=-1, keepdim=True) * math.radians(degrees)  # [N, J, 3] float64
+    rows = list(joints)
+    out = pose.clone()
+    rot = axis_angle_to_matrix(noise) @ axis_angle_to_matrix(pose[:, rows].double())
+    out[:, rows] = matrix_to_axis_angle(rot).float()
+    return out
+
+
+class CoarsePoseDataset:
+    """A ``PortraitDataset`` whose pose labels are :func:`coarse_pose` copies: ``labels('pose')`` (the fake-input
+    tables) and each item's ``pose`` (mirrored items: the mirrored coarse label) are coarse; the stored label is
+    each item's ``true_pose`` and :attr:`true_pose` [N, 6, 3]. Everything else is the wrapped dataset's."""
+
+    def __init__(self, dataset, degrees: float, seed: int = 0):
+        self.dataset, self.degrees, self.seed = dataset, float(degrees), int(seed)
+        self.true_pose = np.asarray(dataset.labels("pose"), dtype=np.float32).reshape(-1, 6, 3)
+        self.pose = coarse_pose(torch.from_numpy(self.true_pose), degrees, seed).numpy()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def labels(self, key: str) -> np.ndarray:
+        return self.pose if key == "pose" else self.dataset.labels(key)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        from portrait_core.data.mirror import mirror_pose
+
+        item = self.dataset[index]
+        pose = self.pose[int(item["index"])]
+        if float(item["mirrored"]) > 0:
+            pose = mirror_pose(pose)
+        item["true_pose"] = item["pose"]
+        item["pose"] = torch.from_numpy(np.ascontiguousarray(pose, dtype=np.float32))
+        return item
+
+    def __getattr__(self, name: str):  # the wrapped dataset's records, info, source, mirror matrices ...
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

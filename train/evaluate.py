@@ -18,7 +18,15 @@ the ones that belong to the checkpoint: ``portrait_core.generator.loading.find_s
   coefficients, landmark error (pixels) vs the requested 3DMM's projected landmarks, and head-pose control as the
   landmark error under a fixed (non-following) face camera, next to the error of assuming the neutral pose;
 - ``geometry`` (datasets with ground-truth meshes): chamfer distance between the mesh extracted from an avatar
-  with a record's labels and that record's posed ground-truth mesh.
+  with a record's labels and that record's posed ground-truth mesh;
+- ``pose`` (adversarial runs; the 3DPortraitGAN self-learning table): the neck/head pose the run renders for every
+  record's inputs (its identity and camera; with ``pose.enabled`` the EMA pose branch's output, else the label,
+  coarse with ``data.pose_label_noise``) and D_whole's pose prediction on the record's image, each against the
+  dataset's stored (true) labels by :func:`pose_angular_error`, next to the coarse labels' and the canonical
+  pose's error (:func:`pose_learning_report`).
+
+A run trained with coarse pose labels or pose self-learning is evaluated as it was trained: the distribution
+metrics draw (camera, pose) from the coarse labels and render the pose branch's neck/head pose.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,10 +49,10 @@ from portrait_core.generator.loading import find_samplers, samplers_for
 from portrait_core.geometry.camera import Camera
 from train import checkpoint as ck
 from train.config import from_dict
-from train.data import FakeInputs, open_dataset, sample_fake_inputs
+from train.data import CoarsePoseDataset, FakeInputs, open_dataset, sample_fake_inputs
 from train.gen import Controls, Latents, load_generator
 
-ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry")
+ALL_METRICS = ("fid", "kid", "swd", "consistency", "control", "geometry", "pose")
 
 #: 360-degree view groups by the camera's yaw relative to the body's front (the subject faces +Z, yaw pi/2):
 #: front |d| < 45 degrees, back |d| > 135 degrees, side in between (both sides together).
@@ -83,6 +92,105 @@ def pose_angular_error(learned: Tensor, labels: Tensor) -> dict[str, float]:
     out = {name: float(angle[:, list(rows)].mean()) for name, rows in POSE_JOINTS.items()}
     out["mean"] = float(angle[:, sorted(r for rows in POSE_JOINTS.values() for r in rows)].mean())
     return out
+
+
+def _trained_pose(cfg) -> bool:
+    """Whether a run's config changes the pose it renders from the dataset's labels (coarse labels, pose branch)."""
+    return cfg is not None and cfg.objective == "adversarial" and (cfg.data.pose_label_noise > 0 or cfg.pose.enabled)
+
+
+def _coarse(cfg, ds):
+    """``ds`` with the run's coarse pose labels (``data.pose_label_noise``), else ``ds``."""
+    return CoarsePoseDataset(ds, cfg.data.pose_label_noise, cfg.data.pose_label_noise_seed) \
+        if cfg.data.pose_label_noise > 0 else ds
+
+
+def _state_file(gen_path: Path) -> Path:
+    state = gen_path.parent / ck.STATE_FILE
+    if not state.is_file():
+        raise ck.CheckpointError(f"{gen_path.parent}: no {ck.STATE_FILE} beside the generator (the pose branch and "
+                                 f"the discriminators live in the training state of a checkpoint folder)")
+    return state
+
+
+def load_pose_branch(cfg, G, gen_path: Path):
+    """The EMA pose branch of a ``pose.enabled`` run's checkpoint (``state.pt`` beside ``gen_path``)."""
+    from train.networks import PoseBranch
+
+    state = ck.load_state(_state_file(gen_path))
+    if not state.get("pose_branch_ema"):
+        raise ck.CheckpointError(f"{gen_path.parent}: pose.enabled=true but the state holds no pose branch")
+    pb = PoseBranch(G.cfg.identity_dim + G.cfg.noise_dim, cfg.pose.hidden, cfg.pose.max_angle, cfg.pose.symmetry)
+    pb.load_state_dict(state["pose_branch_ema"])
+    return pb.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _with_pose_branch(pb, inputs: FakeInputs) -> FakeInputs:
+    """``inputs`` with their neck/head pose replaced by the pose branch's (as ``objectives.render_fakes``)."""
+    from train.networks import NECK_HEAD
+
+    pose = inputs.pose.clone()
+    pose_g = pb(torch.cat([inputs.identity, inputs.noise], 1), inputs.camera)
+    pose[:, list(NECK_HEAD)] = pose_g[:, list(NECK_HEAD)].to(pose.dtype)
+    return FakeInputs(inputs.identity, inputs.noise, inputs.expression, inputs.body_shape, pose, inputs.camera)
+
+
+@torch.no_grad()
+def pose_learning_report(cfg, G, gen_path: Path, ds, noise_table: Tensor | None = None, seed: int = 0,
+                         batch: int = 64) -> dict:
+    """The self-learning table's row of one adversarial run (``--metrics pose``), over every record of ``ds`` (the
+    dataset with its stored, true labels; conventions' pose rows):
+
+    - ``pose_error``: :func:`pose_angular_error` of the pose the run renders for the record's inputs against the
+      true label. Inputs are the record's identity and camera with appearance noise drawn as in training (a row of
+      ``noise_table``, else N(0, I); ``seed``); with ``pose.enabled`` the neck/head come from the EMA pose branch,
+      otherwise the rendered pose is the (coarse) label itself. The pose branch sees no image: its error for a
+      record can only fall below the canonical pose's through what identity and camera say about the pose;
+    - ``pose_error_d_real``: D_whole's pose head on the record's image (``data.resolution``) vs the true label;
+    - references: ``pose_error_labels`` (the coarse labels training saw) and ``pose_error_canonical`` (neck and
+      head at the canonical pose, other joints labelled);
+    - ``pose_magnitude``: the distribution's side, each pose's angle from the canonical pose (``true``,
+      ``labels``, ``rendered``): a pose source that matches the true distribution has the true magnitudes, zero-mean
+      label noise inflates them, a branch collapsed to one pose shrinks them.
+    Plus ``pose_source``, the records' count and the label noise (degrees)."""
+    from train.loop import _make_ds
+
+    true = torch.from_numpy(np.asarray(ds.labels("pose"), dtype=np.float32)).reshape(-1, 6, 3)
+    coarse = torch.from_numpy(np.asarray(_coarse(cfg, ds).labels("pose"), dtype=np.float32)).reshape(-1, 6, 3)
+    n = true.shape[0]
+    identity = torch.from_numpy(np.asarray(ds.labels("identity"), dtype=np.float32))
+    camera = torch.from_numpy(np.asarray(ds.labels("camera"), dtype=np.float32))
+    g = torch.Generator().manual_seed(seed)
+    noise = noise_table[torch.randint(noise_table.shape[0], (n,), generator=g)].float() if noise_table is not None \
+        else torch.randn(n, G.cfg.noise_dim, generator=g)
+    rendered = coarse
+    if cfg.pose.enabled:
+        pb = load_pose_branch(cfg, G, gen_path)
+        zeros = torch.zeros(n, 64)
+        inputs = FakeInputs(identity, noise, zeros, torch.zeros(n, 10), coarse, camera)
+        rendered = torch.cat([_with_pose_branch(pb, inputs.slice(a, a + batch)).pose for a in range(0, n, batch)])
+    canonical = true.clone()
+    canonical[:, [0, 3]] = 0.0
+    state = ck.load_state(_state_file(gen_path))
+    D = _make_ds(cfg, cfg.data.resolution, cfg.data.face_resolution)
+    D.load_state_dict(state["D"])
+    D.eval()
+    res_ds = ds if ds.resolution == cfg.data.resolution else open_dataset(ds.source.root, cfg.data.resolution, None,
+                                                                          False)
+    d_pose = []
+    for a in range(0, n, batch):
+        items = [res_ds[i] for i in range(a, min(a + batch, n))]
+        img = torch.stack([it["image"] for it in items])
+        d_pose.append(D["whole"](img, camera[a:a + len(items)]).pose.float())
+    return {"pose_source": "pose branch (EMA)" if cfg.pose.enabled else "labels",
+            "pose_records": n, "pose_label_noise_deg": cfg.data.pose_label_noise,
+            "pose_error": pose_angular_error(rendered, true),
+            "pose_error_d_real": pose_angular_error(torch.cat(d_pose), true),
+            "pose_error_labels": pose_angular_error(coarse, true),
+            "pose_error_canonical": pose_angular_error(canonical, true),
+            "pose_magnitude": {k: pose_angular_error(v, torch.zeros_like(v))
+                               for k, v in (("true", true), ("labels", coarse), ("rendered", rendered))}}
 
 
 def resolve_generator(path: str | Path) -> tuple[Path, Path | None]:
@@ -162,24 +270,34 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
     g = torch.Generator().manual_seed(seed)
     label_samplers = samplers_for(G, samplers)  # None: N(0, I) noise, the dataset's labels
     sampler_file = find_samplers(gen_path, samplers, G.checkpoint_info) if label_samplers is not None else None
-    if label_samplers is not None:
+    described = f"label samplers {sampler_file}" if sampler_file else "dataset labels, N(0, I) noise"
+    if _trained_pose(cfg):  # as trained: the dataset's (coarse) labels, noise as the run drew it, the pose branch
+        table = LabelSampler.from_dataset(_coarse(cfg, ds))
+        table.noise = label_samplers.appearance if label_samplers is not None else None
+        inputs = sample_fake_inputs(table, images, g, mirror=False)
+        described = (f"dataset labels (neck/head {cfg.data.pose_label_noise:g} degrees coarse), "
+                     + (f"appearance rows of {sampler_file}" if sampler_file else "N(0, I) noise"))
+        if cfg.pose.enabled:
+            inputs = _with_pose_branch(load_pose_branch(cfg, G, gen_path), inputs)
+            described += ", neck/head from the pose branch (EMA)"
+        inputs = inputs.to(device)
+    elif label_samplers is not None:
         inputs = sampler_inputs(label_samplers, images, g).to(device)
     else:
         inputs = sample_fake_inputs(LabelSampler.from_dataset(ds), images, g, mirror=False).to(device)
     report: dict = {"generator": str(gen_path), "data": str(root), "images": images, "seed": seed,
-                    "resolution": res, "super_resolve": sr,
-                    "inputs": f"label samplers {sampler_file}" if sampler_file else "dataset labels, N(0, I) noise",
-                    "metrics": {}}
+                    "resolution": res, "super_resolve": sr, "inputs": described, "metrics": {}}
     t0 = time.time()
     want_face = "fid" in metrics or "kid" in metrics
-    portraits, faces = _render(G, inputs, sr, face_resolution=face_res if want_face else 0, log=log)
-    fakes = torch.cat(portraits).float()
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
-    items = [ds[int(i)] for i in order]
-    reals = torch.stack([it["image"] for it in items]).float()
     m = report["metrics"]
-    report["face_resolution"] = face_res
-    log(f"rendered {images} images in {time.time() - t0:.1f}s")
+    if want_face or "swd" in metrics:
+        portraits, faces = _render(G, inputs, sr, face_resolution=face_res if want_face else 0, log=log)
+        fakes = torch.cat(portraits).float()
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
+        items = [ds[int(i)] for i in order]
+        reals = torch.stack([it["image"] for it in items]).float()
+        report["face_resolution"] = face_res
+        log(f"rendered {images} images in {time.time() - t0:.1f}s")
     if "fid" in metrics or "kid" in metrics:
         from portrait_core.metrics.fid import (
             InceptionUnavailable,
@@ -222,6 +340,12 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
         m.update(_consistency(G, inputs.slice(0, min(8, images)), sr))
     if "control" in metrics:
         m.update(_control(G, inputs.slice(0, min(16, images)), _face_recon_path(face_recon, run, cfg), device, log))
+    if "pose" in metrics:
+        if cfg is None or cfg.objective != "adversarial":
+            m["pose"] = None  # the table compares adversarial runs (pose branch, discriminator) only
+        else:
+            m.update(pose_learning_report(cfg, G, gen_path, ds, label_samplers.appearance if label_samplers is not None
+                                          else None, seed))
     if "geometry" in metrics:
         m.update(_geometry(G, ds, geometry_samples, seed, device, log, inputs.noise if sampler_file else None))
     report["seconds"] = round(time.time() - t0, 2)

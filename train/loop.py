@@ -475,6 +475,8 @@ def prepare(cfg: TrainConfig, resume: str | None = None, log=print, given: set[s
     if cfg.objective == "supervised":
         return _prepare_supervised(cfg, resume_from, run_dir, root, device, rank, world, log)
     dataset = tdata.open_dataset(root, cfg.data.resolution, cfg.data.face_resolution, cfg.data.mirror)
+    if cfg.data.pose_label_noise > 0:  # coarse neck/head labels for fakes, pose prior and D (true ones kept)
+        dataset = tdata.CoarsePoseDataset(dataset, cfg.data.pose_label_noise, cfg.data.pose_label_noise_seed)
     table = LabelTable.from_dataset(dataset)
     st = build_state(cfg, device, table.identity, log)
     if tdata.uses_appearance_codes(st.G):  # noise = appearance codes from the init generator's samplers
