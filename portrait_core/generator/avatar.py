@@ -9,7 +9,6 @@ compositing. The radiance network never runs per frame.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,10 +46,6 @@ class Avatar:
     [1, L, 4, sT, sT] or None, ``body_shape`` [1, 10], ``truncation``.
     """
 
-    overlap_volumes: bool = True
-    """With more than one torch thread, a frame's pose volume is computed in a worker thread while the expression
-    volume is computed (the same results; False: one after the other)."""
-
     def __init__(self, generator: Generator, latents: Latents, body_shape: Tensor | None = None, *,
                  truncation: float = 0.7, super_resolve: bool = True):
         where = "make_avatar"
@@ -84,20 +79,12 @@ class Avatar:
                     self.latents.identity, torch.zeros(1, C.EXPRESSION_DIM, device=device))
         self._pose_cache: tuple[bytes, Tensor] | None = None
         self._expression_cache: tuple[bytes, object] | None = None
-        self._pose_worker: ThreadPoolExecutor | None = None
 
     @property
     def device(self) -> torch.device:
         return self.textures.device
 
     # ------------------------------------------------------------------ per-frame inputs (cached by value)
-    def _pose_volume_cached(self, pose: Tensor) -> bool:
-        return self._pose_cache is not None and self._pose_cache[0] == pose.detach().cpu().numpy().tobytes()
-
-    def _pose_volume_in_worker(self, pose: Tensor) -> Tensor:
-        with torch.no_grad():  # (grad mode is per thread)
-            return self._pose_volume(pose)
-
     def _pose_volume(self, pose: Tensor) -> Tensor:
         key = pose.detach().cpu().numpy().tobytes()
         if self._pose_cache is None or self._pose_cache[0] != key:
@@ -154,18 +141,9 @@ class Avatar:
         :meth:`render`) for ``Generator.render_scene``."""
         g = self.generator
         super_resolve = super_resolve and self.textures_hr is not None
-        if self.overlap_volumes and torch.get_num_threads() > 1 and not self._pose_volume_cached(pose):
-            # the pose volume's nearest-vertex search (scipy, one core) runs beside the expression network
-            if self._pose_worker is None:
-                self._pose_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busto-pose-volume")
-            pending = self._pose_worker.submit(self._pose_volume_in_worker, pose)
-            expression_fields = self._expression_fn(expression)
-            pose_volume = pending.result()
-        else:
-            pose_volume, expression_fields = self._pose_volume(pose), self._expression_fn(expression)
         return SceneFields(
-            pose_volume=pose_volume,
-            expression_fields=expression_fields,
+            pose_volume=self._pose_volume(pose),
+            expression_fields=self._expression_fn(expression),
             manifold=self.manifold,
             radiance=g.texture_radiance_fn(self.textures),
             radiance_hr=g.texture_radiance_fn(self.textures_hr) if super_resolve else None,

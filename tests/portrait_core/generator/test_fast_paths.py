@@ -250,28 +250,6 @@ def test_channels_last_super_resolution_equals_the_default_layout():
     torch.testing.assert_close(default, fast, rtol=0, atol=0)
 
 
-def test_overlapped_pose_and_expression_volumes_render_the_same_frames():
-    from portrait_core.geometry.camera import Camera
-
-    G = _superres_generator()
-    gen = torch.Generator().manual_seed(2)
-    pose, expression = torch.randn(2, 6, 3, generator=gen) * 0.3, torch.randn(2, 64, generator=gen)
-    threads = torch.get_num_threads()
-    frames = []
-    try:
-        for overlap, n in ((False, 1), (True, 2)):
-            torch.set_num_threads(n)
-            avatar = G.make_avatar(Latents.sample(1, seed=3))
-            avatar.overlap_volumes = overlap
-            frames.append(avatar.render(pose, expression, Camera.portrait(batch=2), resolution=16))
-            assert (avatar._pose_worker is not None) == overlap
-    finally:
-        torch.set_num_threads(threads)
-    for name in ("image", "depth", "alpha"):
-        torch.testing.assert_close(getattr(frames[1], name), getattr(frames[0], name), rtol=1e-6, atol=1e-6)
-    assert frames[0].image.std() > 0.01
-
-
 @pytest.mark.parametrize("mode", ["frontal", "360"])
 def test_super_resolution_in_level_chunks_equals_one_pass(mode):
     torch.manual_seed(0)
