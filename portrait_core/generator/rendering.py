@@ -95,12 +95,21 @@ class LevelCrossings(NamedTuple):
 
 def intersect_levels(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
     """First crossing of each level ``l`` by the field samples ``s`` [..., N] along a ray: what
-    :func:`intersect_levels_reference` returns (bit for bit), by :func:`intersect_levels_entered` when every ray starts
-    outside every level (``s_0 >= max(levels)``, the usual case: the near plane lies outside the outermost shell)."""
-    entered = s.shape[-1] >= 2 and s.numel() and bool((s[..., 0] >= levels.to(s.dtype).max()).all())
-    if entered and bool(torch.isfinite(s).all()):  # (NaN would break the running minimum's order)
+    :func:`intersect_levels_reference` returns (bit for bit), by :func:`intersect_levels_entered` for the rays that
+    start outside every level (``s_0 >= max(levels)``, the usual case: the near plane lies outside the outermost
+    shell) and by the reference for the few others (all of them when they are more than a quarter)."""
+    if s.shape[-1] < 2 or not s.numel() or not bool(torch.isfinite(s).all()):  # (NaN breaks the running minimum)
+        return intersect_levels_reference(s, depth, levels)
+    inside = s[..., 0] < levels.to(s.dtype).max()  # rays that start inside some level
+    n_inside = int(inside.sum())
+    if n_inside == 0:
         return intersect_levels_entered(s, depth, levels)
-    return intersect_levels_reference(s, depth, levels)
+    if n_inside * 4 > inside.numel():
+        return intersect_levels_reference(s, depth, levels)
+    where = inside.nonzero(as_tuple=True)
+    fast = intersect_levels_entered(s, depth, levels)
+    few = intersect_levels_reference(s[where], depth.expand_as(s)[where], levels)
+    return LevelCrossings(*(all_rays.index_put(where, some) for all_rays, some in zip(fast, few)))
 
 
 def intersect_levels_entered(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
@@ -117,7 +126,7 @@ def intersect_levels_entered(s: Tensor, depth: Tensor, levels: Tensor) -> LevelC
     # first sample below l = the number of samples whose running minimum is still >= l
     below = torch.searchsorted(flat, (-lv).expand(flat.shape[0], -1).contiguous(), right=True)
     below = below.reshape(*lead, lv.shape[0])
-    valid = below < n
+    valid = (below < n) & (below > 0)  # (below = 0 only on a ray that starts inside l: not this function's case)
     index = torch.where(valid, below - 1, torch.full_like(below, n - 2))
     s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
     frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)

@@ -148,7 +148,18 @@ def test_intersect_levels_fast_path_keeps_gradients_and_refuses_nothing():
         fn(x, depth, levels).depth.sum().backward()
         grads.append(x.grad)
     assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
-    # rays that start inside a level, or NaN samples, take the reference
+    # a few rays that start inside a level take the reference, the others the fast path; gradients still agree
+    s[0, 0, 0] = s[1, 7, 0] = -1.0
+    grads = []
+    for fn in (R.intersect_levels_reference, R.intersect_levels):
+        x = s.clone().requires_grad_()
+        out = fn(x, depth, levels)
+        (out.depth.sum() + out.frac.sum()).backward()
+        grads.append((out, x.grad))
+    for a, b in zip(grads[0][0], grads[1][0]):
+        assert torch.equal(a, b)
+    assert torch.equal(grads[0][1], grads[1][1])
+    # NaN samples take the reference
     s[0, 0, 0] = -1.0
     s[1, 3, 5] = float("nan")
     for a, b in zip(R.intersect_levels_reference(s, depth, levels), R.intersect_levels(s, depth, levels)):
