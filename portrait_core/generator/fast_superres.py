@@ -34,11 +34,6 @@ FaceDetail = Callable[[Tensor, Tensor], Tensor]
 RadianceFn = Callable[[Tensor, Tensor], tuple]
 
 
-def _to_image(values: Tensor, h: int, w: int) -> Tensor:
-    """Per-ray values [B, H*W, C] -> image [B, C, H, W]."""
-    return values.reshape(values.shape[0], h, w, -1).permute(0, 3, 1, 2)
-
-
 def superres_frame_reference(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None,
                              size: tuple[int, int], scale: int, radiance_hr: RadianceFn, background: float,
                              far: Tensor, face_detail: FaceDetail | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -58,7 +53,8 @@ def superres_frame_reference(hits: Tensor, valid: Tensor, depth: Tensor, shading
         rgb_hr = (rgb_hr * R.upsample_rays(shading, (h, w), scale)).clamp(max=1.0)
     hr = composite_fast(rgb_hr, alpha_hr, depth_hr, valid_hr, background, None, far)
     hh, ww = h * scale, w * scale
-    return _to_image(hr.rgb, hh, ww), _to_image(hr.opacity[..., None], hh, ww), _to_image(hr.depth[..., None], hh, ww)
+    return (R.rays_to_image(hr.rgb, hh, ww), R.rays_to_image(hr.opacity[..., None], hh, ww),
+            R.rays_to_image(hr.depth[..., None], hh, ww))
 
 
 def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None, size: tuple[int, int],

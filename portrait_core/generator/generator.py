@@ -526,9 +526,9 @@ class Generator(nn.Module):
             rgb = (rgb * shading).clamp(max=1.0)
         # 6. sorted front-to-back compositing over white
         lr = composite_fast(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
-        image_lr, alpha_lr, depth_lr = _to_image(lr.rgb, h, w), _to_image(lr.opacity[..., None], h, w), \
-            _to_image(lr.depth[..., None], h, w)
-        features = _to_image(lr.features, h, w) if lr.features is not None else None
+        image_lr, alpha_lr, depth_lr = R.rays_to_image(lr.rgb, h, w), R.rays_to_image(lr.opacity[..., None], h, w), \
+            R.rays_to_image(lr.depth[..., None], h, w)
+        features = R.rays_to_image(lr.features, h, w) if lr.features is not None else None
         image, alpha_img, depth_img = image_lr, alpha_lr, depth_lr
         # 7. manifold super-resolution: the same intersections, upsampled, read from super-resolved textures
         if super_resolve:
@@ -631,11 +631,6 @@ def _truncate(raw: Tensor, average: Tensor, psi: float) -> Tensor:
     if psi == 1.0:
         return raw
     return average + psi * (raw - average)
-
-
-def _to_image(values: Tensor, h: int, w: int) -> Tensor:
-    """Per-ray values [B, H*W, C] -> image [B, C, H, W]."""
-    return values.reshape(values.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
 
 def _camera_for_batch(where: str, camera: Camera, batch: int) -> Camera:

@@ -23,7 +23,7 @@ __all__ = [
     "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
     "TEXTURE_LAYOUTS", "octahedral_uv", "octahedral_directions", "spherical_uv", "spherical_directions",
     "texel_centres", "texture_coords", "texture_rays", "pad_texture", "unpad_texture", "sample_textures",
-    "upsample_rays",
+    "upsample_rays", "rays_to_image",
 ]
 
 
@@ -414,6 +414,11 @@ def sample_textures(textures: Tensor, uv: Tensor, mode: str) -> Tensor:
     if g == 1:
         return out.reshape(n_levels, ch, b, p).permute(2, 3, 0, 1)
     return out.reshape(b, n_levels, ch, p).permute(0, 3, 1, 2)
+
+
+def rays_to_image(values: Tensor, h: int, w: int) -> Tensor:
+    """Per-ray values [B, H*W, C] (row-major pixels) -> image [B, C, H, W] (a view)."""
+    return values.reshape(values.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
 
 def upsample_rays(values: Tensor, size: tuple[int, int], scale: int) -> Tensor:
