@@ -185,9 +185,16 @@ def _reference_scene(scene):
     return replace(scene, textures_hr=None)
 
 
-def test_superres_frame_equals_reference_for_avatars_and_training_scenes():
+def test_superres_frame_equals_reference_for_avatars_and_training_scenes(monkeypatch):
+    import portrait_core.generator.generator as GM
     from portrait_core.generator import Controls, Latents
     from portrait_core.geometry.camera import Camera
+
+    # these frames are small: with several threads render_scene would take the reference for them too
+    monkeypatch.setattr(GM, "SUPERRES_LEVEL_LOOP_PIXELS", 0)
+    calls = []
+    fast_frame = GM.superres_frame
+    monkeypatch.setattr(GM, "superres_frame", lambda *a, **k: calls.append(1) or fast_frame(*a, **k))
 
     G = _superres_generator()
     latents = Latents.sample(2, seed=4)
@@ -205,6 +212,27 @@ def test_superres_frame_equals_reference_for_avatars_and_training_scenes():
             for name in ("image", "alpha", "depth", "image_lr"):
                 torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-5, msg=name)
             assert fast.image.shape == (2, 3, 32, 32) and fast.alpha.amax() > 0.5
+    assert len(calls) == 2  # the fast pass ran for both scenes (and not for their references)
+
+
+def test_small_multithreaded_frames_take_the_reference_pass(monkeypatch):
+    import portrait_core.generator.generator as GM
+    from portrait_core.geometry.camera import Camera
+
+    G = _superres_generator()
+    calls = []
+    fast_frame = GM.superres_frame
+    monkeypatch.setattr(GM, "superres_frame", lambda *a, **k: calls.append(1) or fast_frame(*a, **k))
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            avatar = G.make_avatar(Latents.sample(1, seed=0))
+            for n, expected in ((2, 0), (1, 1)):
+                torch.set_num_threads(n)
+                avatar.render(torch.zeros(6, 3), torch.zeros(64), Camera.portrait(), resolution=16)
+                assert len(calls) == expected
+    finally:
+        torch.set_num_threads(threads)
 
 
 @settings(max_examples=20, deadline=None)
