@@ -142,7 +142,7 @@ def read_zip_member(zf: zipfile.ZipFile, name: str, what: str) -> bytes:
     if info.file_size > MAX_FILE_BYTES:
         raise LimitError(f"{what}: (archive member): declares {info.file_size} bytes, above the limit of "
                          f"{MAX_FILE_BYTES}")
-    try:  # NotImplementedError: a compression method zipfile does not support
+    try:  # (zipfile refuses a compression method it lacks with its own error type, caught below)
         return zf.read(info)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
         raise LabelError(f"{what}: (archive member): cannot be read: {e}") from None

@@ -1,4 +1,4 @@
-"""The super-resolved frame in image layout: :func:`superres_frame` returns what :func:`superres_frame_reference`
+"""The super-resolved frame level by level: :func:`superres_frame` returns what :func:`superres_frame_reference`
 (the plain path of ``Generator.render_scene``) returns, to float rounding, for the 'frontal' texture layout.
 
 Manifold super-resolution reads the super-resolved level textures at the low-resolution intersections, upsampled
@@ -8,13 +8,13 @@ works per ray ([B, H*W, L, C]: the levels of a ray side by side). Here:
 - the frontal texture coordinates are affine in the hit (``u = (x - cx) / E``, ``v = -(y - cy) / E``) and bilinear
   weights sum to one, so upsampling the low-resolution coordinates gives the coordinates of the upsampled hits:
   the full-size coordinate map is never computed;
-- coordinates, validity, depth and the shading factor of every level are upsampled by one ``interpolate`` call;
-- texture lookups, shading and compositing run level-major ([B, L, C, H, W]): the lookup writes that layout
-  directly, the products are contiguous, and the composite is a cumulative product and sums over the level axis,
-  which also leaves the image in [B, C, H, W] without a transpose.
+- one level at a time (front to back) is upsampled (coordinates, validity, depth, shading factor in one
+  ``interpolate``), looked up, shaded and composited into the running image: no [H*W, L, C] tensor is made and a
+  level's maps stay in cache;
+- pixels that read a ray whose levels are out of depth order keep their per-level values and are composited
+  sorted after the loop.
 
-Other layouts (the 360 mode's octahedral and spherical maps are not affine), or levels out of depth order, take the
-reference.
+Other layouts (the 360 mode's octahedral and spherical maps are not affine) take the reference.
 """
 
 from __future__ import annotations
@@ -131,14 +131,3 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
         flat[:, sorted_pixels] = values.T.to(flat.dtype)
         results.append(flat.reshape(image.shape[1], b, hh, ww).transpose(0, 1))
     return results[0], results[1], results[2]
-
-
-def _texture_radiance(textures: Tensor, centre: Tensor, half_extent: float) -> RadianceFn:
-    def radiance(hits: Tensor, valid: Tensor):
-        texels = R.sample_textures(textures[:, :, :4], R.texture_coords(hits, "frontal", centre, half_extent),
-                                   "frontal")
-        return texels[..., :3], texels[..., 3] * valid.to(texels.dtype), None
-
-    return radiance
-
-

@@ -127,12 +127,7 @@ def intersect_levels_entered(s: Tensor, depth: Tensor, levels: Tensor) -> LevelC
     below = torch.searchsorted(flat, (-lv).expand(flat.shape[0], -1).contiguous(), right=True)
     below = below.reshape(*lead, lv.shape[0])
     valid = (below < n) & (below > 0)  # (below = 0 only on a ray that starts inside l: not this function's case)
-    index = torch.where(valid, below - 1, torch.full_like(below, n - 2))
-    s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
-    frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
-    frac = torch.where(valid, frac, torch.ones_like(frac))
-    d_a, d_b = depth.gather(-1, index), depth.gather(-1, index + 1)
-    return LevelCrossings(d_a + frac * (d_b - d_a), valid, index, frac)
+    return _crossings_in_intervals(s, depth, lv, below - 1, valid)
 
 
 def intersect_levels_reference(s: Tensor, depth: Tensor, levels: Tensor) -> LevelCrossings:
@@ -152,9 +147,15 @@ def intersect_levels_reference(s: Tensor, depth: Tensor, levels: Tensor) -> Leve
     crossing = above[..., :-1] > above[..., 1:]  # [..., L, N-1]: above at i, below at i+1
     index = crossing.to(torch.uint8).argmax(dim=-1)  # first True (argmax returns the first maximum)
     valid = crossing.gather(-1, index[..., None])[..., 0]
-    index = torch.where(valid, index, torch.full_like(index, n - 2))
+    return _crossings_in_intervals(s, depth, lv, index, valid)
+
+
+def _crossings_in_intervals(s: Tensor, depth: Tensor, levels: Tensor, index: Tensor, valid: Tensor) -> LevelCrossings:
+    """The crossings of ``levels`` [L] in the intervals ``[index, index + 1]`` [..., L] of the samples ``s`` and
+    their ``depth`` [..., N] where ``valid``; invalid entries point at the last interval with ``frac`` 1."""
+    index = torch.where(valid, index, torch.full_like(index, s.shape[-1] - 2))
     s_a, s_b = s.gather(-1, index), s.gather(-1, index + 1)
-    frac = ((s_a - lv) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
+    frac = ((s_a - levels) / (s_a - s_b).clamp_min(1e-8)).clamp(0.0, 1.0)
     frac = torch.where(valid, frac, torch.ones_like(frac))
     d_a, d_b = depth.gather(-1, index), depth.gather(-1, index + 1)
     return LevelCrossings(d_a + frac * (d_b - d_a), valid, index, frac)
