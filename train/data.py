@@ -29,6 +29,7 @@ from torch import Tensor
 from portrait_core.data.labels import LabelError
 from portrait_core.data.samplers import LabelSampler
 from portrait_core.generator.loading import find_samplers, uses_appearance_codes  # noqa: F401 (re-exported for train/)
+from train.networks import NECK_HEAD
 
 LABEL_KEYS = ("camera", "face_camera", "pose", "expression", "identity", "body_shape")
 
@@ -217,7 +218,7 @@ class RealStream:
 
 
 # ------------------------------------------------------------------------------------------ coarse pose labels
-def coarse_pose(pose: Tensor, degrees: float, seed: int = 0, joints: tuple[int, ...] = (0, 3)) -> Tensor:
+def coarse_pose(pose: Tensor, degrees: float, seed: int = 0, joints: tuple[int, ...] = NECK_HEAD) -> Tensor:
     """Coarse copies of pose labels ``pose`` [N, 6, 3] (axis-angle, canonical-relative; ``data.pose_label_noise``):
     the rows ``joints`` (default neck and head, the joints the 3DPortraitGAN pose branch learns) of record ``i``
     are rotated by exactly ``degrees`` about axes drawn from ``(seed, i)`` alone (uniform on the sphere, one per

@@ -113,11 +113,13 @@ def _state_file(gen_path: Path) -> Path:
     return state
 
 
-def load_pose_branch(cfg, G, gen_path: Path):
-    """The EMA pose branch of a ``pose.enabled`` run's checkpoint (``state.pt`` beside ``gen_path``)."""
+def load_pose_branch(cfg, G, gen_path: Path, state: dict | None = None):
+    """The EMA pose branch of a ``pose.enabled`` run's checkpoint (``state.pt`` beside ``gen_path``, or its already
+    loaded ``state``)."""
     from train.networks import PoseBranch
 
-    state = ck.load_state(_state_file(gen_path))
+    if state is None:
+        state = ck.load_state(_state_file(gen_path))
     if not state.get("pose_branch_ema"):
         raise ck.CheckpointError(f"{gen_path.parent}: pose.enabled=true but the state holds no pose branch")
     pb = PoseBranch(G.cfg.identity_dim + G.cfg.noise_dim, cfg.pose.hidden, cfg.pose.max_angle, cfg.pose.symmetry)
@@ -128,11 +130,9 @@ def load_pose_branch(cfg, G, gen_path: Path):
 @torch.no_grad()
 def _with_pose_branch(pb, inputs: FakeInputs) -> FakeInputs:
     """``inputs`` with their neck/head pose replaced by the pose branch's (as ``objectives.render_fakes``)."""
-    from train.networks import NECK_HEAD
+    from train.networks import with_neck_head
 
-    pose = inputs.pose.clone()
-    pose_g = pb(torch.cat([inputs.identity, inputs.noise], 1), inputs.camera)
-    pose[:, list(NECK_HEAD)] = pose_g[:, list(NECK_HEAD)].to(pose.dtype)
+    pose = with_neck_head(inputs.pose, pb(torch.cat([inputs.identity, inputs.noise], 1), inputs.camera))
     return FakeInputs(inputs.identity, inputs.noise, inputs.expression, inputs.body_shape, pose, inputs.camera)
 
 
@@ -155,6 +155,7 @@ def pose_learning_report(cfg, G, gen_path: Path, ds, noise_table: Tensor | None 
       label noise inflates them, a branch collapsed to one pose shrinks them.
     Plus ``pose_source``, the records' count and the label noise (degrees)."""
     from train.loop import _make_ds
+    from train.networks import NECK_HEAD
 
     true = torch.from_numpy(np.asarray(ds.labels("pose"), dtype=np.float32)).reshape(-1, 6, 3)
     coarse = torch.from_numpy(np.asarray(_coarse(cfg, ds).labels("pose"), dtype=np.float32)).reshape(-1, 6, 3)
@@ -164,15 +165,15 @@ def pose_learning_report(cfg, G, gen_path: Path, ds, noise_table: Tensor | None 
     g = torch.Generator().manual_seed(seed)
     noise = noise_table[torch.randint(noise_table.shape[0], (n,), generator=g)].float() if noise_table is not None \
         else torch.randn(n, G.cfg.noise_dim, generator=g)
+    state = ck.load_state(_state_file(gen_path))
     rendered = coarse
     if cfg.pose.enabled:
-        pb = load_pose_branch(cfg, G, gen_path)
+        pb = load_pose_branch(cfg, G, gen_path, state)
         zeros = torch.zeros(n, 64)
         inputs = FakeInputs(identity, noise, zeros, torch.zeros(n, 10), coarse, camera)
         rendered = torch.cat([_with_pose_branch(pb, inputs.slice(a, a + batch)).pose for a in range(0, n, batch)])
     canonical = true.clone()
-    canonical[:, [0, 3]] = 0.0
-    state = ck.load_state(_state_file(gen_path))
+    canonical[:, list(NECK_HEAD)] = 0.0
     D = _make_ds(cfg, cfg.data.resolution, cfg.data.face_resolution)
     D.load_state_dict(state["D"])
     D.eval()

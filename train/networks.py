@@ -20,6 +20,14 @@ NECK_HEAD = (0, 3)
 _MIRROR_JOINTS = (0, 2, 1, 3, 5, 4)
 
 
+def with_neck_head(pose: Tensor, pose_g: Tensor) -> Tensor:
+    """Poses [B, 6, 3] with their neck and head rows (:data:`NECK_HEAD`) taken from ``pose_g`` [B, 6, 3] (a pose
+    branch's output), the other joints kept; differentiable in both."""
+    mask = torch.zeros(1, 6, 1, device=pose.device, dtype=pose.dtype)
+    mask[:, list(NECK_HEAD)] = 1
+    return pose * (1 - mask) + pose_g.to(pose.dtype) * mask
+
+
 def mirror_pose(pose: Tensor) -> Tensor:
     """Pose code [B, 6, 3] of the x-mirrored body: swap left/right joints and negate the y, z axis-angle
     components (a reflection S=diag(-1,1,1) maps axis w to -S w)."""

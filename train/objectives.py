@@ -28,7 +28,7 @@ from train import regularisers as RG
 from train import schedules as S
 from train.cameras import camera_targets, face_camera, fake_face_camera, front_facing, portrait_camera, random_window
 from train.data import FakeInputs, sample_fake_inputs
-from train.networks import NECK_HEAD, ema_update
+from train.networks import NECK_HEAD, ema_update, with_neck_head
 
 D_NAMES = ("whole", "face", "torso")
 
@@ -121,9 +121,7 @@ def render_fakes(st, ctx, inputs: FakeInputs, generator=None, pose_branch=None) 
     pose, pose_g = inputs.pose, None
     if pb is not None:
         pose_g = pb(torch.cat([inputs.identity, inputs.noise], 1), inputs.camera)
-        mask = torch.zeros(1, 6, 1, device=pose.device, dtype=pose.dtype)
-        mask[:, list(NECK_HEAD)] = 1
-        pose = pose * (1 - mask) + pose_g * mask
+        pose = with_neck_head(pose, pose_g)
     latents = Latents(inputs.identity, inputs.noise)
     controls = Controls(pose, inputs.expression, inputs.body_shape)
     sr = cfg.stage == 2
