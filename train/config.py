@@ -149,6 +149,11 @@ class SupervisedConfig:
     face_patch_scale: int = 2
     face_mouth_weight: float = 1.0
     """Weight of the face L1 inside the box around the projected 3DMM lip landmarks (1: uniform)."""
+    multiview: float = 0.0
+    """Weight of multi-view consistency on whole-portrait steps: the render reprojected through its own (detached)
+    depth into a second render from ``multiview_yaw`` radians of camera yaw to a random side, mean |colour
+    difference| over the pixels both see (the ``consistency`` metric of ``train.evaluate``, as a loss)."""
+    multiview_yaw: float = 0.2
     eval_resolution: int = 64
     """Resolution of the held-out evaluation and the sample sheets."""
 

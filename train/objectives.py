@@ -354,6 +354,9 @@ class SupervisedObjective:
         out = G.render_scene(scene, cam, res)
         image_terms = {"image": (out.image_lr - image).abs().mean(), "alpha": (out.alpha_lr - mask).abs().mean(),
                        "grad": L.image_gradient_l1(out.image_lr, image)}
+        if sc.multiview > 0:
+            image_terms["multiview"] = multiview_term(G, scene, cam, out, res, sc.multiview_yaw, gen) \
+                if not use_patch else out.image_lr.new_zeros(())
         if sc.face > 0:
             fres = cfg.data.face_resolution
             face_scale = min(sc.face_patch_scale, batch["face"].shape[-1] // fres)
@@ -412,6 +415,22 @@ class SupervisedObjective:
             terms["face_grad"] = L.image_gradient_l1(face_out.image, face)
         terms["total"] = weighted(terms, sc)
         return terms
+
+
+def multiview_term(G, scene, cam, out, res: int, yaw_offset: float, gen: torch.Generator) -> Tensor:
+    """Mean |colour difference| between a whole-portrait render ``out`` (camera ``cam``) reprojected through its
+    detached depth and a second render of ``scene`` from ``yaw_offset`` radians of camera yaw to a random side."""
+    from portrait_core import conventions as C
+    from portrait_core.geometry.camera import Camera
+    from portrait_core.metrics.consistency import reprojection_difference
+
+    pitch, yaw, _ = cam.orbit_params(C.PORTRAIT_LOOK_AT)
+    side = 1.0 if torch.rand((), generator=gen).item() < 0.5 else -1.0
+    cam_b = Camera.portrait(yaw + side * yaw_offset, pitch)
+    out_b = G.render_scene(scene, cam_b, res)
+    diff, visible = reprojection_difference(out.image_lr, out.depth_lr, out.alpha_lr, cam, out_b.image_lr,
+                                            out_b.depth_lr, cam_b)
+    return (diff * visible).sum() / visible.sum().clamp_min(1)
 
 
 def imitation_warmup(G, cfg, data, gen: torch.Generator, log=print, batch: int = 8) -> dict[str, float]:

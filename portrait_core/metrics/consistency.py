@@ -8,6 +8,7 @@ those pixels, plus the fraction of A's pixels that were compared.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -20,19 +21,31 @@ def unproject(camera, depth: Tensor) -> Tensor:
     return o + d * (depth.reshape(b, -1, 1) / cos.clamp_min(1e-6))
 
 
+def reprojection_difference(image_a: Tensor, depth_a: Tensor, alpha_a: Tensor, cam_a, image_b: Tensor,
+                             depth_b: Tensor, cam_b, alpha_min: float = 0.5, depth_tol: float = 0.02
+                             ) -> tuple[Tensor, Tensor]:
+    """Per-pixel |colour_A - colour_B reprojected| [B, 1, H, W] (differentiable in both images; channel mean) and
+    the mask [B, 1, H, W] (bool, no gradient) of A's pixels that B sees: alpha_A > ``alpha_min``, inside B's frame,
+    not occluded in B (|B's depth - the point's B-depth| < ``depth_tol`` metres)."""
+    b, _, h, w = image_a.shape
+    with torch.no_grad():
+        pts = unproject(cam_a, depth_a.detach())
+        uv, z = cam_b.project_normalised(pts)
+        grid = (uv * 2 - 1).reshape(b, h, w, 2)  # align_corners=False pixel-centre convention
+        dep_b = F.grid_sample(depth_b.detach(), grid, mode="nearest", padding_mode="border", align_corners=False)
+        inside = ((uv >= 0) & (uv <= 1)).all(-1).reshape(b, 1, h, w)
+        visible = (alpha_a.detach() > alpha_min) & inside & ((dep_b - z.reshape(b, 1, h, w)).abs() < depth_tol)
+    col_b = F.grid_sample(image_b, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return (image_a - col_b).abs().mean(1, keepdim=True), visible
+
+
 def reprojection_error(image_a: Tensor, depth_a: Tensor, alpha_a: Tensor, cam_a, image_b: Tensor, depth_b: Tensor,
                        cam_b, alpha_min: float = 0.5, depth_tol: float = 0.02) -> tuple[float, float]:
     """(mean |colour_A - colour_B| over mutually visible pixels, fraction of A's pixels compared)."""
-    b, _, h, w = image_a.shape
-    pts = unproject(cam_a, depth_a)
-    uv, z = cam_b.project_normalised(pts)
-    grid = (uv * 2 - 1).reshape(b, h, w, 2)  # align_corners=False pixel-centre convention
-    col_b = F.grid_sample(image_b, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    dep_b = F.grid_sample(depth_b, grid, mode="nearest", padding_mode="border", align_corners=False)
-    inside = ((uv >= 0) & (uv <= 1)).all(-1).reshape(b, 1, h, w)
-    visible = (alpha_a > alpha_min) & inside & ((dep_b - z.reshape(b, 1, h, w)).abs() < depth_tol)
+    diff, visible = reprojection_difference(image_a, depth_a, alpha_a, cam_a, image_b, depth_b, cam_b, alpha_min,
+                                            depth_tol)
     n = visible.sum()
     if n == 0:
         return float("nan"), 0.0
-    err = ((image_a - col_b).abs().mean(1, keepdim=True) * visible).sum() / n
+    err = (diff * visible).sum() / n
     return float(err), float(n) / float((alpha_a > alpha_min).sum().clamp_min(1))

@@ -547,3 +547,39 @@ def test_labelled_data_reads_packed_datasets_and_refuses_paths_outside_them(tiny
     (hostile / "labels.json").write_text(json.dumps(doc))
     with pytest.raises(LabelError, match="labels.json"):
         LB.LabelledData(hostile)
+
+
+def test_multiview_term_is_the_consistency_metric_and_training_lowers_it(tiny_data):
+    from portrait_core.metrics.consistency import reprojection_error
+
+    torch.manual_seed(0)
+    data = LB.LabelledData(tiny_data)
+    G = Generator(generator_config("tiny"))
+    batch = data.batch(torch.arange(4))
+    latents, controls = Latents(batch["identity"], batch["appearance"]), Controls(batch["pose"], batch["expression"],
+                                                                                 batch["body_shape"])
+    cam = TC.portrait_camera(batch["camera"])
+    with torch.no_grad():
+        scene = G.training_scene(latents, controls)
+        out = G.render_scene(scene, cam, 16)
+        term = O.multiview_term(G, scene, cam, out, 16, 0.2, torch.Generator().manual_seed(1))
+        side = 1.0 if torch.rand((), generator=torch.Generator().manual_seed(1)).item() < 0.5 else -1.0
+        pitch, yaw, _ = cam.orbit_params(C.PORTRAIT_LOOK_AT)
+        cam_b = Camera.portrait(yaw + side * 0.2, pitch)
+        b = G.render_scene(scene, cam_b, 16)
+    expected, cover = reprojection_error(out.image_lr, out.depth_lr, out.alpha_lr, cam, b.image_lr, b.depth_lr, cam_b)
+    assert cover > 0 and float(term) == pytest.approx(expected, rel=1e-5)
+    # the weight adds the term to the total; whole-portrait windows (patch steps) skip it
+    cfg = sup_cfg(supervised__multiview=1.0, supervised__image=0, supervised__alpha=0, supervised__grad=0,
+                  supervised__face=0)
+    opt = torch.optim.Adam(G.param_groups()["radiance"], lr=3e-3)
+    fit = []
+    for _ in range(12):
+        terms = O.SupervisedObjective.terms(G, cfg, batch, torch.Generator().manual_seed(2))
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        fit.append(float(terms["multiview"].detach()))
+    assert fit[0] > 0 and fit[-1] < 0.8 * fit[0], fit
+    patch = sup_cfg(supervised__multiview=1.0, supervised__patch_prob=1.0)
+    assert float(O.SupervisedObjective.terms(G, patch, batch, torch.Generator().manual_seed(2))["multiview"]) == 0
