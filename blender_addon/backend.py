@@ -503,13 +503,15 @@ def extract(settings: Settings, spec: AvatarSpec, resolution: int, decimate: int
 
 
 def invert(settings: Settings, out: str, photo: str | None = None, prepared: str | None = None, index: int = 0,
-           latent_steps: int = 40, tune_steps: int = 30, sr_steps: int = 30, candidates: int = 8, glb: bool = False,
-           progress: Progress = _noop, should_stop=None) -> dict:
+           latent_steps: int = 40, tune_steps: int = 30, sr_steps: int = 30, face_steps: int = 60,
+           detail_steps: int = 100, candidates: int = 8, glb: bool = False, progress: Progress = _noop,
+           should_stop=None) -> dict:
     """An avatar of the person in ``photo`` (or record ``index`` of a ``prepared`` dataset folder), inverted into
     the settings' model and written to ``out`` (the worker's ``invert``): ``checkpoint``, ``body_shape``,
     ``reconstruction``, ``timings``... Load ``checkpoint`` (seed 0 and ``body_shape``) to use the avatar."""
     params = {"out": str(out), "index": int(index), "latent_steps": int(latent_steps), "tune_steps": int(tune_steps),
-              "sr_steps": int(sr_steps), "candidates": int(candidates), "glb": bool(glb)}
+              "sr_steps": int(sr_steps), "face_steps": int(face_steps), "detail_steps": int(detail_steps),
+              "candidates": int(candidates), "glb": bool(glb)}
     params.update({"photo": str(photo)} if photo else {"prepared": str(prepared)})
     return get_backend(settings).request("invert", None, progress, should_stop, **params)
 

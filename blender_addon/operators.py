@@ -169,6 +169,9 @@ class BUSTO_OT_avatar_from_photo(BackgroundJobOperator, bpy.types.Operator):
     latent_steps: IntProperty(name="Latent steps", default=40, min=0, max=5000)
     tune_steps: IntProperty(name="Tuning steps", default=30, min=0, max=5000)
     sr_steps: IntProperty(name="Super-resolution steps", default=30, min=0, max=5000)
+    face_steps: IntProperty(name="Face texture steps", default=60, min=0, max=5000)
+    detail_steps: IntProperty(name="Face detail steps", default=100, min=0, max=5000,
+                              description="Face-texture tuning on the full-resolution output, last")
     candidates: IntProperty(name="Starting codes", default=8, min=1, max=64)
     extract: BoolProperty(name="Extract mesh", default=True,
                           description="Extract, colour and bind the mesh (with the Geometry panel's settings)")
@@ -199,7 +202,8 @@ class BUSTO_OT_avatar_from_photo(BackgroundJobOperator, bpy.types.Operator):
         out = bpy.path.abspath(self.output_dir) if self.output_dir else photo_output_dir(settings.cache_dir, source)
         sp = context.scene.busto
         return {"settings": settings, "photo": photo or None, "prepared": prepared or None, "index": self.index,
-                "out": out, "steps": (self.latent_steps, self.tune_steps, self.sr_steps), "candidates": self.candidates,
+                "out": out, "steps": (self.latent_steps, self.tune_steps, self.sr_steps, self.face_steps, self.detail_steps),
+                "candidates": self.candidates,
                 "extract": self.extract, "super_resolve": sp.super_resolve, "resolution": sp.mesh_resolution,
                 "decimate": sp.mesh_decimate, "colors": sp.mesh_colors,
                 "level": "auto" if sp.mesh_auto_level else sp.mesh_level, "morphs": sp.mesh_morphs,
@@ -212,10 +216,10 @@ class BUSTO_OT_avatar_from_photo(BackgroundJobOperator, bpy.types.Operator):
             return lambda x, label="": job.report_progress(lo + (hi - lo) * float(x), label)
 
         backend.load(state["settings"], part(0.0, 0.02), job.should_stop)
-        latent, tune, sr = state["steps"]
+        latent, tune, sr, face, detail = state["steps"]
         result = backend.invert(state["settings"], state["out"], photo=state["photo"], prepared=state["prepared"],
                                 index=state["index"], latent_steps=latent, tune_steps=tune, sr_steps=sr,
-                                candidates=state["candidates"], progress=part(0.02, 0.8), should_stop=job.should_stop)
+                                face_steps=face, detail_steps=detail, candidates=state["candidates"], progress=part(0.02, 0.8), should_stop=job.should_stop)
         settings = dataclasses.replace(state["settings"], checkpoint=str(result["checkpoint"]))
         info = backend.load(settings, part(0.8, 0.82), job.should_stop)
         spec = backend.AvatarSpec(seed=0, truncation=0.7, body_shape=tuple(min(5.0, max(-5.0, float(x))) for x in result["body_shape"]),

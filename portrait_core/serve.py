@@ -225,8 +225,8 @@ OPS: dict[str, tuple[frozenset, frozenset]] = {
     "sample": (frozenset({"avatar", "preview_size"}), frozenset({"preview_yaws"})),
     "render": (frozenset({"avatar", "size"}), frozenset({"pose", "expression", "cam2world", "intrinsics"})),
     "extract": (frozenset({"avatar", "resolution", "decimate", "colors", "level", "morphs", "texture"}), frozenset()),
-    "invert": (frozenset({"photo", "prepared", "index", "out", "latent_steps", "tune_steps", "sr_steps", "candidates",
-                          "glb"}), frozenset()),
+    "invert": (frozenset({"photo", "prepared", "index", "out", "latent_steps", "tune_steps", "sr_steps", "face_steps",
+                          "detail_steps", "candidates", "glb"}), frozenset()),
     "release": (frozenset({"avatar"}), frozenset()),
     "shutdown": (frozenset(), frozenset()),
 }
@@ -376,7 +376,10 @@ def validate_request(op, params, arrays) -> dict:
         if out["out"] is None:
             raise ServeError("invert: out (the output folder) is required")
         out["index"] = _int(op, "index", _or0(params.get("index")), 0, MAX_FRAMES * 4096)
-        defaults = {"latent_steps": 40, "tune_steps": 30, "sr_steps": 30}
+        from portrait_core.photo.invert import InvertSettings
+
+        d = InvertSettings()
+        defaults = {k: getattr(d, k) for k in ("latent_steps", "tune_steps", "sr_steps", "face_steps", "detail_steps")}
         for key, default in defaults.items():
             out[key] = _int(op, key, params.get(key, default), 0, MAX_INVERT_STEPS)
         out["candidates"] = _int(op, "candidates", params.get("candidates", 8), 1, MAX_INVERT_CANDIDATES)
@@ -654,7 +657,8 @@ class Session:
         from portrait_core.photo.invert import InvertCancelled, InvertSettings, run_invert
 
         settings = InvertSettings(latent_steps=params["latent_steps"], tune_steps=params["tune_steps"],
-                                  sr_steps=params["sr_steps"], candidates=params["candidates"])
+                                  sr_steps=params["sr_steps"], face_steps=params["face_steps"],
+                                  detail_steps=params["detail_steps"], candidates=params["candidates"])
         try:
             report = run_invert(params["out"], photo=params["photo"], prepared=params["prepared"],
                                 index=params["index"], settings=settings, checkpoint=self.info.get("checkpoint"),

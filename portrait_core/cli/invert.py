@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr-steps", type=int, default=d.sr_steps, help="pivotal tuning steps, super-resolution")
     p.add_argument("--face-steps", type=int, default=d.face_steps,
                    help="face-texture tuning steps (models with a face texture)")
+    p.add_argument("--detail-steps", type=int, default=d.detail_steps,
+                   help="face-texture tuning steps on the output (super-resolved) renders, last")
     p.add_argument("--candidates", type=int, default=d.candidates, help="appearance codes tried as the start")
     p.add_argument("--opt-resolution", type=int, default=d.opt_resolution,
                    help="ray resolution of the latent and radiance-tuning renders")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.photo is None) == (args.prepared is None):
         return usage_error("give a PHOTO or --prepared DIR (one of them)")
-    for name in ("latent_steps", "tune_steps", "sr_steps", "face_steps"):
+    for name in ("latent_steps", "tune_steps", "sr_steps", "face_steps", "detail_steps"):
         v = getattr(args, name)
         if not 0 <= v <= MAX_STEPS:
             return usage_error(f"--{name.replace('_', '-')} must be in [0, {MAX_STEPS}], got {v}")
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     settings = InvertSettings(latent_steps=args.latent_steps, tune_steps=args.tune_steps, sr_steps=args.sr_steps,
-                              face_steps=args.face_steps, candidates=args.candidates,
+                              face_steps=args.face_steps, detail_steps=args.detail_steps,
+                              candidates=args.candidates,
                               opt_resolution=args.opt_resolution, seed=args.seed)
     last = [""]
 

@@ -26,7 +26,7 @@ from .structures import Latents
 
 __all__ = ["ASSETS_DIR", "DEFAULT_CHECKPOINT", "default_checkpoint", "default_checkpoint_path",
            "default_samplers_path", "obtain_generator", "uses_appearance_codes", "find_samplers", "samplers_for",
-           "identity_for_seed", "parse_int_list"]
+           "identity_for_seed", "parse_int_list", "with_face_texture"]
 
 #: the folder of the shipped model's files (data only: default.safetensors, default_samplers.safetensors, ...)
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -69,6 +69,23 @@ def obtain_generator(checkpoint: str | None, preset: str | None, device: str = "
     log(f"note: no checkpoint given (and no default checkpoint shipped yet): using a RANDOM-INIT '{preset}' "
         f"generator (model seed {model_seed}); expect smooth blobs, not portraits")
     return g
+
+
+def with_face_texture(g: Generator, seed: int = 0) -> Generator:
+    """``g`` itself when it has a face texture, else a copy of it with a fresh one (``FaceTextureConfig`` defaults,
+    drawn with ``seed``; its last layer starts at zero): every other weight is ``g``'s, and it renders the same
+    pixels until the texture is trained, e.g. by photo inversion on one identity. Keeps ``checkpoint_info`` and
+    ``checkpoint_path``."""
+    from .checkpoint import transfer_weights
+
+    if g.face_texture is not None:
+        return g
+    torch.manual_seed(seed)
+    out = Generator(generator_config(g.cfg, face_texture={"enabled": True})).to(g.device)
+    transfer_weights(out, g.state_dict(), "with_face_texture")
+    out.checkpoint_info = getattr(g, "checkpoint_info", {})
+    out.checkpoint_path = getattr(g, "checkpoint_path", None)
+    return out.train(g.training)
 
 
 def uses_appearance_codes(generator_or_info) -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = {"latent_steps": 1, "tune_steps": 1, "sr_steps": 1, "candidates": 1}
+STEPS = {"latent_steps": 1, "tune_steps": 1, "sr_steps": 1, "face_steps": 1, "detail_steps": 1, "candidates": 1}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_avatar_from_photo_cancel(addon, bpy_module, synth, tmp_path):
     bpy = bpy_module
     jobs, ops = addon.jobs, addon.operators
     state = {"settings": addon.prefs.resolve(bpy.context), "photo": None, "prepared": str(synth), "index": 0,
-             "out": str(tmp_path / "c"), "steps": (1, 1, 1), "candidates": 1, "extract": False,
+             "out": str(tmp_path / "c"), "steps": (1, 1, 1, 1, 1), "candidates": 1, "extract": False,
              "super_resolve": True}
     job = jobs.Job("Avatar from photo", lambda j: ops.BUSTO_OT_avatar_from_photo.work(None, j, state))
     job.cancel()

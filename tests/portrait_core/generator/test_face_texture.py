@@ -149,3 +149,24 @@ def test_the_baked_correction_matches_the_network_and_serves_a_batch_of_frames(g
     controls.expression[1, 0] = 2.0
     frames = avatar.render(controls.pose, controls.expression, g.face_camera(controls))
     assert frames.image.shape[0] == 2 and torch.isfinite(frames.image).all()
+
+
+def test_with_face_texture_adds_a_fresh_texture_that_changes_no_pixel():
+    from portrait_core.generator.loading import with_face_texture
+
+    torch.manual_seed(0)
+    plain = Generator(generator_config("tiny")).eval()
+    plain.checkpoint_info, plain.checkpoint_path = {"note": "x"}, "p.safetensors"
+    textured = with_face_texture(plain, seed=3)
+    assert textured.face_texture is not None and plain.face_texture is None
+    assert textured.checkpoint_info == {"note": "x"} and textured.checkpoint_path == "p.safetensors"
+    assert not textured.training and with_face_texture(textured) is textured
+    own = textured.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in plain.state_dict().items())
+    latents = Latents.sample(1, seed=2)
+    controls = Controls(torch.zeros(1, *C.POSE_SHAPE), torch.zeros(1, 64), torch.zeros(1, 10))
+    cam = plain.face_camera(controls)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(latents, controls, cam).image, textured(latents, controls, cam).image)
+        textured.face_texture.rgb.bias.fill_(0.1)  # once it has learned something, the face changes
+        assert not torch.allclose(plain(latents, controls, cam).image, textured(latents, controls, cam).image)

@@ -39,8 +39,8 @@ def tiny(tmp_path_factory):
     return path
 
 
-SETTINGS = inv.InvertSettings(latent_steps=8, tune_steps=6, sr_steps=6, candidates=2, lr_latent=0.05,
-                              lr_tune=1e-3, lr_sr=1e-2)
+SETTINGS = inv.InvertSettings(latent_steps=8, tune_steps=6, sr_steps=6, face_steps=4, detail_steps=4, candidates=2,
+                              lr_latent=0.05, lr_tune=1e-3, lr_sr=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,11 @@ def test_inversion_improves_the_reconstruction_and_writes_everything(inverted):
           before["psnr_face_region"], after["psnr_face_region"])
     assert after["psnr_matte"] > before["psnr_matte"] + 0.3
     assert after["psnr_face_region"] > before["psnr_face_region"]
+    # the tiny model has no face texture: the avatar gets its own, tuned last on the output itself
+    assert report["timings"]["face"] > 0 and report["timings"]["detail"] > 0
+    from portrait_core.generator import load_generator
+
+    assert load_generator(out / "avatar.safetensors").face_texture is not None
     for view in ("turn_minus", "turn_plus"):
         c = report["turned_views"][view]
         assert 0 <= c["hole_fraction"] <= 1 and c["landmarks_tracked"] > 0 and np.isfinite(c["landmark_shape_drift"])
@@ -169,7 +174,7 @@ def test_worker_invert_reports_progress_and_can_be_cancelled(synth, tiny, tmp_pa
     s.handle("load", {"checkpoint": str(tiny)}, {})
     seen = []
     params = {"prepared": str(synth), "index": 1, "out": str(tmp_path / "a"), "latent_steps": 1, "tune_steps": 1,
-              "sr_steps": 1, "candidates": 1}
+              "sr_steps": 1, "face_steps": 1, "detail_steps": 1, "candidates": 1}
     reply, _ = s.handle("invert", params, {}, progress=lambda x, label: seen.append((x, label)))
     assert Path(reply["checkpoint"]).is_file() and len(reply["body_shape"]) == 10
     assert seen[-1][0] == 1.0 and any("latent" in label for _, label in seen)
