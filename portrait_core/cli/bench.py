@@ -22,6 +22,7 @@ import torch
 
 from portrait_core.generator import Generator, Latents, generator_config
 from portrait_core.generator.loading import parse_int_list
+from portrait_core.generator.precision import superres_bake_dtype
 from portrait_core.geometry.camera import Camera
 
 
@@ -121,6 +122,7 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
     return {
         "preset": preset, "mode": mode, "resolution": resolution, "rays": rays, "device": _device_name(device),
         "amp": ("fp16" if device.type == "cuda" else "bf16") if amp else "off",
+        "sr_bake": str(superres_bake_dtype(device)).removeprefix("torch.") if scale > 1 else "-",
         "threads": torch.get_num_threads(), "bake_cold_s": round(cold, 4), "bake_warm_s": round(warm, 4),
         "frame_median_s": round(statistics.median(times), 4), "frame_min_s": round(min(times), 4),
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
@@ -130,7 +132,7 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
 
 def format_table(rows: list[dict]) -> str:
     cols = [("preset", "preset"), ("mode", "mode"), ("resolution", "out px"), ("rays", "rays"),
-            ("device", "device"), ("amp", "amp"), ("threads", "thr"), ("parameters_m", "params M"), ("bake_cold_s", "bake cold s"),
+            ("device", "device"), ("amp", "amp"), ("sr_bake", "SR bake"), ("threads", "thr"), ("parameters_m", "params M"), ("bake_cold_s", "bake cold s"),
             ("bake_warm_s", "bake warm s"), ("frame_median_s", "frame median s"), ("frame_min_s", "frame min s"),
             ("peak_memory_mb", "peak MB")]
     table = [[h for _, h in cols]] + [[str(r[k]) for k, _ in cols] for r in rows]

@@ -38,6 +38,7 @@ from .networks import (
     StyleRRDBNet,
     TextureCNN,
 )
+from .precision import superres_bake_dtype
 from .structures import Controls, Latents, RenderOutput
 
 if TYPE_CHECKING:
@@ -449,7 +450,8 @@ class Generator(nn.Module):
         spherical seam) as they do inside the texture, and the result's margins are blended back onto the texels
         they continue (:func:`rendering.unpad_texture`), so both sides of an edge meet. The network treats each level
         on its own, so bakes (no gradients) run ``level_chunk`` levels at a time (default
-        :data:`SUPERRES_LEVEL_CHUNK`; 0: all at once), which bounds the activations' memory and equals one pass."""
+        :data:`SUPERRES_LEVEL_CHUNK`; 0: all at once), which bounds the activations' memory and equals one pass, in
+        the precision :func:`precision.superres_bake_dtype` picks (bfloat16 on CPUs that compute it natively)."""
         if self.superres is None:
             raise ValueError("super-resolution is disabled in this generator's config (superres.enabled=False)")
         if level_chunk is None:
@@ -457,10 +459,18 @@ class Generator(nn.Module):
         layout, pad = self.cfg.render.texture_layout, superres_pad(textures.shape[-1])
         if layout != "frontal":
             textures = R.pad_texture(textures, layout, pad)
+        dtype = torch.float32 if torch.is_grad_enabled() else superres_bake_dtype(textures.device)
+
+        def run(chunk: Tensor) -> Tensor:
+            if dtype == torch.float32:
+                return self.superres(chunk, superres_styles)
+            with torch.autocast(chunk.device.type, dtype=dtype):
+                return self.superres(chunk, superres_styles).float()
+
         if 0 < level_chunk < textures.shape[1]:
-            out = torch.cat([self.superres(chunk, superres_styles) for chunk in textures.split(level_chunk, 1)], 1)
+            out = torch.cat([run(chunk) for chunk in textures.split(level_chunk, 1)], 1)
         else:
-            out = self.superres(textures, superres_styles)
+            out = run(textures)
         return out if layout == "frontal" else R.unpad_texture(out, layout, pad * self.cfg.superres.scale)
 
     def texture_radiance_fn(self, textures: Tensor, with_features: bool = False) -> RadianceFn:
