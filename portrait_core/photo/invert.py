@@ -742,9 +742,15 @@ def turned_view_checks(avatar, target: Target, turn: float = TURN, size: int | N
     * ``landmark_alpha_min``: the smallest alpha at the 68 projected face landmarks in the turned portrait view;
     * ``landmark_shape_drift``: the landmark shape (68 landmarks, seen through the face camera that follows the
       head) tracked by patch correlation from the unturned to the turned face, mean displacement after removing
-      the mean shift, as a fraction of the inter-ocular distance (0: the face keeps its shape).
+      the mean shift, as a fraction of the inter-ocular distance (0: the face keeps its shape);
+    * ``photo_error``: the photo's face region seen from the portrait camera orbited by the same angle about the
+      look-at point: mean |colour difference| (colours in [-1, 1]) between the photo, reprojected through the
+      unturned render's depth, and the orbited render, over the face-region pixels it sees (blur and ghosting
+      both raise it; at the output resolution).
     """
     from portrait_core.generator.structures import Controls
+    from portrait_core.geometry.camera import Camera
+    from portrait_core.metrics.consistency import reprojection_difference
 
     g = avatar.generator
     lab = target.labels
@@ -757,7 +763,18 @@ def turned_view_checks(avatar, target: Target, turn: float = TURN, size: int | N
     lm = face_landmarks(g, lab)
     lm_xy = ref_cam.project(lm, ref.image.shape[-2], ref.image.shape[-1])[0][0].cpu().numpy()
     iod = float(np.linalg.norm(lm_xy[36:42].mean(0) - lm_xy[42:48].mean(0)))
+    cam = portrait_camera(lab["camera"]).to(g.device)
+    front = avatar.render(lab["pose"], lab["expression"], cam)
+    size = front.image.shape[-1]
+    photo = _down(target.image, size).to(g.device)
+    region = torch.minimum(face_box_mask(g, target, size).to(g.device) * _down(target.matte, size).to(g.device),
+                           front.alpha)
+    pitch, yaw, _ = cam.orbit_params(C.PORTRAIT_LOOK_AT)
     for sign, name in ((-1, "turn_minus"), (1, "turn_plus")):
+        orbit = Camera.portrait(yaw + sign * turn, pitch).to(g.device)
+        seen = avatar.render(lab["pose"], lab["expression"], orbit)
+        diff, visible = reprojection_difference(photo, front.depth, region, cam, seen.image, seen.depth, orbit)
+        photo_error = float((diff * visible).sum() / visible.sum().clamp_min(1))
         pose = turn_pose(lab["pose"], sign * turn)
         ctl = Controls(pose, lab["expression"], lab["body_shape"]).to(g.device)
         fcam = face_camera(g.face_camera(ctl).to_label25())
@@ -775,7 +792,8 @@ def turned_view_checks(avatar, target: Target, turn: float = TURN, size: int | N
         yi = xy[:, 1].round().long().clamp(0, po.alpha.shape[-2] - 1)
         inner = po.alpha[0, 0, yi[17:], xi[17:]]  # brows, nose, eyes, lips (the outline may turn away)
         out[name] = {"hole_fraction": round(holes, 5), "landmark_alpha_min": round(float(inner.min()), 4),
-                     "landmark_shape_drift": round(drift, 4), "landmarks_tracked": int(len(d))}
+                     "landmark_shape_drift": round(drift, 4), "landmarks_tracked": int(len(d)),
+                     "photo_error": round(photo_error, 4)}
     return out
 
 

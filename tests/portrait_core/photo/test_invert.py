@@ -82,6 +82,7 @@ def test_inversion_improves_the_reconstruction_and_writes_everything(inverted):
     for view in ("turn_minus", "turn_plus"):
         c = report["turned_views"][view]
         assert 0 <= c["hole_fraction"] <= 1 and c["landmarks_tracked"] > 0 and np.isfinite(c["landmark_shape_drift"])
+        assert 0 < c["photo_error"] < 2
     from PIL import Image
 
     with Image.open(out / "sheet.png") as im:  # 8 tiles of the output resolution, a label strip above
