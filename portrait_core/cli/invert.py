@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-steps", type=int, default=d.tune_steps, help="pivotal tuning steps, radiance network")
     p.add_argument("--sr-steps", type=int, default=d.sr_steps, help="pivotal tuning steps, super-resolution")
     p.add_argument("--face-steps", type=int, default=d.face_steps,
-                   help="face-texture tuning steps (models with a face texture)")
+                   help="face-texture tuning steps (a model without a face texture gets a fresh one)")
     p.add_argument("--detail-steps", type=int, default=d.detail_steps,
                    help="face-texture tuning steps on the output (super-resolved) renders, last")
     p.add_argument("--candidates", type=int, default=d.candidates, help="appearance codes tried as the start")
