@@ -422,7 +422,7 @@ def multiview_term(G, scene, cam, out, res: int, yaw_offset: float, gen: torch.G
     detached depth and a second render of ``scene`` from ``yaw_offset`` radians of camera yaw to a random side."""
     from portrait_core import conventions as C
     from portrait_core.geometry.camera import Camera
-    from portrait_core.metrics.consistency import reprojection_difference
+    from portrait_core.metrics.consistency import mean_over, reprojection_difference
 
     pitch, yaw, _ = cam.orbit_params(C.PORTRAIT_LOOK_AT)
     side = 1.0 if torch.rand((), generator=gen).item() < 0.5 else -1.0
@@ -430,7 +430,7 @@ def multiview_term(G, scene, cam, out, res: int, yaw_offset: float, gen: torch.G
     out_b = G.render_scene(scene, cam_b, res)
     diff, visible = reprojection_difference(out.image_lr, out.depth_lr, out.alpha_lr, cam, out_b.image_lr,
                                             out_b.depth_lr, cam_b)
-    return (diff * visible).sum() / visible.sum().clamp_min(1)
+    return mean_over(diff, visible)
 
 
 def imitation_warmup(G, cfg, data, gen: torch.Generator, log=print, batch: int = 8) -> dict[str, float]:

@@ -39,6 +39,11 @@ def reprojection_difference(image_a: Tensor, depth_a: Tensor, alpha_a: Tensor, c
     return (image_a - col_b).abs().mean(1, keepdim=True), visible
 
 
+def mean_over(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the pixels where ``mask`` [B, 1, H, W] is set (0 when none is)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
 def reprojection_error(image_a: Tensor, depth_a: Tensor, alpha_a: Tensor, cam_a, image_b: Tensor, depth_b: Tensor,
                        cam_b, alpha_min: float = 0.5, depth_tol: float = 0.02) -> tuple[float, float]:
     """(mean |colour_A - colour_B| over mutually visible pixels, fraction of A's pixels compared)."""
@@ -47,5 +52,4 @@ def reprojection_error(image_a: Tensor, depth_a: Tensor, alpha_a: Tensor, cam_a,
     n = visible.sum()
     if n == 0:
         return float("nan"), 0.0
-    err = (diff * visible).sum() / n
-    return float(err), float(n) / float((alpha_a > alpha_min).sum().clamp_min(1))
+    return float(mean_over(diff, visible)), float(n) / float((alpha_a > alpha_min).sum().clamp_min(1))
