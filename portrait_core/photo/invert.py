@@ -514,27 +514,40 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     # 3b. the face texture (shared by identities, attached to the 3DMM face) on the baked level textures, at the
     # face crop's density: the detail the radiance network's 64^2 textures cannot hold
     t0 = time.perf_counter()
-    if face_steps:
-        with torch.no_grad():
-            baked = g.texture_radiance_fn(g.bake_textures(pivot))
+    textures = None
+    if face_steps or detail_steps or g.superres is not None:
+        with torch.no_grad():  # the level textures of the pivot: the radiance network is not tuned after this
+            textures = g.bake_textures(pivot)
+
+    def tune_face_texture(steps: int, key: str, label: str, render_step: Callable[[int], tuple[str, object]]):
+        """Adam on the face texture (``lr_face``) and its network (a tenth of it) alone, ``steps`` times:
+        ``render_step(step)`` -> (camera name, render); the losses go to ``losses[key]``."""
         net = [p for n, p in g.face_texture.named_parameters() if n != "texture"]
         for p in g.face_texture.parameters():
             p.requires_grad_(True)
         opt = torch.optim.Adam([{"params": [g.face_texture.texture], "lr": s.lr_face},
                                 {"params": net, "lr": s.lr_face * 0.1}])
-        for step in range(face_steps):
-            cam = cams[(step + 1) % 2]  # face camera first
+        for step in range(steps):
             use_face_detail()
-            out = render(cam, baked, resolution=s.face_resolution)
+            cam, out = render_step(step)
             loss = loss_of(out, cam)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses["face"].append(float(loss.detach()))
-            tick("tuning the face texture", 2)
+            losses[key].append(float(loss.detach()))
+            tick(label, 2)
         for p in g.face_texture.parameters():
             p.requires_grad_(False)
         use_face_detail()
+
+    if face_steps:
+        baked = g.texture_radiance_fn(textures)
+
+        def face_step(step: int):
+            cam = cams[(step + 1) % 2]  # face camera first
+            return cam, render(cam, baked, resolution=s.face_resolution)
+
+        tune_face_texture(face_steps, "face", "tuning the face texture", face_step)
     timings["face"] = time.perf_counter() - t0
 
     # 4. pivotal tuning of the super-resolution network on the baked level textures, at the output resolution
@@ -543,7 +556,6 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     if g.superres is not None:
         with torch.no_grad():
             sr_style = g.superres_styles(latents)
-            textures = g.bake_textures(pivot)
         if s.sr_steps:
             frozen = copy.deepcopy(g.superres)
             params = list(g.superres.parameters())
@@ -580,32 +592,17 @@ def invert(g, target: Target, settings: InvertSettings | None = None, samplers=N
     t0 = time.perf_counter()
     if detail_steps:
         with torch.no_grad():
-            textures = g.bake_textures(pivot)
             lr_radiance = g.texture_radiance_fn(textures, with_features=True)
             hr_radiance = (g.texture_radiance_fn(g.super_resolve_textures(textures, sr_style))
                            if g.superres is not None else None)
         scale = g.cfg.superres.scale if g.superres is not None else 1
-        out_res = g.cfg.render.resolution * scale
-        ray_res = {"portrait": g.cfg.render.resolution if hr_radiance is not None else out_res,
-                   "face": max(8, target.face.shape[-1] // scale)}
-        net = [p for n, p in g.face_texture.named_parameters() if n != "texture"]
-        for p in g.face_texture.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.Adam([{"params": [g.face_texture.texture], "lr": s.lr_face},
-                                {"params": net, "lr": s.lr_face * 0.1}])
-        for step in range(detail_steps):
+        ray_res = {"portrait": g.cfg.render.resolution, "face": max(8, target.face.shape[-1] // scale)}
+
+        def detail_step(step: int):
             cam = cams[step % 2]
-            use_face_detail()
-            out = render(cam, lr_radiance, hr_radiance, resolution=ray_res[cam])
-            loss = loss_of(out, cam)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses["detail"].append(float(loss.detach()))
-            tick("tuning face detail at the output resolution", 2)
-        for p in g.face_texture.parameters():
-            p.requires_grad_(False)
-        use_face_detail()
+            return cam, render(cam, lr_radiance, hr_radiance, resolution=ray_res[cam])
+
+        tune_face_texture(detail_steps, "detail", "tuning face detail at the output resolution", detail_step)
     timings["detail"] = time.perf_counter() - t0
     pin_inputs(g, latents, pivot, sr_style)
     return Inversion(g, latents, scene.body_shape.clone(), pivot, losses, timings, best)
@@ -750,7 +747,7 @@ def turned_view_checks(avatar, target: Target, turn: float = TURN, size: int | N
     """
     from portrait_core.generator.structures import Controls
     from portrait_core.geometry.camera import Camera
-    from portrait_core.metrics.consistency import reprojection_difference
+    from portrait_core.metrics.consistency import mean_over, reprojection_difference
 
     g = avatar.generator
     lab = target.labels
@@ -774,7 +771,7 @@ def turned_view_checks(avatar, target: Target, turn: float = TURN, size: int | N
         orbit = Camera.portrait(yaw + sign * turn, pitch).to(g.device)
         seen = avatar.render(lab["pose"], lab["expression"], orbit)
         diff, visible = reprojection_difference(photo, front.depth, region, cam, seen.image, seen.depth, orbit)
-        photo_error = float((diff * visible).sum() / visible.sum().clamp_min(1))
+        photo_error = float(mean_over(diff, visible))
         pose = turn_pose(lab["pose"], sign * turn)
         ctl = Controls(pose, lab["expression"], lab["body_shape"]).to(g.device)
         fcam = face_camera(g.face_camera(ctl).to_label25())
