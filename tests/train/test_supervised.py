@@ -46,6 +46,18 @@ def sup_cfg(**over):
     return parse_overrides(preset("warm128"), [f"{k}={v}" for k, v in items.items()])
 
 
+def descend(terms_of, opt: torch.optim.Optimizer, steps: int, watch) -> list[float]:
+    """``steps`` optimiser steps on ``terms_of()["total"]``; returns ``watch(terms)`` of each step."""
+    fit = []
+    for _ in range(steps):
+        terms = terms_of()
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        fit.append(float(watch(terms).detach()))
+    return fit
+
+
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """8 point-splat images (32^2, face crops 16^2) with appearance descriptions, 2 views per identity."""
@@ -470,13 +482,8 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
     # the targets are the data at its full density: 32^2 portraits -> 16^2 windows of 8^2 rays, whole 16^2 faces
     params = [p for name in ("superres", "superres_mapping") for p in G.param_groups()[name]]
     opt = torch.optim.Adam(params, lr=1e-2)
-    fit = []
-    for _ in range(12):
-        terms = O.SupervisedObjective.superres_terms(G, cfg, batch, torch.Generator().manual_seed(0))
-        opt.zero_grad()
-        terms["total"].backward()
-        opt.step()
-        fit.append(float(terms["total"].detach()))
+    fit = descend(lambda: O.SupervisedObjective.superres_terms(G, cfg, batch, torch.Generator().manual_seed(0)), opt,
+                  12, lambda t: t["total"])
     assert np.mean(fit[-3:]) < 0.97 * np.mean(fit[:3]), fit  # (a frozen or unreachable SR stays flat)
     # the CLI stage: from a checkpoint, only the super-resolution changes
     save_generator(tmp_path / "init.safetensors", G)
@@ -573,13 +580,8 @@ def test_multiview_term_is_the_consistency_metric_and_training_lowers_it(tiny_da
     cfg = sup_cfg(supervised__multiview=1.0, supervised__image=0, supervised__alpha=0, supervised__grad=0,
                   supervised__face=0)
     opt = torch.optim.Adam(G.param_groups()["radiance"], lr=3e-3)
-    fit = []
-    for _ in range(12):
-        terms = O.SupervisedObjective.terms(G, cfg, batch, torch.Generator().manual_seed(2))
-        opt.zero_grad()
-        terms["total"].backward()
-        opt.step()
-        fit.append(float(terms["multiview"].detach()))
+    fit = descend(lambda: O.SupervisedObjective.terms(G, cfg, batch, torch.Generator().manual_seed(2)), opt, 12,
+                  lambda t: t["multiview"])
     assert fit[0] > 0 and fit[-1] < 0.8 * fit[0], fit
     patch = sup_cfg(supervised__multiview=1.0, supervised__patch_prob=1.0)
     assert float(O.SupervisedObjective.terms(G, patch, batch, torch.Generator().manual_seed(2))["multiview"]) == 0
