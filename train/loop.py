@@ -220,6 +220,8 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
             G.checkpoint_info = info
         if label_identities is not None and not tdata.uses_appearance_codes(G):
             G.update_w_avg(n=1024, identities=label_identities)
+        if cfg.objective == "supervised" and tdata.uses_appearance_codes(G):
+            _widen_appearance_code(G, log)
     else:
         G = build_generator(cfg.model.generator, json.loads(cfg.model.generator_overrides))
         if label_identities is not None:
@@ -365,6 +367,22 @@ def init_lineage(info: dict, path: str) -> list[dict]:
     entry = {"checkpoint": str(path), "method": info.get("method"), "step": info.get("step"),
              "wall_seconds": info.get("wall_seconds")}
     return [*info.get("lineage", []), entry]
+
+
+def _widen_appearance_code(G: Generator, log) -> None:
+    """An init generator trained on a narrower appearance code (older labels) gets zero weights on the code's new
+    dims, so this run's wider codes render as before at step 0; its info then states the wider code."""
+    from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS
+    from portrait_core.generator.loading import silence_noise_dims
+
+    noise = dict(G.checkpoint_info.get("noise_latent") or {})
+    old = int(noise.get("used_dims", USED_DIMS))
+    if old < USED_DIMS:
+        n = silence_noise_dims(G, old, USED_DIMS)
+        log(f"appearance code widened from {old} to {USED_DIMS} dims: zero weights on dims {old}:{USED_DIMS} in "
+            f"{n} latent-reading layers (step 0 renders as the init generator)")
+        G.checkpoint_info = {**G.checkpoint_info,
+                             "noise_latent": {**noise, "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS}}
 
 
 def checkpoint_info(st: TrainState, ctx: Context, last: dict[str, float] | None = None,

@@ -16,8 +16,23 @@ dims   block                        encoding
 13-15  neckline                     one-hot over ``NECKLINES`` times 2, minus 0.5
 16-18  clothing colour, mean        ``(rgb - 0.5) * 4`` (measured: mean of the clothed lower image strip)
 19-21  clothing colour, spread      ``rgb_std * 8 - 1`` (measured: pattern contrast in the same strip)
-22-79  zero padding                 0
+22     fringe                       ``fringe * 8 - 0.5`` (radians the front hairline is lowered, 0..0.28)
+23     hair volume                  ``(volume - 1.05) * 5`` (hair thickness scale, 0.7..1.4)
+24-26  clothing primary colour      ``(rgb - 0.5) * 4`` (the cloth's base colour)
+27-29  clothing secondary colour    ``(rgb - 0.5) * 4`` (the stripes' / checks' second colour)
+30     pattern frequency            ``(cycles_per_metre - 15) / 4`` (8..22)
+31     pattern axis                 +1 ``"y"`` (horizontal stripes), -1 ``"x"``
+32     sleeves                      +1 with sleeves, -1 without
+33-35  eye colour                   ``(rgb - 0.5) * 4``
+36-79  zero padding                 0
 ====== ============================ =========================================================
+
+Blocks 22-35 are the draws SynthPortrait records only since its labels carry them (``extra`` keys ``fringe``,
+``hair_volume``, ``clothing_primary``, ``clothing_secondary``, ``pattern_frequency``, ``pattern_axis``,
+``sleeves``, ``eye_colour``). Without them two people with the same labels differ in hair outline, pattern and
+sleeves, which caps what any labels-conditioned model can score on unseen people (docs/training.md). A record
+without a key leaves its block at 0 ("unknown": the mean for numbers, neither for the signs), so older label
+files still give the codes they gave before.
 
 Unknown categorical values raise ``ValueError`` naming the value and the vocabulary.
 """
@@ -29,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAIR_STYLES", "CLOTHING_PATTERNS", "NECKLINES", "APPEARANCE_DIM", "APPEARANCE_LAYOUT",
+__all__ = ["HAIR_STYLES", "CLOTHING_PATTERNS", "NECKLINES", "PATTERN_AXES", "OPTIONAL_BLOCKS", "APPEARANCE_DIM",
+           "APPEARANCE_LAYOUT",
            "appearance_code", "describe_appearance", "clothing_colour_stats"]
 
 HAIR_STYLES = ("buzz", "short", "bob", "long")
@@ -38,8 +54,15 @@ NECKLINES = ("crew", "v", "scoop")
 APPEARANCE_DIM = 80
 #: name -> (start, stop) of each block in the code.
 APPEARANCE_LAYOUT = {"skin": (0, 3), "hair_colour": (3, 6), "hair_style": (6, 10), "clothing": (10, 13),
-                     "neckline": (13, 16), "clothing_colour": (16, 19), "clothing_spread": (19, 22)}
-USED_DIMS = 22
+                     "neckline": (13, 16), "clothing_colour": (16, 19), "clothing_spread": (19, 22),
+                     "fringe": (22, 23), "hair_volume": (23, 24), "clothing_primary": (24, 27),
+                     "clothing_secondary": (27, 30), "pattern_frequency": (30, 31), "pattern_axis": (31, 32),
+                     "sleeves": (32, 33), "eye_colour": (33, 36)}
+USED_DIMS = 36
+#: The blocks a record may lack (older SynthPortrait labels): 0 in the code when absent.
+OPTIONAL_BLOCKS = ("fringe", "hair_volume", "clothing_primary", "clothing_secondary", "pattern_frequency",
+                   "pattern_axis", "sleeves", "eye_colour")
+PATTERN_AXES = ("x", "y")
 #: Fraction of the image height (bottom strip) where the clothing colour is measured.
 CLOTHING_STRIP = 0.18
 
@@ -49,6 +72,12 @@ def _rgb(name: str, value: Any) -> np.ndarray:
     if arr.shape != (3,) or not np.all(np.isfinite(arr)):
         raise ValueError(f"appearance_code: {name} must be 3 finite numbers (sRGB 0..1), got {value!r}")
     return np.clip(arr, 0.0, 1.0)
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+        raise ValueError(f"appearance_code: {name} must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
 
 
 def _one_hot(name: str, value: Any, vocabulary: Sequence[str]) -> np.ndarray:
@@ -81,6 +110,24 @@ def appearance_code(extra: Mapping[str, Any], clothing_colour: Sequence[float] |
     cs = np.zeros(3) if clothing_spread is None else _rgb("clothing_spread", clothing_spread)
     put("clothing_colour", (cc - 0.5) * 4)
     put("clothing_spread", cs * 8 - 1)
+    if "fringe" in extra:
+        put("fringe", _number("fringe", extra["fringe"], 0.0, 0.5) * 8 - 0.5)
+    if "hair_volume" in extra:
+        put("hair_volume", (_number("hair_volume", extra["hair_volume"], 0.3, 2.0) - 1.05) * 5)
+    for name in ("clothing_primary", "clothing_secondary", "eye_colour"):
+        if name in extra:
+            put(name, (_rgb(name, extra[name]) - 0.5) * 4)
+    if "pattern_frequency" in extra:
+        put("pattern_frequency", (_number("pattern_frequency", extra["pattern_frequency"], 1.0, 60.0) - 15) / 4)
+    if "pattern_axis" in extra:
+        if extra["pattern_axis"] not in PATTERN_AXES:
+            raise ValueError(f"appearance_code: unknown pattern_axis {extra['pattern_axis']!r}; expected one of "
+                             f"{list(PATTERN_AXES)}")
+        put("pattern_axis", 1.0 if extra["pattern_axis"] == "y" else -1.0)
+    if "sleeves" in extra:
+        if not isinstance(extra["sleeves"], bool):
+            raise ValueError(f"appearance_code: sleeves must be true or false, got {extra['sleeves']!r}")
+        put("sleeves", 1.0 if extra["sleeves"] else -1.0)
     return code.astype(np.float32)
 
 
@@ -96,7 +143,24 @@ def describe_appearance(code: Sequence[float]) -> dict[str, Any]:
             "clothing": CLOTHING_PATTERNS[int(np.argmax(get("clothing")))],
             "neckline": NECKLINES[int(np.argmax(get("neckline")))],
             "clothing_colour": rgb("clothing_colour"),
-            "clothing_spread": np.clip((get("clothing_spread") + 1) / 8, 0, 1).round(3).tolist()}
+            "clothing_spread": np.clip((get("clothing_spread") + 1) / 8, 0, 1).round(3).tolist(),
+            **_describe_optional(get, rgb)}
+
+
+def _describe_optional(get, rgb) -> dict[str, Any]:
+    """The blocks of :data:`OPTIONAL_BLOCKS` that are set (non-zero) in a code, decoded."""
+    out: dict[str, Any] = {}
+    if not any(np.any(get(name) != 0) for name in OPTIONAL_BLOCKS):
+        return out
+    out["fringe"] = round(float(np.clip((get("fringe")[0] + 0.5) / 8, 0, 0.5)), 4)
+    out["hair_volume"] = round(float(get("hair_volume")[0] / 5 + 1.05), 4)
+    out["clothing_primary"], out["clothing_secondary"] = rgb("clothing_primary"), rgb("clothing_secondary")
+    out["pattern_frequency"] = round(float(get("pattern_frequency")[0] * 4 + 15), 3)
+    axis, sleeves = float(get("pattern_axis")[0]), float(get("sleeves")[0])
+    out["pattern_axis"] = None if axis == 0 else ("y" if axis > 0 else "x")
+    out["sleeves"] = None if sleeves == 0 else sleeves > 0
+    out["eye_colour"] = rgb("eye_colour")
+    return out
 
 
 def clothing_colour_stats(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

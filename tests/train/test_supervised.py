@@ -14,6 +14,7 @@ from portrait_core import conventions as C
 from portrait_core.assets import DefaultSamplers
 from portrait_core.assets.appearance import (
     APPEARANCE_DIM,
+    APPEARANCE_LAYOUT,
     HAIR_STYLES,
     appearance_code,
     clothing_colour_stats,
@@ -88,6 +89,34 @@ def test_appearance_code_roundtrip_and_errors():
         appearance_code({**extra, "hair_style": "mohawk"})
     with pytest.raises(ValueError, match="no 'skin'"):
         appearance_code({k: v for k, v in extra.items() if k != "skin"})
+
+
+def test_appearance_code_carries_the_draws_labels_used_to_hide():
+    old = {"skin": [0.8, 0.6, 0.5], "hair_colour": [0.1, 0.05, 0.02], "hair_style": "bob", "clothing": "stripes",
+           "neckline": "v"}
+    hidden = {"fringe": 0.2, "hair_volume": 1.3, "clothing_primary": [0.9, 0.1, 0.2],
+              "clothing_secondary": [0.1, 0.8, 0.3], "pattern_frequency": 20.0, "pattern_axis": "x",
+              "sleeves": False, "eye_colour": [0.25, 0.42, 0.6]}
+    code = appearance_code({**old, **hidden})
+    # older labels give the code they gave before; the new blocks are what differs
+    np.testing.assert_array_equal(code[:22], appearance_code(old)[:22])
+    assert np.all(code[36:] == 0) and np.count_nonzero(code[22:36]) == 14
+    back = describe_appearance(code)
+    for key, value in hidden.items():
+        if isinstance(value, str | bool):
+            assert back[key] == value, key
+        else:
+            np.testing.assert_allclose(back[key], value, atol=2e-3, err_msg=key)
+    assert "fringe" not in describe_appearance(appearance_code(old))
+    # each draw moves its own block and nothing else
+    for key, other in (("fringe", 0.0), ("hair_volume", 0.8), ("pattern_axis", "y"), ("sleeves", True)):
+        moved = np.flatnonzero(appearance_code({**old, **hidden, key: other}) != code)
+        assert moved.size and all(APPEARANCE_LAYOUT[key][0] <= d < APPEARANCE_LAYOUT[key][1] for d in moved), key
+    for key, bad, why in (("hair_volume", "big", "hair_volume must be a number"), ("fringe", 3.0, r"in \[0.0, 0.5\]"),
+                          ("pattern_axis", "z", "unknown pattern_axis 'z'"), ("sleeves", 1, "true or false"),
+                          ("eye_colour", [0.1, float("nan"), 0.2], "eye_colour must be 3 finite")):
+        with pytest.raises(ValueError, match=why):
+            appearance_code({**old, **hidden, key: bad})
 
 
 def test_clothing_colour_stats_reads_the_bottom_strip():
@@ -421,6 +450,38 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
     for k, v in src.state_dict().items():
         if "style_avg" not in k:
             torch.testing.assert_close(G.state_dict()[k], v, msg=k)
+
+
+def test_a_narrower_code_generator_is_widened_to_render_as_before(tiny_data, tmp_path, capsys):
+    from portrait_core.assets.appearance import USED_DIMS
+    from portrait_core.generator import save_generator
+    from portrait_core.generator.loading import silence_noise_dims
+
+    torch.manual_seed(0)
+    src = Generator(generator_config("tiny", face_texture={"enabled": True}))
+    with pytest.raises(ValueError, match="outside the noise latent"):
+        silence_noise_dims(src, 0, src.cfg.noise_dim + 1)
+    narrow = {"kind": "appearance_code", "used_dims": 22}
+    save_generator(tmp_path / "init.safetensors", src, info={"noise_latent": narrow})
+    out = tmp_path / "run"
+    assert run_warm(tiny_data, out, "run.steps=0", f"model.init_from={tmp_path / 'init.safetensors'}") == 0
+    assert "appearance code widened from 22 to 36 dims" in capsys.readouterr().out
+    G = latest_generator(out)
+    assert G.checkpoint_info["noise_latent"]["used_dims"] == USED_DIMS
+    # any value on the new dims gives the old styles; the old dims still matter
+    z = torch.randn(3, G.cfg.identity_dim + G.cfg.noise_dim)
+    z[:, G.cfg.identity_dim + 22:] = 0
+    wide = z.clone()
+    wide[:, G.cfg.identity_dim + 22:G.cfg.identity_dim + 36] = torch.randn(3, 14)
+    with torch.no_grad():
+        for name in ("radiance_mapping", "superres_mapping"):
+            torch.testing.assert_close(getattr(G, name)(wide), getattr(src, name)(z), msg=name)
+        torch.testing.assert_close(G.face_texture.latent_bias(wide), src.face_texture.latent_bias(z))
+        assert not torch.allclose(G.radiance_mapping(z), G.radiance_mapping(z + 0.5))
+    # an init already at the full width is left alone
+    save_generator(tmp_path / "wide.safetensors", G, info={"noise_latent": G.checkpoint_info["noise_latent"]})
+    assert run_warm(tiny_data, tmp_path / "run2", "run.steps=0", f"model.init_from={tmp_path / 'wide.safetensors'}") == 0
+    assert "widened" not in capsys.readouterr().out
 
 
 def test_modulated_colour_head_gets_its_own_learning_rate(tiny_data, tmp_path):

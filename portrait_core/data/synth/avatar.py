@@ -167,10 +167,17 @@ class IdentityParams:
     lip: np.ndarray
 
     def describe(self) -> dict:
-        """JSON-safe summary for the label record's ``extra`` field."""
-        return {"skin": np.round(self.skin, 3).tolist(), "hair_style": self.hair_style,
-                "hair_colour": np.round(self.hair_colour, 3).tolist(), "clothing": self.pattern,
-                "neckline": self.neckline}
+        """JSON-safe summary for the label record's ``extra`` field: every per-identity draw that changes pixels
+        and is not already a label (``betas``, ``identity``), so a renderer or a generator given these can
+        reproduce the person (the lip colour is a function of the skin)."""
+        rgb = lambda v: np.round(v, 3).tolist()  # noqa: E731
+        return {"skin": rgb(self.skin), "hair_style": self.hair_style, "hair_colour": rgb(self.hair_colour),
+                "clothing": self.pattern, "neckline": self.neckline,
+                "fringe": round(float(self.fringe), 4), "hair_volume": round(float(self.volume), 4),
+                "clothing_primary": rgb(self.cloth), "clothing_secondary": rgb(self.cloth2),
+                "pattern_frequency": round(float(self.pattern_freq), 3),
+                "pattern_axis": "y" if abs(float(self.pattern_dir[1])) > 0.5 else "x",
+                "sleeves": bool(self.sleeves), "eye_colour": rgb(self.eye)}
 
 
 @dataclass
@@ -252,6 +259,34 @@ def sample_expression(rng: np.random.Generator, names: dict[str, int] | None = N
     return np.clip(e, -3, 3)
 
 
+def sample_identity(rng: np.random.Generator) -> IdentityParams:
+    """One person's random draws (the first draws of ``rng``; the renderer seeds it per identity)."""
+    skin_i = rng.uniform(0, len(SKIN_TONES) - 1)
+    lo = int(math.floor(skin_i))
+    skin = SKIN_TONES[lo] + (SKIN_TONES[min(lo + 1, len(SKIN_TONES) - 1)] - SKIN_TONES[lo]) * (skin_i - lo)
+    skin = np.clip(skin * rng.uniform(0.96, 1.04, 3), 0, 1)
+    hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=HAIR_COLOUR_P)] * rng.uniform(0.85, 1.15)
+    h = rng.uniform(0, 1)
+    s = rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.3, 0.8)])
+    v = rng.uniform(0.15, 0.95)
+    cloth = _hsv_to_rgb(h, s, v)
+    cloth2 = _hsv_to_rgb((h + rng.uniform(0.3, 0.7)) % 1 if rng.random() < 0.5 else h,
+                         rng.uniform(0, 0.6), (v + 0.45) % 1.0)
+    pattern = PATTERNS[rng.choice(3, p=[0.5, 0.3, 0.2])]
+    direction = np.array([0.0, 1.0, 0.0]) if rng.random() < 0.7 else np.array([1.0, 0.0, 0.0])
+    lip = np.clip(skin * np.array([0.85, 0.62, 0.62]) + np.array([0.08, 0.0, 0.02]), 0, 1)
+    return IdentityParams(
+        betas=np.clip(rng.normal(0, 1, C.BODY_SHAPE_DIM), -2.0, 2.0),
+        identity=np.clip(rng.normal(0, 1, C.IDENTITY_DIM), -3.0, 3.0),
+        skin=skin, hair_style=HAIR_STYLES[rng.choice(len(HAIR_STYLES), p=HAIR_STYLE_P)],
+        hair_colour=np.clip(hair, 0, 1), fringe=float(rng.choice([0.0, rng.uniform(0.05, 0.28)])),
+        volume=float(rng.uniform(0.7, 1.4)), cloth=cloth, cloth2=cloth2, pattern=pattern,
+        pattern_freq=float(rng.uniform(8, 22)), pattern_dir=direction,
+        neckline=NECKLINES[rng.integers(3)], sleeves=bool(rng.random() < 0.8),
+        eye=EYE_COLOURS[rng.integers(len(EYE_COLOURS))], lip=lip,
+    )
+
+
 class AvatarFactory:
     """Builds, bakes and poses procedural avatars from a ``BodyModel`` and a ``FaceModel``."""
 
@@ -270,30 +305,7 @@ class AvatarFactory:
 
     # --- sampling --------------------------------------------------------------------------------------
     def sample_identity(self, rng: np.random.Generator) -> IdentityParams:
-        skin_i = rng.uniform(0, len(SKIN_TONES) - 1)
-        lo = int(math.floor(skin_i))
-        skin = SKIN_TONES[lo] + (SKIN_TONES[min(lo + 1, len(SKIN_TONES) - 1)] - SKIN_TONES[lo]) * (skin_i - lo)
-        skin = np.clip(skin * rng.uniform(0.96, 1.04, 3), 0, 1)
-        hair = HAIR_COLOURS[rng.choice(len(HAIR_COLOURS), p=HAIR_COLOUR_P)] * rng.uniform(0.85, 1.15)
-        h = rng.uniform(0, 1)
-        s = rng.choice([rng.uniform(0.0, 0.15), rng.uniform(0.3, 0.8)])
-        v = rng.uniform(0.15, 0.95)
-        cloth = _hsv_to_rgb(h, s, v)
-        cloth2 = _hsv_to_rgb((h + rng.uniform(0.3, 0.7)) % 1 if rng.random() < 0.5 else h,
-                             rng.uniform(0, 0.6), (v + 0.45) % 1.0)
-        pattern = PATTERNS[rng.choice(3, p=[0.5, 0.3, 0.2])]
-        direction = np.array([0.0, 1.0, 0.0]) if rng.random() < 0.7 else np.array([1.0, 0.0, 0.0])
-        lip = np.clip(skin * np.array([0.85, 0.62, 0.62]) + np.array([0.08, 0.0, 0.02]), 0, 1)
-        return IdentityParams(
-            betas=np.clip(rng.normal(0, 1, C.BODY_SHAPE_DIM), -2.0, 2.0),
-            identity=np.clip(rng.normal(0, 1, C.IDENTITY_DIM), -3.0, 3.0),
-            skin=skin, hair_style=HAIR_STYLES[rng.choice(len(HAIR_STYLES), p=HAIR_STYLE_P)],
-            hair_colour=np.clip(hair, 0, 1), fringe=float(rng.choice([0.0, rng.uniform(0.05, 0.28)])),
-            volume=float(rng.uniform(0.7, 1.4)), cloth=cloth, cloth2=cloth2, pattern=pattern,
-            pattern_freq=float(rng.uniform(8, 22)), pattern_dir=direction,
-            neckline=NECKLINES[rng.integers(3)], sleeves=bool(rng.random() < 0.8),
-            eye=EYE_COLOURS[rng.integers(len(EYE_COLOURS))], lip=lip,
-        )
+        return sample_identity(rng)
 
     def sample_view(self, rng: np.random.Generator, yaw_mode: str) -> ViewParams:
         yaw, pitch = sample_camera_angles(rng, yaw_mode)

@@ -276,11 +276,42 @@ def synthesize(out: str | os.PathLike, count: int, resolution: int = 128, yaw_mo
             groups[-1].append(i)
         else:
             groups.append([i])
+    refresh_extra(out, cfg, sorted(done))
     t0 = time.time()
     if todo:
         _run_groups(groups, cfg, out, workers, threads_per_worker, progress, len(todo))
     elapsed = time.time() - t0
     return _finish(out, cfg, count, elapsed, len(todo))
+
+
+def refresh_extra(out: Path, cfg: SynthConfig, names: list[str]) -> int:
+    """Bring the ``extra`` of records written by an older renderer up to date, without rendering: a person's draws
+    are a function of (seed, identity index), so they are drawn again and the fields the record lacks are added
+    (the draws consume the generator in the same order, so the pixels are the ones rendered then). A record whose
+    existing fields disagree with the draw raises ``LabelError`` naming it. Returns how many records changed."""
+    from .avatar import sample_identity
+
+    changed = 0
+    cache: dict[int, dict] = {}
+    for name in names:
+        path = out / "records" / f"{name}.json"
+        rec = json.loads(path.read_text())
+        extra = rec.get("extra") or {}
+        index = int(name) // cfg.views_per_identity
+        if index not in cache:
+            cache[index] = {**sample_identity(np.random.default_rng([cfg.seed, index, 0])).describe(),
+                            "identity_index": index}
+        now = cache[index]
+        if set(now) <= set(extra):
+            continue
+        clash = [k for k in extra if k in now and extra[k] != now[k]]
+        if clash:
+            raise LabelError(f"{path}: (extra): {clash} differ from seed {cfg.seed}'s draw for identity {index}; "
+                             f"the folder was not rendered by this renderer with these settings")
+        rec["extra"] = {**now, **extra}
+        write_json_atomic(path, rec)
+        changed += 1
+    return changed
 
 
 def _run_groups(groups, cfg, out, workers, threads, progress, total) -> None:

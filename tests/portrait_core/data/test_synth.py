@@ -145,3 +145,39 @@ def test_deterministic_per_seed_and_resumable(synth_dataset, tmp_path):
     with pytest.raises(Exception, match="other settings"):
         synthesize(other, 4, resolution=32, face_resolution=32, seed=8, workers=1, progress=False)
     shutil.rmtree(other)
+
+
+def test_extra_names_every_draw_and_an_old_folder_gets_it_without_rendering(synth_dataset, tmp_path):
+    from portrait_core.data.labels import LabelError
+    from portrait_core.data.synth import synthesize
+    from portrait_core.data.synth.avatar import sample_identity
+
+    root, _ = synth_dataset
+    ref = _records(root)
+    drawn = sample_identity(np.random.default_rng([7, 0, 0]))  # seed 7, identity 0 (one view per identity)
+    extra = ref[0]["extra"]
+    assert extra["hair_volume"] == round(drawn.volume, 4) and extra["sleeves"] == drawn.sleeves
+    assert {"fringe", "clothing_primary", "clothing_secondary", "pattern_frequency", "pattern_axis",
+            "eye_colour"} <= set(extra)
+    # a folder written before these keys existed: its records lose them, then a resume brings them back as they
+    # were, without rendering anything
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    keep = ("skin", "hair_style", "hair_colour", "clothing", "neckline", "identity_index")
+    for path in sorted((old / "records").glob("*.json")):
+        rec = json.loads(path.read_text())
+        rec["extra"] = {k: rec["extra"][k] for k in keep}
+        path.write_text(json.dumps(rec))
+    image = old / "images" / "000003.png"
+    before = image.stat().st_mtime_ns
+    synthesize(old, 8, resolution=32, face_resolution=32, seed=7, workers=1, meshes=True, progress=False)
+    assert _records(old) == ref and image.stat().st_mtime_ns == before
+    assert json.loads((old / "labels.json").read_text())["info"]["rendered_last_run"] == 0
+    # a record whose known draws disagree with the seed is named, not overwritten
+    path = old / "records" / "000002.json"
+    rec = json.loads(path.read_text())
+    rec["extra"] = {**{k: rec["extra"][k] for k in keep}, "skin": [0.1, 0.2, 0.3]}
+    path.write_text(json.dumps(rec))
+    with pytest.raises(LabelError, match=r"000002.json: \(extra\): \['skin'\] differ from seed 7"):
+        synthesize(old, 8, resolution=32, face_resolution=32, seed=7, workers=1, meshes=True, progress=False)
+    assert json.loads(path.read_text())["extra"]["skin"] == [0.1, 0.2, 0.3]
