@@ -19,7 +19,7 @@ from portrait_core.atomic import atomic_path
 from .config import config_from_json, config_to_json
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CheckpointError", "save_generator", "load_generator", "read_metadata",
-           "resolve_generator_file", "transfer_weights"]
+           "resolve_generator_file", "silence_noise_dims", "transfer_weights"]
 
 FORMAT = "busto-generator"
 FORMAT_VERSION = "1"
@@ -134,9 +134,44 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         if not torch.isfinite(tensors[key]).all():
             raise CheckpointError(f"{path}: tensor {key!r} contains NaN or inf")
     generator.load_state_dict(tensors, strict=True)
+    _silence_unused_code_dims(path, generator, info)
     generator.checkpoint_info = info
     generator.checkpoint_path = path  # the file read (its samplers are found from it: generator.loading)
     return generator.to(device).eval()
+
+
+def silence_noise_dims(generator, start: int, stop: int) -> int:
+    """Zero the weights with which every layer reading the (identity, noise) latent sees noise dims
+    ``start:stop`` (the radiance and super-resolution mappings' first layers, the face texture's latent
+    projection), in place. A code that starts to set those dims (a wider appearance code) then renders exactly as
+    before, and training teaches the generator to read them. Returns how many layers changed."""
+    if not 0 <= start <= stop <= generator.cfg.noise_dim:
+        raise ValueError(f"silence_noise_dims: dims {start}:{stop} outside the noise latent's "
+                         f"{generator.cfg.noise_dim}")
+    first = generator.cfg.identity_dim
+    layers = [generator.radiance_mapping.net[0]]
+    if generator.superres_mapping is not None:
+        layers.append(generator.superres_mapping.net[0])
+    if generator.face_texture is not None:
+        layers.append(generator.face_texture.latent_proj)
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight[:, first + start:first + stop] = 0
+    return len(layers)
+
+
+def _silence_unused_code_dims(path: Path, generator, info: dict) -> None:
+    """A generator trained on appearance codes that set only their first ``used_dims`` dims (``info.noise_latent``)
+    never trained its weights on the rest: they keep their random initialisation. Zero them, so that wider codes
+    (newer labels carry more) render as the codes it was trained on; exact for those codes (zeros there)."""
+    noise = info.get("noise_latent") if isinstance(info, dict) else None
+    if not isinstance(noise, dict) or noise.get("kind") != "appearance_code" or "used_dims" not in noise:
+        return
+    used = noise["used_dims"]
+    if isinstance(used, bool) or not isinstance(used, int) or not 0 <= used <= generator.cfg.noise_dim:
+        raise CheckpointError(f"{path}: info.noise_latent.used_dims must be an integer in [0, "
+                              f"{generator.cfg.noise_dim}], got {used!r}")
+    silence_noise_dims(generator, used, generator.cfg.noise_dim)
 
 
 class _SkipRandomInit(torch.overrides.TorchFunctionMode):

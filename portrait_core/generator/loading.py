@@ -19,7 +19,7 @@ import torch
 
 from portrait_core.data.samplers import LabelSampler, default_samplers_path
 
-from .checkpoint import load_generator
+from .checkpoint import load_generator, silence_noise_dims
 from .config import generator_config
 from .generator import Generator
 from .structures import Latents
@@ -86,26 +86,6 @@ def with_face_texture(g: Generator, seed: int = 0) -> Generator:
     out.checkpoint_info = getattr(g, "checkpoint_info", {})
     out.checkpoint_path = getattr(g, "checkpoint_path", None)
     return out.train(g.training)
-
-
-def silence_noise_dims(generator, start: int, stop: int) -> int:
-    """Zero the weights with which every layer reading the (identity, noise) latent sees noise dims
-    ``start:stop`` (the radiance and super-resolution mappings' first layers, the face texture's latent
-    projection), in place. A code that starts to set those dims (a wider appearance code) then renders exactly as
-    before, and training teaches the generator to read them. Returns how many layers changed."""
-    if not 0 <= start <= stop <= generator.cfg.noise_dim:
-        raise ValueError(f"silence_noise_dims: dims {start}:{stop} outside the noise latent's "
-                         f"{generator.cfg.noise_dim}")
-    first = generator.cfg.identity_dim
-    layers = [generator.radiance_mapping.net[0]]
-    if generator.superres_mapping is not None:
-        layers.append(generator.superres_mapping.net[0])
-    if generator.face_texture is not None:
-        layers.append(generator.face_texture.latent_proj)
-    with torch.no_grad():
-        for layer in layers:
-            layer.weight[:, first + start:first + stop] = 0
-    return len(layers)
 
 
 def uses_appearance_codes(generator_or_info) -> bool:

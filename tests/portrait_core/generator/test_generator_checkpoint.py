@@ -59,6 +59,29 @@ def test_a_random_init_model_is_a_valid_checkpoint(tmp_path):
     assert load_generator(tmp_path / "r.safetensors").checkpoint_info == {}
 
 
+def test_weights_on_appearance_dims_a_model_never_saw_are_zeroed_on_load(tmp_path, saved):
+    g, _ = saved
+    path = tmp_path / "narrow.safetensors"
+    save_generator(path, g, info={"noise_latent": {"kind": "appearance_code", "used_dims": 22}})
+    loaded = load_generator(path)
+    first = g.cfg.identity_dim
+    assert loaded.radiance_mapping.net[0].weight[:, first + 22:].abs().sum() == 0
+    assert g.radiance_mapping.net[0].weight[:, first + 22:].abs().sum() > 0  # random: never trained
+    narrow = Latents.sample(1, seed=2)
+    narrow.noise[:, 22:] = 0
+    wide = Latents(narrow.identity, narrow.noise.clone())
+    wide.noise[:, 22:36] = torch.randn(1, 14)
+    cam = Camera.portrait(yaw=4.0)
+    image = lambda G, lat: G.make_avatar(lat).render(torch.zeros(1, 6, 3), torch.zeros(1, 64), cam).image  # noqa: E731
+    assert torch.equal(image(loaded, narrow), image(g, narrow))  # exact for the codes it was trained on
+    assert torch.equal(image(loaded, wide), image(g, narrow))  # wider codes render as those
+    assert not torch.equal(image(g, wide), image(g, narrow))  # (unzeroed, they would not)
+    for bad in (-1, 81, "22", True):
+        save_generator(path, g, info={"noise_latent": {"kind": "appearance_code", "used_dims": bad}})
+        with pytest.raises(CheckpointError, match=r"narrow.safetensors: info.noise_latent.used_dims must be"):
+            load_generator(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"nope\.safetensors: no such checkpoint file"):
         load_generator(tmp_path / "nope.safetensors")
