@@ -172,7 +172,8 @@ def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool
                                ) -> dict[str, list[nn.Parameter]]:
     """Named parameter groups the stage trains (stage 2: only the super-resolution network and its mapping);
     ``colour_head_group``: the modulated colour head gets its own group (out of 'radiance'); ``only``: comma-separated
-    group names to keep (``optim.train_groups``; empty = all), an unknown or empty-for-this-stage name is an error."""
+    group names to keep (``optim.train_groups``; empty = all; ``radiance_mapping`` / ``expression_mapping`` name the
+    two halves of ``mapping``), an unknown or empty-for-this-stage name is an error."""
     groups = dict(G.param_groups())
     if colour_head_group and G.cfg.radiance.modulated_colour:
         head = [*G.radiance.colour_modulation.parameters(), *G.radiance.modulated_rgb.parameters()]
@@ -184,6 +185,11 @@ def trainable_generator_params(G: nn.Module, stage: int, colour_head_group: bool
             raise ValueError("stage 2 needs a generator with super-resolution (superres.enabled)")
     groups = {k: v for k, v in groups.items() if v}
     wanted = [n.strip() for n in only.split(",") if n.strip()]
+    if "mapping" in groups and {"radiance_mapping", "expression_mapping"} & set(wanted):
+        # the finer names split 'mapping': the appearance styles alone, or the expression field's styles alone
+        del groups["mapping"]
+        groups["radiance_mapping"] = list(G.radiance_mapping.parameters())
+        groups["expression_mapping"] = list(G.expression_mapping.parameters())
     unknown = [n for n in wanted if n not in groups]
     if unknown:
         raise ValueError(f"optim.train_groups names {', '.join(map(repr, unknown))}, which stage {stage} of this "
@@ -220,12 +226,12 @@ def build_state(cfg: TrainConfig, device: torch.device, label_identities: Tensor
             G.checkpoint_info = info
         if label_identities is not None and not tdata.uses_appearance_codes(G):
             G.update_w_avg(n=1024, identities=label_identities)
-        if cfg.objective == "supervised" and tdata.uses_appearance_codes(G):
-            _widen_appearance_code(G, log)
     else:
         G = build_generator(cfg.model.generator, json.loads(cfg.model.generator_overrides))
         if label_identities is not None:
             G.update_w_avg(n=1024, identities=label_identities)
+    if cfg.objective == "supervised":
+        _widen_appearance_code(G, log)
     G = G.to(device)
     res = G.cfg.output_resolution if cfg.stage == 2 else G.cfg.render.resolution
     if adversarial and cfg.data.resolution != res:
@@ -370,19 +376,23 @@ def init_lineage(info: dict, path: str) -> list[dict]:
 
 
 def _widen_appearance_code(G: Generator, log) -> None:
-    """An init generator trained on a narrower appearance code (older labels) gets zero weights on the code's new
-    dims, so this run's wider codes render as before at step 0; its info then states the wider code."""
+    """The init generator of a supervised run reads appearance codes: zero weights past the code's used dims, and
+    one trained on a narrower code (older labels) gets zero weights on the new dims too, so this run's wider codes
+    render as before at step 0; its info then states the wider code."""
     from portrait_core.assets.appearance import APPEARANCE_LAYOUT, USED_DIMS
     from portrait_core.generator.loading import silence_noise_dims
 
-    noise = dict(G.checkpoint_info.get("noise_latent") or {})
+    info = getattr(G, "checkpoint_info", None) or {}
+    noise = dict(info.get("noise_latent") or {})
     old = int(noise.get("used_dims", USED_DIMS))
-    if old < USED_DIMS:
+    # dims past the code's are zero in every code this run feeds: their weights read zero too, so the exported
+    # generator (whose info states the code) loads exactly as trained
+    silence_noise_dims(G, USED_DIMS, G.cfg.noise_dim)
+    if noise.get("kind") == "appearance_code" and old < USED_DIMS:
         n = silence_noise_dims(G, old, USED_DIMS)
         log(f"appearance code widened from {old} to {USED_DIMS} dims: zero weights on dims {old}:{USED_DIMS} in "
             f"{n} latent-reading layers (step 0 renders as the init generator)")
-        G.checkpoint_info = {**G.checkpoint_info,
-                             "noise_latent": {**noise, "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS}}
+        G.checkpoint_info = {**info, "noise_latent": {**noise, "layout": APPEARANCE_LAYOUT, "used_dims": USED_DIMS}}
 
 
 def checkpoint_info(st: TrainState, ctx: Context, last: dict[str, float] | None = None,

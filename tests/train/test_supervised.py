@@ -47,6 +47,16 @@ def sup_cfg(**over):
     return parse_overrides(preset("warm128"), [f"{k}={v}" for k, v in items.items()])
 
 
+def unused_code_dims_zeroed(G: Generator) -> Generator:
+    """``G`` with zero weights on the noise dims past the appearance code's, as a supervised run makes them at its
+    start (every code it feeds is zero there), so that a test can compare a run's weights with its init."""
+    from portrait_core.assets.appearance import USED_DIMS
+    from portrait_core.generator.loading import silence_noise_dims
+
+    silence_noise_dims(G, USED_DIMS, G.cfg.noise_dim)
+    return G
+
+
 def descend(terms_of, opt: torch.optim.Optimizer, steps: int, watch) -> list[float]:
     """``steps`` optimiser steps on ``terms_of()["total"]``; returns ``watch(terms)`` of each step."""
     fit = []
@@ -435,7 +445,7 @@ def test_init_with_overrides_keeps_the_weights_and_changes_the_settings(tiny_dat
     from portrait_core.generator import save_generator
 
     torch.manual_seed(0)
-    src = Generator(generator_config("tiny"))
+    src = unused_code_dims_zeroed(Generator(generator_config("tiny")))
     earlier = {"checkpoint": "first.safetensors", "method": "m", "step": 5, "wall_seconds": 1.0}
     save_generator(tmp_path / "init.safetensors", src,
                    info={"method": "x", "step": 7, "wall_seconds": 3.0, "lineage": [earlier]})
@@ -511,6 +521,7 @@ def test_train_groups_leave_every_other_weight_bit_identical(tiny_data, tmp_path
     with torch.no_grad():  # a live colour network, so that the texels get a gradient
         for p in G.face_texture.parameters():
             p.normal_(0, 0.1)
+    unused_code_dims_zeroed(G)
     save_generator(tmp_path / "init.safetensors", G, info={})
     out = tmp_path / "run"
     assert run_warm(tiny_data, out, "run.steps=2", "optim.batch=2", f"model.init_from={tmp_path / 'init.safetensors'}",
@@ -521,6 +532,11 @@ def test_train_groups_leave_every_other_weight_bit_identical(tiny_data, tmp_path
     with pytest.raises(ValueError, match="'radiance_typo'.*its groups: mapping"):
         loop.trainable_generator_params(G, 1, only="face_texture, radiance_typo")
     assert set(loop.trainable_generator_params(G, 1, only=" deform ")) == {"deform"}
+    halves = loop.trainable_generator_params(G, 1, only="radiance_mapping")
+    assert set(halves) == {"radiance_mapping"} and len(halves["radiance_mapping"]) == len(
+        list(G.radiance_mapping.parameters()))
+    with pytest.raises(ValueError, match="'mapping'.*its groups:"):  # split once a half is named
+        loop.trainable_generator_params(G, 1, only="mapping,expression_mapping")
 
 
 def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_data, tmp_path):
@@ -547,7 +563,7 @@ def test_superres_stage_trains_only_the_super_resolution_at_full_density(tiny_da
                   12, lambda t: t["total"])
     assert np.mean(fit[-3:]) < 0.97 * np.mean(fit[:3]), fit  # (a frozen or unreachable SR stays flat)
     # the CLI stage: from a checkpoint, only the super-resolution changes
-    save_generator(tmp_path / "init.safetensors", G)
+    save_generator(tmp_path / "init.safetensors", unused_code_dims_zeroed(G))
     out = tmp_path / "run"
     assert run_warm(tiny_data, out, "run.steps=2", "optim.batch=2", "data.resolution=8",
                     f"model.init_from={tmp_path / 'init.safetensors'}", preset_name="warm128-sr") == 0
