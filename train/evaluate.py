@@ -253,6 +253,38 @@ def default_image_count(dataset_images: int, requested: int | None, log=print) -
     return n
 
 
+def draw_reals(ds, images: int, seed: int) -> list[dict]:
+    """The ``images`` dataset records the distribution metrics compare against (``randperm`` seeded ``seed + 1``)."""
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
+    return [ds[int(i)] for i in order]
+
+
+def real_floor(root: str | Path, other_root: str | Path, images: int, resolution: int, seed: int = 0,
+               device: str = "cpu") -> dict:
+    """The real-vs-real floor of ``fid`` / ``kid`` (portrait and face crop): the reals :func:`evaluate` draws from
+    ``root`` against as many drawn the same way from ``other_root`` (the same renderer, other people), portraits
+    at ``resolution`` pixels. A generator's FID means something only next to this at the same N, seed and size."""
+    from portrait_core.metrics.fid import frechet_distance, inception_features, kernel_inception_distance
+
+    sets = []
+    for r in (root, other_root):
+        ds = open_dataset(r, resolution, None, False)
+        if len(ds) < images:
+            raise ValueError(f"{r}: {len(ds)} images, fewer than --images {images}")
+        sets.append(draw_reals(ds, images, seed))
+    report: dict = {"data": [str(root), str(other_root)], "images": images, "seed": seed, "resolution": resolution,
+                    "metrics": {}}
+    for suffix, key in (("", "image"), ("_face", "face")):
+        fa, fb = (inception_features(torch.stack([it[key] for it in items]).float(), device=device)
+                  for items in sets)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report["metrics"][f"fid{suffix}"] = frechet_distance(fa, fb)
+            kid, kid_std = kernel_inception_distance(fa, fb, subsets=10, subset_size=min(1000, images), seed=seed)
+        report["metrics"][f"kid{suffix}"], report["metrics"][f"kid{suffix}_std"] = kid, kid_std
+    return report
+
+
 def evaluate(target: str | Path, data_root: str | None = None, images: int | None = None, seed: int = 0,
              metrics: tuple[str, ...] = ALL_METRICS, face_recon: str | None = None, resolution: str = "auto",
              device: str = "cpu", geometry_samples: int = 2, samplers: str | None = None, log=print) -> dict:
@@ -294,8 +326,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
     if want_face or "swd" in metrics:
         portraits, faces = _render(G, inputs, sr, face_resolution=face_res if want_face else 0, log=log)
         fakes = torch.cat(portraits).float()
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed + 1))[:images]
-        items = [ds[int(i)] for i in order]
+        items = draw_reals(ds, images, seed)
         reals = torch.stack([it["image"] for it in items]).float()
         report["face_resolution"] = face_res
         log(f"rendered {images} images in {time.time() - t0:.1f}s")
@@ -508,7 +539,7 @@ def _main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0],
                                 epilog="Errors print one 'error: <file>: <problem>' line; --debug (or BUSTO_DEBUG=1) "
                                        "shows the traceback.")
-    p.add_argument("target", help="run folder, checkpoint folder, or generator .safetensors")
+    p.add_argument("target", nargs="?", help="run folder, checkpoint folder, or generator .safetensors")
     p.add_argument("--data", default=None, nargs="+", metavar="DIR",
                    help="dataset folder (default: the run's data.root); with --heldout several, concatenated")
     p.add_argument("--heldout", type=int, default=0, metavar="IDENTITIES",
@@ -530,8 +561,24 @@ def _main(argv: list[str]) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--samplers", default=None, help="label samplers of an appearance-code generator (default: "
                    "samplers.safetensors beside it, or the shipped ones for the shipped model)")
+    p.add_argument("--floor", default=None, metavar="OTHER_DIR",
+                   help="no generator: the real-vs-real FID/KID floor, the reals drawn from --data against as many "
+                        "from OTHER_DIR, at --floor-resolution")
+    p.add_argument("--floor-resolution", type=int, default=64, metavar="PX",
+                   help="portrait size of --floor (64: compare with --resolution lr; 128 with the shipped hr)")
     p.add_argument("--out", default=None, help="report path (default: <run>/eval-<step>.json or ./eval.json)")
     a = p.parse_args(argv)
+    if a.floor:
+        if not a.data or len(a.data) != 1 or a.target:
+            p.error("--floor takes one --data folder and no generator")
+        report = real_floor(a.data[0], a.floor, a.images or 256, a.floor_resolution, a.seed, a.device)
+        out = Path(a.out or "floor.json")
+        ck.atomic_write_text(out, json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        print(f"report written to {out}")
+        return 0
+    if not a.target:
+        p.error("the following arguments are required: target")
     metrics = tuple(x.strip() for x in a.metrics.split(",") if x.strip())
     bad = [x for x in metrics if x not in ALL_METRICS]
     if bad:

@@ -92,3 +92,25 @@ def test_appearance_code_generators_draw_inputs_from_their_samplers(dataset_root
     samplers.save(tmp_path / "samplers.safetensors")
     report = evaluate(gen, **kw)
     assert "label samplers" in report["inputs"] and math.isfinite(report["metrics"]["swd"])
+
+
+def test_real_floor_compares_the_protocols_reals_with_another_folders(dataset_root, tmp_path, dataset_reader):
+    import pytest
+
+    from tests.train.fixtures import write_fixture_dataset
+    from train.evaluate import main, real_floor
+
+    other = tmp_path / "other"
+    write_fixture_dataset(other, count=24, resolution=32, face_resolution=32, seed=1)
+    same = real_floor(dataset_root, dataset_root, images=16, resolution=32)["metrics"]
+    floor = real_floor(dataset_root, other, images=16, resolution=32)["metrics"]
+    assert abs(same["fid"]) < 1e-2 and abs(same["fid_face"]) < 1e-2  # the same draw: nothing between them
+    assert floor["fid"] > 1.0 and floor["fid_face"] > 1.0 and floor["kid"] > same["kid"]
+    with pytest.raises(ValueError, match="fewer than --images 32"):
+        real_floor(dataset_root, other, images=32, resolution=32)
+    out = tmp_path / "floor.json"
+    assert main(["--floor", str(other), "--data", str(dataset_root), "--images", "16", "--floor-resolution", "32",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["fid"] == floor["fid"]
+    with pytest.raises(SystemExit):  # a generator or two --data folders make no sense with --floor
+        main(["run", "--floor", str(other), "--data", str(dataset_root)])
