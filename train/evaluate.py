@@ -259,12 +259,29 @@ def draw_reals(ds, images: int, seed: int) -> list[dict]:
     return [ds[int(i)] for i in order]
 
 
+def fid_kid_scores(real_features, fake_features, seed: int, suffix: str = "", fid: bool = True,
+                   kid: bool = True) -> dict[str, float]:
+    """``fid{suffix}``, ``kid{suffix}``, ``kid{suffix}_std`` between two sets of Inception features (the small-N
+    covariance warnings silenced: the report says how many images it used)."""
+    from portrait_core.metrics.fid import frechet_distance, kernel_inception_distance
+
+    out: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fid:
+            out[f"fid{suffix}"] = frechet_distance(real_features, fake_features)
+        if kid:
+            out[f"kid{suffix}"], out[f"kid{suffix}_std"] = kernel_inception_distance(
+                real_features, fake_features, subsets=10, subset_size=min(1000, len(real_features)), seed=seed)
+    return out
+
+
 def real_floor(root: str | Path, other_root: str | Path, images: int, resolution: int, seed: int = 0,
                device: str = "cpu") -> dict:
     """The real-vs-real floor of ``fid`` / ``kid`` (portrait and face crop): the reals :func:`evaluate` draws from
     ``root`` against as many drawn the same way from ``other_root`` (the same renderer, other people), portraits
     at ``resolution`` pixels. A generator's FID means something only next to this at the same N, seed and size."""
-    from portrait_core.metrics.fid import frechet_distance, inception_features, kernel_inception_distance
+    from portrait_core.metrics.fid import cached_inception_features, inception_features
 
     sets = []
     for r in (root, other_root):
@@ -275,13 +292,9 @@ def real_floor(root: str | Path, other_root: str | Path, images: int, resolution
     report: dict = {"data": [str(root), str(other_root)], "images": images, "seed": seed, "resolution": resolution,
                     "metrics": {}}
     for suffix, key in (("", "image"), ("_face", "face")):
-        fa, fb = (inception_features(torch.stack([it[key] for it in items]).float(), device=device)
-                  for items in sets)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            report["metrics"][f"fid{suffix}"] = frechet_distance(fa, fb)
-            kid, kid_std = kernel_inception_distance(fa, fb, subsets=10, subset_size=min(1000, images), seed=seed)
-        report["metrics"][f"kid{suffix}"], report["metrics"][f"kid{suffix}_std"] = kid, kid_std
+        ours, theirs = (torch.stack([it[key] for it in items]).float() for items in sets)
+        report["metrics"].update(fid_kid_scores(cached_inception_features(ours, device=device),  # evaluate's cache
+                                                inception_features(theirs, device=device), seed, suffix))
     return report
 
 
@@ -336,7 +349,6 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
             cached_inception_features,
             frechet_distance,
             inception_features,
-            kernel_inception_distance,
         )
 
         real_faces = torch.stack([it["face"] for it in items]).float()
@@ -345,14 +357,7 @@ def evaluate(target: str | Path, data_root: str | None = None, images: int | Non
             for suffix, r_img, f_img in (("", reals, fakes), ("_face", real_faces, fake_faces)):
                 fr = cached_inception_features(r_img, device=device)  # the same reals in every evaluation
                 ff = inception_features(f_img, device=device)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    if "fid" in metrics:
-                        m[f"fid{suffix}"] = frechet_distance(fr, ff)
-                    if "kid" in metrics:
-                        kid, kid_std = kernel_inception_distance(fr, ff, subsets=10,
-                                                                 subset_size=min(1000, len(fr)), seed=seed)
-                        m[f"kid{suffix}"], m[f"kid{suffix}_std"] = kid, kid_std
+                m.update(fid_kid_scores(fr, ff, seed, suffix, fid="fid" in metrics, kid="kid" in metrics))
             fake_views, real_views = split_by_view(camera_yaws(inputs.camera.cpu())), split_by_view(
                 camera_yaws(torch.stack([it["camera"] for it in items])))
             if any(len(fake_views[v]) for v in ("side", "back")):  # 360 data: FID per view group (>= 2 of each)
@@ -572,11 +577,7 @@ def _main(argv: list[str]) -> int:
         if not a.data or len(a.data) != 1 or a.target:
             p.error("--floor takes one --data folder and no generator")
         report = real_floor(a.data[0], a.floor, a.images or 256, a.floor_resolution, a.seed, a.device)
-        out = Path(a.out or "floor.json")
-        ck.atomic_write_text(out, json.dumps(report, indent=2))
-        print(json.dumps(report, indent=2))
-        print(f"report written to {out}")
-        return 0
+        return _write_report(report, Path(a.out or "floor.json"))
     if not a.target:
         p.error("the following arguments are required: target")
     metrics = tuple(x.strip() for x in a.metrics.split(",") if x.strip())
@@ -601,6 +602,11 @@ def _main(argv: list[str]) -> int:
             out = (run or gen_path.parent) / "eval_heldout.json"
         else:
             out = (run / f"eval-{gen_path.parent.name}.json") if run else Path("eval.json")
+    return _write_report(report, out)
+
+
+def _write_report(report: dict, out: Path) -> int:
+    """Write ``report`` to ``out`` atomically (NaN as null) and print it."""
     ck.atomic_write_text(out, json.dumps(report, indent=2, default=lambda v: None if math.isnan(v) else v))
     print(json.dumps(report, indent=2))
     print(f"report written to {out}")
