@@ -154,6 +154,9 @@ class SupervisedConfig:
     depth into a second render from ``multiview_yaw`` radians of camera yaw to a random side, mean |colour
     difference| over the pixels both see (the ``consistency`` metric of ``train.evaluate``, as a loss)."""
     multiview_yaw: float = 0.2
+    face_depth: float = 0.0
+    """Weight of the face-surface depth term: mean |face render's depth - the record's 3DMM depth| (metres) over the
+    inner face (jaw line to brows) where the render is opaque (``portrait_core.metrics.face_surface``)."""
     eval_resolution: int = 64
     """Resolution of the held-out evaluation and the sample sheets."""
 

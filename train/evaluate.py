@@ -496,7 +496,7 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
     the mean training image and an untrained generator of the same config; ``export`` writes
     ``EXPORT/<export_name>.safetensors`` (the scores in its info) and ``EXPORT/<export_name>_samplers.safetensors``
     (``default``: the shipped model's file names; ``default360`` for the 360-degree model)."""
-    from train.fidelity import clothing_colour_fidelity, expression_fidelity
+    from train.fidelity import clothing_colour_fidelity, expression_fidelity, face_surface_fidelity
     from train.labelled import LabelledData, baseline_metrics, evaluate_heldout
 
     gen_path, run = resolve_generator(target)
@@ -515,6 +515,7 @@ def heldout_report(target: str | Path, roots: list[str], holdout: int, resolutio
                           for v in VIEWS}
     res["step"] = (G.checkpoint_info or {}).get("step")
     res["expression"] = expression_fidelity(G, data.identity[held], data.body_shape[held])
+    res["face_surface"] = face_surface_fidelity(G, data, held, resolution)
     res["clothing_colour"] = clothing_colour_fidelity(G, data, data.train_index[:: max(1, len(data.train_index) // 64)],
                                                       resolution)
     if baselines:

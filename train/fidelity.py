@@ -13,9 +13,9 @@ from torch import Tensor
 
 from portrait_core.face import EXPRESSION_NAMES
 from portrait_core.generator import Controls, Latents
-from train.cameras import downsample, portrait_camera
+from train.cameras import downsample, face_camera, portrait_camera
 
-__all__ = ["expression_fidelity", "clothing_colour_fidelity", "CLOTHING_STRIP"]
+__all__ = ["expression_fidelity", "clothing_colour_fidelity", "face_surface_fidelity", "CLOTHING_STRIP"]
 
 
 @torch.no_grad()
@@ -72,6 +72,29 @@ def clothing_colour_fidelity(G, data, index: Tensor, resolution: int = 64, batch
     x, y = torch.cat(targets).double().numpy(), torch.cat(renders).double().numpy()
     slope, corr = zip(*(slope_and_correlation(x[:, c], y[:, c]) for c in range(3)))
     return {"slope": list(slope), "correlation": list(corr), "images": int(x.shape[0])}
+
+
+@torch.no_grad()
+def face_surface_fidelity(G, data, index: Tensor, resolution: int = 64, batch: int = 8) -> dict[str, float]:
+    """Records ``index`` rendered from their own face cameras with their own labels: the rendered depth minus the
+    depth of the record's 3DMM inner face (``portrait_core.metrics.face_surface``; positive = the rendered face
+    lies behind the 3DMM surface the data is drawn on) over the pixels both cover, in millimetres: mean, mean |.|,
+    quantiles and the number of pixels."""
+    from portrait_core.metrics import face_surface as FS
+
+    inner = FS.inner_face_vertices(G.face)
+    gaps, masks = [], []
+    for start in range(0, index.numel(), batch):
+        bt = data.batch(index[start:start + batch])
+        cam = face_camera(bt["face_camera"])
+        out = G(Latents(bt["identity"], bt["appearance"]), Controls(bt["pose"], bt["expression"], bt["body_shape"]),
+                cam, resolution=resolution)
+        target, covered = FS.face_depth_target(G.face, G.body, cam, bt["identity"], bt["expression"],
+                                               bt["body_shape"], bt["pose"], resolution, inner)
+        gap, mask = FS.surface_gap(out.depth_lr, out.alpha_lr, target, covered)
+        gaps.append(gap)
+        masks.append(mask)
+    return FS.gap_summary(torch.cat(gaps), torch.cat(masks))
 
 
 def slope_and_correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -357,7 +357,7 @@ class SupervisedObjective:
         if sc.multiview > 0:
             image_terms["multiview"] = multiview_term(G, scene, cam, out, res, sc.multiview_yaw, gen) \
                 if not use_patch else out.image_lr.new_zeros(())
-        if sc.face > 0:
+        if sc.face > 0 or sc.face_depth > 0:
             fres = cfg.data.face_resolution
             face_scale = min(sc.face_patch_scale, batch["face"].shape[-1] // fres)
             use_face_patch = face_scale > 1 and torch.rand((), generator=gen).item() < sc.face_patch_prob
@@ -373,6 +373,8 @@ class SupervisedObjective:
             image_terms["face"] = face_err.mean()
             if sc.face_grad > 0:
                 image_terms["face_grad"] = L.image_gradient_l1(face_out.image_lr, face)
+            if sc.face_depth > 0:
+                image_terms["face_depth"] = face_depth_term(G, batch, fcam, face_out, fres)
         reg = regulariser_terms(G, cfg.loss, batch["identity"], batch["expression"], batch["body_shape"],
                                 batch["pose"], gen, control_range, entries)
         return {**image_terms, **reg, "total": weighted(image_terms, sc) + weighted(reg, cfg.loss),
@@ -415,6 +417,19 @@ class SupervisedObjective:
             terms["face_grad"] = L.image_gradient_l1(face_out.image, face)
         terms["total"] = weighted(terms, sc)
         return terms
+
+
+def face_depth_term(G, batch: dict[str, Tensor], camera, out, res: int) -> Tensor:
+    """Mean |rendered depth - 3DMM depth| (metres) over the inner-face pixels of a face-camera render ``out``
+    (camera ``camera``, ``res``²) that the record's 3DMM covers and the render sees (alpha > 0.5):
+    :mod:`portrait_core.metrics.face_surface` as a loss."""
+    from portrait_core.metrics import face_surface as FS
+    from portrait_core.metrics.consistency import mean_over
+
+    target, covered = FS.face_depth_target(G.face, G.body, camera, batch["identity"], batch["expression"],
+                                           batch["body_shape"], batch["pose"], res)
+    gap, mask = FS.surface_gap(out.depth_lr, out.alpha_lr, target, covered)
+    return mean_over(gap.abs(), mask)
 
 
 def multiview_term(G, scene, cam, out, res: int, yaw_offset: float, gen: torch.Generator) -> Tensor:

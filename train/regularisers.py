@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from portrait_core.geometry.polygon import inside_polygon
 from train import losses as L
 
 
@@ -47,18 +48,6 @@ def imitation_vertices(offsets: Tensor, n: int, moving_fraction: float, gen: tor
 
 INNER_LIPS = list(range(60, 68))
 """iBUG-68 inner-lip contour (60 and 64 are the corners)."""
-
-
-def inside_polygon(points: Tensor, polygon: Tensor) -> Tensor:
-    """Even-odd test of 2D points [B, P, 2] against closed polygons [B, K, 2] -> [B, P] bool (vectorised over
-    edges)."""
-    a = polygon[:, None, :, :]  # [B, 1, K, 2]
-    b = polygon.roll(-1, dims=1)[:, None, :, :]
-    p = points[:, :, None, :]  # [B, P, 1, 2]
-    straddles = (a[..., 1] > p[..., 1]) != (b[..., 1] > p[..., 1])
-    dy = b[..., 1] - a[..., 1]
-    x_cross = a[..., 0] + (p[..., 1] - a[..., 1]) * (b[..., 0] - a[..., 0]) / torch.where(dy == 0, torch.ones_like(dy), dy)
-    return ((straddles & (p[..., 0] < x_cross)).sum(-1) % 2) == 1
 
 
 def mouth_interior_shading(G, identity: Tensor, expression: Tensor, body_shape: Tensor, n: int,
