@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from tests.train.conftest import tiny_cfg
@@ -38,6 +39,14 @@ def test_metrics_are_finite_and_deterministic(dataset_root, face_recon_ckpt, tmp
     assert main([str(run), "--images", "8", "--metrics", "swd,consistency", "--out", str(out)]) == 0
     rep = json.loads(out.read_text())
     assert rep["metrics"]["swd"] == a["metrics"]["swd"]
+    # --consistency-images: more inputs, 8 at a time, pooled over every compared pixel; the first 8 are the default
+    assert rep["metrics"]["reprojection_images"] == 8
+    assert rep["metrics"]["reprojection_error"] == pytest.approx(a["metrics"]["reprojection_error"], rel=1e-6)
+    assert main([str(run), "--images", "16", "--metrics", "consistency", "--consistency-images", "16",
+                 "--out", str(out)]) == 0
+    wide = json.loads(out.read_text())["metrics"]
+    assert wide["reprojection_images"] == 16 and math.isfinite(wide["reprojection_error"])
+    assert wide["reprojection_error"] != pytest.approx(a["metrics"]["reprojection_error"], rel=1e-6)
     assert main([str(run), "--metrics", "nope"]) == 2
 
 
