@@ -157,6 +157,9 @@ class SupervisedConfig:
     face_depth: float = 0.0
     """Weight of the face-surface depth term: mean |face render's depth - the record's 3DMM depth| (metres) over the
     inner face (jaw line to brows) where the render is opaque (``portrait_core.metrics.face_surface``)."""
+    face_depth_alpha: float = 0.5
+    """Pixels whose rendered alpha is at or below this are left out of the face-depth term (0.01: only empty ones,
+    so that the term cannot be lowered by making the face transparent)."""
     eval_resolution: int = 64
     """Resolution of the held-out evaluation and the sample sheets."""
 

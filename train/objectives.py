@@ -374,7 +374,7 @@ class SupervisedObjective:
             if sc.face_grad > 0:
                 image_terms["face_grad"] = L.image_gradient_l1(face_out.image_lr, face)
             if sc.face_depth > 0:
-                image_terms["face_depth"] = face_depth_term(G, batch, fcam, face_out, fres)
+                image_terms["face_depth"] = face_depth_term(G, batch, fcam, face_out, fres, sc.face_depth_alpha)
         reg = regulariser_terms(G, cfg.loss, batch["identity"], batch["expression"], batch["body_shape"],
                                 batch["pose"], gen, control_range, entries)
         return {**image_terms, **reg, "total": weighted(image_terms, sc) + weighted(reg, cfg.loss),
@@ -419,16 +419,16 @@ class SupervisedObjective:
         return terms
 
 
-def face_depth_term(G, batch: dict[str, Tensor], camera, out, res: int) -> Tensor:
+def face_depth_term(G, batch: dict[str, Tensor], camera, out, res: int, alpha_min: float = 0.5) -> Tensor:
     """Mean |rendered depth - 3DMM depth| (metres) over the inner-face pixels of a face-camera render ``out``
-    (camera ``camera``, ``res``²) that the record's 3DMM covers and the render sees (alpha > 0.5):
+    (camera ``camera``, ``res``²) that the record's 3DMM covers and the render sees (alpha > ``alpha_min``):
     :mod:`portrait_core.metrics.face_surface` as a loss."""
     from portrait_core.metrics import face_surface as FS
     from portrait_core.metrics.consistency import mean_over
 
     target, covered = FS.face_depth_target(G.face, G.body, camera, batch["identity"], batch["expression"],
                                            batch["body_shape"], batch["pose"], res)
-    gap, mask = FS.surface_gap(out.depth_lr, out.alpha_lr, target, covered)
+    gap, mask = FS.surface_gap(out.depth_lr, out.alpha_lr, target, covered, alpha_min)
     return mean_over(gap.abs(), mask)
 
 

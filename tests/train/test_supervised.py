@@ -683,6 +683,11 @@ def test_face_depth_term_is_the_surface_gap_and_training_lowers_it(tiny_data):
                                                batch["body_shape"], batch["pose"], 8)
     gap, mask = FS.surface_gap(out.depth_lr, out.alpha_lr, target, covered)
     assert bool(mask.any()) and float(term) == pytest.approx(float(gap[mask].abs().mean()), rel=1e-5)
+    # supervised.face_depth_alpha: which rendered pixels count (a low bar keeps the faint ones in)
+    faint = covered & (out.alpha_lr > 0.01)
+    with torch.no_grad():
+        low = O.face_depth_term(G, batch, fcam, out, 8, alpha_min=0.01)
+    assert float(low) == pytest.approx(float(gap[faint].abs().mean()), rel=1e-5)
     # the weight adds it to the total, and the geometry (manifold + radiance) moves towards the 3DMM surface
     cfg = sup_cfg(supervised__face_depth=1.0, supervised__image=0, supervised__alpha=0, supervised__grad=0,
                   supervised__face=0)
