@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.base} and {a.other}: {e}", file=sys.stderr)
         return 2
     other.load_state_dict(state)
-    save_generator(a.out, other, info=other.checkpoint_info)
+    info = dict(other.checkpoint_info or {})
+    info["weight_average"] = {"base": Path(a.base).name, "other": Path(a.other).name, "weight": a.weight,
+                              "averaged_tensors": len(mixed)}
+    save_generator(a.out, other, info=info)
     print(f"averaged {len(mixed)} of {len(state)} tensors at a = {a.weight} -> {a.out}")
     return 0
 

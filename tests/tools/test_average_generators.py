@@ -44,7 +44,9 @@ def test_tool_writes_the_midpoint_generator(tmp_path):
     run = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"),
                           "--weight", "0.5", "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    mid = load_generator(out).state_dict()
+    averaged = load_generator(out)
+    assert averaged.checkpoint_info["weight_average"]["weight"] == 0.5
+    mid = averaged.state_dict()
     sa, sb = a.state_dict(), b.state_dict()
     name = next(k for k, v in sa.items() if v.is_floating_point() and not torch.equal(v, sb[k]))
     assert torch.allclose(mid[name], (sa[name] + sb[name]) / 2, atol=1e-6)
