@@ -635,15 +635,20 @@ def test_labelled_data_reads_packed_datasets_and_refuses_paths_outside_them(tiny
         LB.LabelledData(hostile)
 
 
+def tiny_generator_and_batch(tiny_data):
+    """A seeded ``tiny`` generator and the fixture's first 4 records with their latents and controls."""
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny"))
+    batch = LB.LabelledData(tiny_data).batch(torch.arange(4))
+    latents = Latents(batch["identity"], batch["appearance"])
+    controls = Controls(batch["pose"], batch["expression"], batch["body_shape"])
+    return G, batch, latents, controls
+
+
 def test_multiview_term_is_the_consistency_metric_and_training_lowers_it(tiny_data):
     from portrait_core.metrics.consistency import reprojection_error
 
-    torch.manual_seed(0)
-    data = LB.LabelledData(tiny_data)
-    G = Generator(generator_config("tiny"))
-    batch = data.batch(torch.arange(4))
-    latents, controls = Latents(batch["identity"], batch["appearance"]), Controls(batch["pose"], batch["expression"],
-                                                                                 batch["body_shape"])
+    G, batch, latents, controls = tiny_generator_and_batch(tiny_data)
     cam = TC.portrait_camera(batch["camera"])
     with torch.no_grad():
         scene = G.training_scene(latents, controls)
@@ -669,12 +674,7 @@ def test_multiview_term_is_the_consistency_metric_and_training_lowers_it(tiny_da
 def test_face_depth_term_is_the_surface_gap_and_training_lowers_it(tiny_data):
     from portrait_core.metrics import face_surface as FS
 
-    torch.manual_seed(0)
-    data = LB.LabelledData(tiny_data)
-    G = Generator(generator_config("tiny"))
-    batch = data.batch(torch.arange(4))
-    latents, controls = Latents(batch["identity"], batch["appearance"]), Controls(batch["pose"], batch["expression"],
-                                                                                 batch["body_shape"])
+    G, batch, latents, controls = tiny_generator_and_batch(tiny_data)
     fcam = TC.face_camera(batch["face_camera"])
     with torch.no_grad():
         out = G.render_scene(G.training_scene(latents, controls), fcam, 8)
