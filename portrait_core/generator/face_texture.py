@@ -7,6 +7,9 @@ Two parts, kept apart so each can be tested alone:
   over the head box (:func:`face_coordinate_volume`), read trilinearly per hit.
 * :class:`FaceTexture` (trainable): the texture [C, R, R] and a small network that turns a texel's features and the
   identity's latents into an rgb correction, weighted by the proximity.
+* :class:`FaceDetail`: what a scene holds, (hits, rgb) -> corrected rgb for a batch of identities, split into the
+  lookup of (u, v, weight) and the correction, so a renderer can read the weights first and correct only where they
+  are not zero.
 
 Frames: canonical points are in the canonical-pose, neutral-expression frame (metres); the 3DMM lives in its face
 frame, placed by ``body.face_transform(body_shape)``; (u, v) in [-1, 1] cover ``extent`` of the mean face's
@@ -15,6 +18,9 @@ frame, placed by ``body.face_transform(body_shape)``; (u, v) in [-1, 1] cover ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +28,7 @@ from torch import Tensor, nn
 from . import rendering as R
 from .config import FaceTextureConfig
 
-__all__ = ["FaceTexture", "face_coordinates", "face_coordinate_volume"]
+__all__ = ["FaceDetail", "FaceTexture", "face_coordinates", "face_coordinate_volume"]
 
 
 @torch.no_grad()
@@ -129,3 +135,28 @@ class FaceTexture(nn.Module):
         delta = delta * near.gather(1, order)[..., None].to(delta.dtype)  # padding entries of shorter rows
         out = flat_rgb.scatter_add(1, order[..., None].expand(-1, -1, 3), delta)
         return out.clamp(0.0, 1.0).reshape(rgb.shape)
+
+
+@dataclass(frozen=True)
+class FaceDetail:
+    """The face texture's correction for a batch of identities: ``detail(hits, rgb)`` -> rgb.
+
+    ``volume`` [1 or B, 3, G, G, G]: (u, v, weight) over ``box_centre +/- box_half`` (the head box, metres), from
+    :func:`face_coordinate_volume`; ``correct(rgb, coords)``: rgb [B, ..., 3] in [0, 1] and coords [B, ..., 3] ->
+    corrected rgb, clamped to [0, 1] (the network, or the baked correction). The weight is exactly 0 at points
+    whose grid cell has no node within 3 reach of the face, and there ``correct`` changes nothing."""
+
+    volume: Tensor
+    box_centre: Tensor
+    box_half: Tensor
+    correct: Callable[[Tensor, Tensor], Tensor]
+
+    def coords(self, hits: Tensor) -> Tensor:
+        """Canonical hits [B, ..., 3] (metres) -> [B, ..., 3] (u, v, weight), read trilinearly from the volume."""
+        b = hits.shape[0]
+        vol = self.volume.expand(b, -1, -1, -1, -1) if self.volume.shape[0] == 1 else self.volume  # 1 identity
+        coords = R.sample_grid(vol, hits.reshape(b, -1, 3), self.box_centre, self.box_half, "zeros")
+        return coords.reshape(*hits.shape[:-1], 3)
+
+    def __call__(self, hits: Tensor, rgb: Tensor) -> Tensor:
+        return self.correct(rgb, self.coords(hits))

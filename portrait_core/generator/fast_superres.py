@@ -12,7 +12,10 @@ works per ray ([B, H*W, L, C]: the levels of a ray side by side). Here:
   ``interpolate``), looked up, shaded and composited into the running image: no [H*W, L, C] tensor is made and a
   level's maps stay in cache;
 - pixels that read a ray whose levels are out of depth order keep their per-level values and are composited
-  sorted after the loop.
+  sorted after the loop;
+- given the face texture's weights at the low-resolution hits, a level's face correction runs only on the
+  rectangle of pixels that read a hit with a non-zero weight (:func:`near_face_windows`), and the hits are
+  upsampled only there.
 
 Other layouts (the 360 mode's octahedral and spherical maps are not affine) take the reference.
 """
@@ -28,7 +31,7 @@ from torch import Tensor
 from . import rendering as R
 from .fast_composite import composite_fast
 
-__all__ = ["superres_frame", "superres_frame_reference"]
+__all__ = ["near_face_windows", "superres_frame", "superres_frame_reference"]
 
 FaceDetail = Callable[[Tensor, Tensor], Tensor]
 RadianceFn = Callable[[Tensor, Tensor], tuple]
@@ -57,11 +60,50 @@ def superres_frame_reference(hits: Tensor, valid: Tensor, depth: Tensor, shading
             R.rays_to_image(hr.depth[..., None], hh, ww))
 
 
+def near_face_windows(face_weight: Tensor, size: tuple[int, int], margin: int = 2) -> list[tuple[int, ...] | None]:
+    """Per level, the low-resolution pixel rectangle (row0, row1, col0, col1), end-exclusive, holding every ray of
+    any frame whose hit on that level has a non-zero face weight, grown by ``margin`` pixels and cut to the image;
+    None where no hit of the level has one. ``face_weight`` [B, h*w, L].
+
+    A super-resolved pixel mixes the hits of the 2 x 2 low-resolution rays around it, so a margin of 1 covers
+    every pixel that reads a weighted hit; the second ray of margin covers pixels between two unweighted hits whose
+    mix lands near the face (a level seen almost edge-on), where the weight is small."""
+    b, _, n_levels = face_weight.shape
+    h, w = size
+    near = (face_weight > 0).reshape(b, h, w, n_levels).any(0)  # [h, w, L]
+    rows, cols = near.any(1), near.any(0)  # [h, L], [w, L]
+    found = rows.any(0).tolist()
+
+    def first_last(mask: Tensor) -> tuple[list[int], list[int]]:
+        index = torch.arange(mask.shape[0], device=mask.device)[:, None]
+        first = torch.where(mask, index, mask.shape[0]).amin(0)
+        last = torch.where(mask, index, -1).amax(0)
+        return first.tolist(), last.tolist()
+
+    (r0, r1), (c0, c1) = first_last(rows), first_last(cols)
+    return [(max(r0[i] - margin, 0), min(r1[i] + 1 + margin, h), max(c0[i] - margin, 0), min(c1[i] + 1 + margin, w))
+            if found[i] else None for i in range(n_levels)]
+
+
+def _upsample_window(low: Tensor, window: tuple[int, ...], scale: int) -> Tensor:
+    """``F.interpolate(low, scale_factor=scale, mode='bilinear')[..., rows, cols]`` of the full-size map, for the
+    low-resolution ``window`` (row0, row1, col0, col1) only: the window grown by one pixel (what its border pixels
+    read) is upsampled, and the grown part cut off again. low [B, k, h, w] -> [B, k, s(row1-row0), s(col1-col0)]."""
+    r0, r1, c0, c1 = window
+    h, w = low.shape[-2:]
+    g0, g1, h0, h1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
+    up = F.interpolate(low[..., g0:g1, h0:h1], scale_factor=scale, mode="bilinear", align_corners=False)
+    return up[..., (r0 - g0) * scale:(r1 - g0) * scale, (c0 - h0) * scale:(c1 - h0) * scale]
+
+
 def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None, size: tuple[int, int],
                    scale: int, textures: Tensor, centre: Tensor, half_extent: float, background: float, far: Tensor,
-                   face_detail: FaceDetail | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                   face_detail: FaceDetail | None = None,
+                   face_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`superres_frame_reference` for frontal textures [G, L, C >= 4, T, T] (G = 1 or B; rgb, alpha first)
-    over ``centre`` +/- ``half_extent`` (the reference's ``radiance_hr`` is ``texture_radiance_fn(textures)``)."""
+    over ``centre`` +/- ``half_extent`` (the reference's ``radiance_hr`` is ``texture_radiance_fn(textures)``).
+    ``face_weight`` [B, h*w, L]: the face correction's weight at ``hits`` (a :class:`face_texture.FaceDetail`'s
+    ``coords(hits)[..., 2]``); given, the correction runs only in :func:`near_face_windows`."""
     b, rays, n_levels = valid.shape
     h, w = size
     hh, ww = h * scale, w * scale
@@ -71,11 +113,13 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
     channels = [uv, valid.to(dt)[..., None], depth[..., None]]
     if shading is not None:
         channels.append(shading.to(dt))
-    if face_detail is not None:
-        channels.append(hits)
+    windows: list[tuple[int, ...] | None] = [(0, h, 0, w)] * n_levels
+    if face_detail is not None and face_weight is not None:
+        windows = near_face_windows(face_weight, size)
     per_level = torch.cat(channels, -1)  # [B, R, L, k]
     k = per_level.shape[-1]
     low = per_level.reshape(b, h, w, n_levels, k).permute(3, 0, 4, 1, 2).contiguous()  # [L, B, k, h, w]
+    low_hits = hits.reshape(b, h, w, n_levels, 3).permute(3, 0, 4, 1, 2).contiguous() if face_detail is not None else None
     # pixels that read a ray whose levels are out of depth order are composited sorted, after the loop
     key = torch.where(valid, depth, torch.full_like(depth, float("inf")))
     unordered = (key[..., 1:] < key[..., :-1]).any(-1).reshape(b, 1, h, w)
@@ -102,8 +146,12 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
                                    align_corners=False)
         rgb = texels[:, :3]
         alpha = texels[:, 3:4] * valid_hr.to(texels.dtype)
-        if face_detail is not None:
-            rgb = face_detail(up[:, -3:].permute(0, 2, 3, 1), rgb.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        window = windows[level]
+        if low_hits is not None and window is not None:  # the face correction, where it can be non-zero
+            r0, r1, c0, c1 = (i * scale for i in window)
+            hits_hr = _upsample_window(low_hits[level], window, scale).permute(0, 2, 3, 1)
+            corrected = face_detail(hits_hr, rgb[:, :, r0:r1, c0:c1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            rgb[:, :, r0:r1, c0:c1] = corrected  # rgb is this level's texel slice: nothing else reads it
         if shading is not None:
             rgb = (rgb * up[:, 4:5]).clamp(max=1.0)
         if sorted_pixels is not None:

@@ -26,7 +26,7 @@ from portrait_core.geometry.camera import Camera
 
 from . import rendering as R
 from .config import GeneratorConfig
-from .face_texture import FaceTexture, face_coordinate_volume
+from .face_texture import FaceDetail, FaceTexture, face_coordinate_volume
 from .fast_composite import composite_fast
 from .fast_superres import superres_frame, superres_frame_reference
 from .networks import (
@@ -60,7 +60,9 @@ SUPERRES_LEVEL_CHUNK = 2
 SUPERRES_LEVEL_LOOP_PIXELS = 160 * 160
 """With several torch threads, super-resolved frames (all frames of a call together) smaller than this many pixels
 take :func:`fast_superres.superres_frame_reference`: one level's maps are then too small for the level-by-level
-pass's many small operations to pay (2 threads, 128²: 11.8 ms vs 10.1 ms; 192²: 21.0 vs 28.7 ms)."""
+pass's many small operations to pay (2 threads, 128²: 11.8 ms vs 10.1 ms; 192²: 21.0 vs 28.7 ms). Not for frames
+with a face texture: the level pass corrects only near the face (the shipped model, 2 threads, whole frame at 128²:
+64.1 ms vs 71.1 ms)."""
 
 
 @dataclass
@@ -80,7 +82,8 @@ class SceneFields:
     """Super-resolved textures (None: no super-resolution)."""
     face_detail: Callable[[Tensor, Tensor], Tensor] | None = None
     """(canonical hits [B, R, L, 3], rgb [B, R, L, 3]) -> rgb with the face texture's correction (None: no
-    ``face_texture`` in the config)."""
+    ``face_texture`` in the config). A :class:`FaceDetail` (what :meth:`face_detail_fn` makes) also gives its
+    weights, so super-resolution corrects only the pixels near the face; any other callable corrects every pixel."""
     textures_hr: Tensor | None = None
     """The super-resolved textures [1 or B, L, C, T, T] that ``radiance_hr`` reads, when it is a plain lookup: the
     frontal layout then renders the super-resolved frame level-major (:func:`fast_superres.superres_frame`)."""
@@ -218,7 +221,7 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ mapping and truncation
     def face_detail_fn(self, latents: Latents, body_shape: Tensor, volume: Tensor | None = None,
-                       baked: bool = False) -> Callable[[Tensor, Tensor], Tensor] | None:
+                       baked: bool = False) -> FaceDetail | None:
         """The face texture's (hits, rgb) -> rgb for a batch of identities (None without ``face_texture``): their
         (u, v, weight) grid over the head box is baked here (no grad; or passed in as ``volume``, from
         :meth:`face_coordinate_volume`), the correction stays differentiable. ``baked`` (avatars): the correction is
@@ -228,19 +231,18 @@ class Generator(nn.Module):
             return None
         if volume is None:
             volume = self.face_coordinate_volume(latents.identity, body_shape)
-        bias = self.face_texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
-        colours = self.face_texture.bake(bias) if baked else None
+        texture = self.face_texture
+        bias = texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
+        if baked:
+            colours = texture.bake(bias)
 
-        def detail(hits: Tensor, rgb: Tensor) -> Tensor:
-            b = hits.shape[0]
-            vol = volume.expand(b, -1, -1, -1, -1) if volume.shape[0] == 1 else volume  # one identity, b frames
-            coords = R.sample_grid(vol, hits.reshape(b, -1, 3), self.head_box_centre, self.head_box_half, "zeros")
-            coords = coords.reshape(*hits.shape[:-1], 3)
-            if colours is not None:
-                return self.face_texture.correct_baked(rgb, coords, colours.expand(b, -1, -1, -1))
-            return self.face_texture.correct(rgb, coords, bias)
+            def correct(rgb: Tensor, coords: Tensor) -> Tensor:
+                return texture.correct_baked(rgb, coords, colours.expand(rgb.shape[0], -1, -1, -1))
+        else:
+            def correct(rgb: Tensor, coords: Tensor) -> Tensor:
+                return texture.correct(rgb, coords, bias)
 
-        return detail
+        return FaceDetail(volume, self.head_box_centre, self.head_box_half, correct)
 
     @torch.no_grad()
     def face_coordinate_volume(self, identity: Tensor, body_shape: Tensor) -> Tensor:
@@ -533,7 +535,12 @@ class Generator(nn.Module):
         hits = R.interpolate_at_crossings(canonical, crossings)  # [B, R, L, 3]
         # 5. radiance at the canonical intersections (the neutral face), shaded by the expression
         rgb, alpha, feats = scene.radiance(hits, crossings.valid)
-        if scene.face_detail is not None:  # the face texture's correction near the 3DMM surface
+        face_weight = None
+        if hasattr(scene.face_detail, "coords"):  # the face texture's correction near the 3DMM surface
+            face_coords = scene.face_detail.coords(hits)
+            face_weight = face_coords[..., 2].detach()  # [B, R, L]: where super-resolution must correct
+            rgb = scene.face_detail.correct(rgb, face_coords)
+        elif scene.face_detail is not None:
             rgb = scene.face_detail(hits, rgb)
         shading = None
         if expression.shape[-1] > 3:
@@ -551,11 +558,13 @@ class Generator(nn.Module):
             if scene.radiance_hr is None:
                 raise ValueError("super_resolve=True needs super-resolved textures (superres.enabled in the config)")
             scale = self.cfg.superres.scale
-            level_loop = torch.get_num_threads() == 1 or b * (h * scale) * (w * scale) >= SUPERRES_LEVEL_LOOP_PIXELS
+            level_loop = (torch.get_num_threads() == 1 or face_weight is not None
+                          or b * (h * scale) * (w * scale) >= SUPERRES_LEVEL_LOOP_PIXELS)
             if scene.textures_hr is not None and rc.texture_layout == "frontal" and level_loop:
                 image, alpha_img, depth_img = superres_frame(
                     hits, crossings.valid, crossings.depth, shading, (h, w), scale, scene.textures_hr,
-                    self.shell_centre, rc.texture_half_extent, C.BACKGROUND, camera.far[:, None], scene.face_detail)
+                    self.shell_centre, rc.texture_half_extent, C.BACKGROUND, camera.far[:, None], scene.face_detail,
+                    face_weight)
             else:
                 image, alpha_img, depth_img = superres_frame_reference(
                     hits, crossings.valid, crossings.depth, shading, (h, w), scale, scene.radiance_hr, C.BACKGROUND,

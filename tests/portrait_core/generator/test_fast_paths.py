@@ -210,12 +210,15 @@ def test_superres_frame_equals_reference_for_avatars_and_training_scenes(monkeyp
             fast = G.render_scene(scene_, cam, 16, super_resolve=True)
             ref = G.render_scene(_reference_scene(scene_), cam, 16, super_resolve=True)
             for name in ("image", "alpha", "depth", "image_lr"):
-                torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=1e-5, msg=name)
+                # the two upsample the hits in different calls (2e-7 m apart); the live random face texture's
+                # slope makes that up to 2e-5 in a few pixels' colour
+                tol = 5e-5 if name == "image" else 1e-5
+                torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-5, atol=tol, msg=name)
             assert fast.image.shape == (2, 3, 32, 32) and fast.alpha.amax() > 0.5
     assert len(calls) == 2  # the fast pass ran for both scenes (and not for their references)
 
 
-def test_small_multithreaded_frames_take_the_reference_pass(monkeypatch):
+def test_small_multithreaded_frames_take_the_reference_pass_unless_a_face_texture_is_on(monkeypatch):
     import portrait_core.generator.generator as GM
     from portrait_core.geometry.camera import Camera
 
@@ -227,8 +230,10 @@ def test_small_multithreaded_frames_take_the_reference_pass(monkeypatch):
     try:
         with torch.no_grad():
             avatar = G.make_avatar(Latents.sample(1, seed=0))
-            for n, expected in ((2, 0), (1, 1)):
+            face_detail = avatar.face_detail
+            for n, face, expected in ((2, False, 0), (1, False, 1), (2, True, 2)):
                 torch.set_num_threads(n)
+                avatar.face_detail = face_detail if face else None
                 avatar.render(torch.zeros(6, 3), torch.zeros(64), Camera.portrait(), resolution=16)
                 assert len(calls) == expected
     finally:
@@ -303,3 +308,79 @@ def test_super_resolution_in_level_chunks_equals_one_pass(mode):
         for chunk in (1, 4, None):
             torch.testing.assert_close(G.super_resolve_textures(textures, styles, level_chunk=chunk), whole,
                                        rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), scale=st.integers(2, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+       data=st.data())
+def test_upsampling_a_window_equals_cropping_the_full_upsample(seed, scale, h, w, data):
+    import torch.nn.functional as F
+
+    from portrait_core.generator.fast_superres import _upsample_window
+
+    r0 = data.draw(st.integers(0, h - 1))
+    r1 = data.draw(st.integers(r0 + 1, h))
+    c0 = data.draw(st.integers(0, w - 1))
+    c1 = data.draw(st.integers(c0 + 1, w))
+    low = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    full = F.interpolate(low, scale_factor=scale, mode="bilinear", align_corners=False)
+    window = _upsample_window(low, (r0, r1, c0, c1), scale)
+    torch.testing.assert_close(window, full[..., r0 * scale:r1 * scale, c0 * scale:c1 * scale], rtol=0, atol=1e-6)
+
+
+def test_near_face_windows_bound_the_weighted_rays_of_each_level():
+    from portrait_core.generator.fast_superres import near_face_windows
+
+    h, w = 10, 12
+    weight = torch.zeros(2, h, w, 3)
+    weight[0, 4, 5, 0] = 0.5  # level 0: one ray of frame 0 ...
+    weight[1, 6, 2, 0] = 1e-4  # ... and one of frame 1: the window spans both
+    weight[0, 0, 11, 2] = 0.3  # level 2: a corner ray, the window is cut to the image
+    windows = near_face_windows(weight.reshape(2, h * w, 3), (h, w), margin=2)
+    assert windows == [(2, 9, 0, 8), None, (0, 3, 9, 12)]
+
+
+def test_face_correction_in_windows_equals_every_pixel_on_the_shipped_model():
+    """The shipped model's face texture: super-resolved frames corrected only in the windows near the face equal
+    frames corrected at every pixel (and the reference pass), while the windows are a fraction of the frame."""
+    from dataclasses import replace
+
+    import portrait_core.generator.fast_superres as FS
+    from portrait_core.generator.checkpoint import load_generator
+    from portrait_core.generator.loading import default_checkpoint_path, identity_for_seed, samplers_for
+    from portrait_core.geometry.camera import Camera
+
+    G = load_generator(default_checkpoint_path()).eval()
+    assert G.face_texture is not None
+    latents = identity_for_seed(G, 3, samplers_for(G))[0]
+    gen = torch.Generator().manual_seed(2)
+    pose, expression = torch.randn(2, 6, 3, generator=gen) * 0.3, torch.randn(2, 64, generator=gen)
+    camera = Camera.portrait(batch=2)
+    seen = []
+    windows_fn = FS.near_face_windows
+
+    def spy(weight, size, *a):
+        out = windows_fn(weight, size, *a)
+        seen.append(sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in filter(None, out)) / (size[0] * size[1] * len(out)))
+        return out
+
+    import portrait_core.generator.generator as GM
+
+    fast_frame = GM.superres_frame
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FS, "near_face_windows", spy)
+        mp.setattr(GM, "SUPERRES_LEVEL_LOOP_PIXELS", 0)
+        avatar = G.make_avatar(latents)
+        scene = avatar.scene(pose, expression)
+        windowed = G.render_scene(scene, camera, 48, super_resolve=True)
+        every = FS.superres_frame  # the same pass, the face weights withheld: every pixel corrected
+        mp.setattr(GM, "superres_frame", lambda *a: fast_frame(*a[:12]))
+        everywhere = G.render_scene(scene, camera, 48, super_resolve=True)
+        reference = G.render_scene(replace(scene, textures_hr=None), camera, 48, super_resolve=True)
+        plain = G.render_scene(replace(scene, face_detail=None, textures_hr=None), camera, 48, super_resolve=True)
+    assert every is not None and len(seen) == 1 and 0.02 < seen[0] < 0.5  # some levels near the face, in part
+    for name in ("image", "alpha", "depth"):
+        # pixels mixing two unweighted hits whose mix lands near the face are left out: 2e-6 here (margin 2)
+        torch.testing.assert_close(getattr(windowed, name), getattr(everywhere, name), rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(getattr(windowed, name), getattr(reference, name), rtol=1e-5, atol=1e-5, msg=name)
+    assert (windowed.image - plain.image).abs().amax() > 0.05  # the correction is there, and inside the windows
