@@ -571,7 +571,7 @@ class Session:
         ray_res = max(8, int(math.ceil(size / scale)))
         out = avatar.render(torch.as_tensor(np.asarray(pose, np.float32), device=dev),
                             torch.as_tensor(np.asarray(expression, np.float32), device=dev), camera,
-                            super_resolve=sr, resolution=ray_res)
+                            super_resolve=sr, resolution=ray_res, low_resolution=False)
         rgb = ((out.image.clamp(-1, 1) + 1) * 0.5).permute(0, 2, 3, 1)
         alpha = out.alpha.clamp(0, 1).permute(0, 2, 3, 1)
         return torch.cat([rgb, alpha], -1).float().cpu().numpy()

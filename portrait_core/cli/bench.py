@@ -4,7 +4,9 @@ For each preset and output resolution: build a random-init generator (or load a 
 shipped model, or a ``.safetensors`` path; its own render mode), time the first avatar bake (cold: it also
 bakes the shared manifold grid and bake-ray intersections) and a second one (warm: the per-identity work only),
 then render ``--frames`` frames with a new pose and expression every frame (what an animation costs) and report
-the median. The ray resolution is the output resolution divided by the super-resolution scale.
+the median. The ray resolution is the output resolution divided by the super-resolution scale. A frame is what
+the viewport, ``serve`` and ``video`` ask for: the output image, alpha and depth, without the ray-resolution image
+of a super-resolved render (``Avatar.render(low_resolution=False)``).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def bench_one(preset: str, resolution: int, device: torch.device, frames: int, b
             expression = torch.randn(batch, 64, generator=gen).to(device)
             _sync(device)
             t0 = time.perf_counter()
-            avatar.render(pose, expression, camera, super_resolve=scale > 1, resolution=rays)
+            avatar.render(pose, expression, camera, super_resolve=scale > 1, resolution=rays, low_resolution=False)
             _sync(device)
             if i >= 2:
                 times.append((time.perf_counter() - t0) / batch)

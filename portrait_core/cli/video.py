@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             sl = slice(start, min(n, start + args.batch))
             camera = Camera.portrait(yaw=yaw[sl], pitch=pitch[sl])
             out = avatar.render(data["pose"][sl], data["expression"][sl], camera, super_resolve=super_resolve,
-                                resolution=rays)
+                                resolution=rays, low_resolution=False)
             rgb = ((out.image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
             for i, img in enumerate(rgb):
                 Image.fromarray(img).save(frame_dir / f"frame_{start + i:05d}.png", compress_level=1)

@@ -118,10 +118,13 @@ class Avatar:
     # ------------------------------------------------------------------ rendering
     @torch.no_grad()
     def render(self, pose: Tensor, expression: Tensor, camera: Camera, *, super_resolve: bool | None = None,
-               resolution: int | None = None) -> RenderOutput:
+               resolution: int | None = None, low_resolution: bool = True) -> RenderOutput:
         """Render B frames: pose [B, 6, 3] (axis-angle, canonical-relative), expression [B, 64], camera (batch 1
-        or B; one pose and expression may also be seen by B cameras). ``super_resolve`` defaults to True when the avatar has super-resolved textures; ``resolution`` is
-        the ray resolution (default the config's), the super-resolved image is ``scale`` times larger."""
+        or B; one pose and expression may also be seen by B cameras). ``super_resolve`` defaults to True when the
+        avatar has super-resolved textures; ``resolution`` is the ray resolution (default the config's), the
+        super-resolved image is ``scale`` times larger. ``low_resolution=False``: a super-resolved render skips
+        the ray-resolution image (``image_lr``, ``alpha_lr``, ``depth_lr`` are None), which players and the
+        viewport do not show."""
         pose, expression = self._check_controls("Avatar.render", pose, expression)
         b = pose.shape[0]
         if b == 1 and isinstance(camera, Camera) and camera.batch_size > 1:  # one pose seen by several cameras
@@ -134,7 +137,8 @@ class Avatar:
             raise ValueError("Avatar.render: super_resolve=True but this avatar was baked without super-resolved "
                              "textures (make_avatar(..., super_resolve=True) with superres enabled)")
         scene = self.scene(pose, expression, super_resolve)
-        return self.generator.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve)
+        return self.generator.render_scene(scene, camera.to(self.device, self.textures.dtype), resolution, super_resolve,
+                                           low_resolution)
 
     def scene(self, pose: Tensor, expression: Tensor, super_resolve: bool = True) -> SceneFields:
         """The baked :class:`SceneFields` of B frames (pose [B, 6, 3] and expression [B, 64], checked by

@@ -19,7 +19,7 @@ frame, placed by ``body.face_transform(body_shape)``; (u, v) in [-1, 1] cover ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import rendering as R
 from .config import FaceTextureConfig
 
-__all__ = ["FaceDetail", "FaceTexture", "face_coordinates", "face_coordinate_volume"]
+__all__ = ["FaceDetail", "FaceTexture", "face_coordinates", "face_coordinate_volume", "weight_support_box"]
 
 
 @torch.no_grad()
@@ -137,19 +137,40 @@ class FaceTexture(nn.Module):
         return out.clamp(0.0, 1.0).reshape(rgb.shape)
 
 
+def weight_support_box(volume: Tensor, centre: Tensor, half: Tensor) -> Tensor:
+    """[2, 3]: the (min, max) corners (metres) of the box outside which a trilinear read of the weight channel of
+    ``volume`` [G, 3, D, H, W] (over ``centre +/- half``) is exactly 0 for every identity: the box of the nodes with a
+    non-zero weight, grown by one cell (a point in a cell next to such a node reads it). Empty weight: an empty box
+    (min > max)."""
+    res = torch.tensor(volume.shape[-3:][::-1], dtype=half.dtype, device=half.device)  # (W, H, D) = nodes in x, y, z
+    nodes = (volume[:, 2] > 0).any(0).nonzero()  # [N, 3] (z, y, x)
+    if nodes.shape[0] == 0:
+        return torch.stack([centre + half, centre - half])
+    index = nodes.flip(-1).to(half.dtype)  # (x, y, z)
+    lo, hi = index.amin(0) - 1, index.amax(0) + 1
+    to_metres = lambda i: centre + (i / (res - 1) * 2 - 1) * half  # noqa: E731
+    return torch.stack([to_metres(lo), to_metres(hi)])
+
+
 @dataclass(frozen=True)
 class FaceDetail:
     """The face texture's correction for a batch of identities: ``detail(hits, rgb)`` -> rgb.
 
     ``volume`` [1 or B, 3, G, G, G]: (u, v, weight) over ``box_centre +/- box_half`` (the head box, metres), from
     :func:`face_coordinate_volume`; ``correct(rgb, coords)``: rgb [B, ..., 3] in [0, 1] and coords [B, ..., 3] ->
-    corrected rgb, clamped to [0, 1] (the network, or the baked correction). The weight is exactly 0 at points
-    whose grid cell has no node within 3 reach of the face, and there ``correct`` changes nothing."""
+    corrected rgb, clamped to [0, 1] (the network, or the baked correction). The weight is exactly 0 outside
+    :func:`weight_support_box`, and there ``correct`` changes nothing."""
 
     volume: Tensor
     box_centre: Tensor
     box_half: Tensor
     correct: Callable[[Tensor, Tensor], Tensor]
+    support: Tensor = field(init=False)
+    """[2, 3] :func:`weight_support_box` of ``volume``."""
+
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            object.__setattr__(self, "support", weight_support_box(self.volume, self.box_centre, self.box_half))
 
     def coords(self, hits: Tensor) -> Tensor:
         """Canonical hits [B, ..., 3] (metres) -> [B, ..., 3] (u, v, weight), read trilinearly from the volume."""
@@ -160,3 +181,33 @@ class FaceDetail:
 
     def __call__(self, hits: Tensor, rgb: Tensor) -> Tensor:
         return self.correct(rgb, self.coords(hits))
+
+    def _read_near(self, hits: Tensor, channels: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """(flat indices [N] of the hits [1, ...] inside the support box, the volume's ``channels`` read there
+        [1, N, c], the inside mask [1, ...]): the frames of one identity read one volume."""
+        lo, hi = self.support.to(hits.dtype)
+        inside = ((hits >= lo) & (hits <= hi)).all(-1)
+        index = inside.reshape(-1).nonzero()[:, 0]
+        picked = hits.reshape(-1, 3)[index][None]  # [1, N, 3]
+        return index, R.sample_grid(self.volume[:, channels], picked, self.box_centre, self.box_half, "zeros"), inside
+
+    def weights(self, hits: Tensor) -> Tensor:
+        """``coords(hits)[..., 2]`` [B, ...], read only at the hits inside :func:`weight_support_box` (one identity;
+        a batch of identities reads every hit)."""
+        if self.volume.shape[0] != 1:
+            return self.coords(hits)[..., 2]
+        index, weight, inside = self._read_near(hits, slice(2, 3))
+        return hits.new_zeros(inside.numel()).index_put((index,), weight[0, :, 0].to(hits.dtype)).reshape(inside.shape)
+
+    def apply(self, hits: Tensor, rgb: Tensor) -> tuple[Tensor, Tensor]:
+        """(``self(hits, rgb)``, ``weights(hits)``) for rgb [B, ..., 3] in [0, 1], reading the volume and
+        correcting only at the hits inside :func:`weight_support_box` (one identity; a batch of identities reads
+        every hit)."""
+        if self.volume.shape[0] != 1:
+            coords = self.coords(hits)
+            return self.correct(rgb, coords), coords[..., 2]
+        index, coords, inside = self._read_near(hits, slice(0, 3))
+        weight = hits.new_zeros(inside.numel()).index_put((index,), coords[0, :, 2].to(hits.dtype))
+        flat_rgb = rgb.reshape(-1, 3)
+        corrected = self.correct(flat_rgb[index][None], coords)[0]
+        return flat_rgb.index_put((index,), corrected).reshape(rgb.shape), weight.reshape(inside.shape)

@@ -513,8 +513,10 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ the pipeline
     def render_scene(self, scene: SceneFields, camera: Camera, resolution: int | None = None,
-                     super_resolve: bool = False) -> RenderOutput:
-        """Render a batch of frames: the paper's figure, top to bottom."""
+                     super_resolve: bool = False, low_resolution: bool = True) -> RenderOutput:
+        """Render a batch of frames: the paper's figure, top to bottom. ``low_resolution=False`` with
+        ``super_resolve``: only the super-resolved frame is made (no ray-resolution radiance, face correction or
+        compositing; ``image_lr``, ``alpha_lr``, ``depth_lr``, ``features`` and ``aux['weights']`` are None/absent)."""
         rc = self.cfg.render
         h = w = resolution or rc.resolution
         b = camera.batch_size
@@ -534,24 +536,29 @@ class Generator(nn.Module):
         crossings = R.intersect_levels(s, depths, self.levels)
         hits = R.interpolate_at_crossings(canonical, crossings)  # [B, R, L, 3]
         # 5. radiance at the canonical intersections (the neutral face), shaded by the expression
-        rgb, alpha, feats = scene.radiance(hits, crossings.valid)
-        face_weight = None
-        if hasattr(scene.face_detail, "coords"):  # the face texture's correction near the 3DMM surface
-            face_coords = scene.face_detail.coords(hits)
-            face_weight = face_coords[..., 2].detach()  # [B, R, L]: where super-resolution must correct
-            rgb = scene.face_detail.correct(rgb, face_coords)
-        elif scene.face_detail is not None:
-            rgb = scene.face_detail(hits, rgb)
         shading = None
         if expression.shape[-1] > 3:
             logits = R.interpolate_at_crossings(expression[..., 3:].reshape(b, h * w, n, 1), crossings)
             shading = R.expression_shading_factor(logits)  # [B, R, L, 1]
-            rgb = (rgb * shading).clamp(max=1.0)
-        # 6. sorted front-to-back compositing over white
-        lr = composite_fast(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
-        image_lr, alpha_lr, depth_lr = R.rays_to_image(lr.rgb, h, w), R.rays_to_image(lr.opacity[..., None], h, w), \
-            R.rays_to_image(lr.depth[..., None], h, w)
-        features = R.rays_to_image(lr.features, h, w) if lr.features is not None else None
+        face_weight = None  # [B, R, L]: where super-resolution must add the face texture's correction
+        lr = image_lr = alpha_lr = depth_lr = features = None
+        if low_resolution or not super_resolve:
+            rgb, alpha, feats = scene.radiance(hits, crossings.valid)
+            if isinstance(scene.face_detail, FaceDetail):  # the face texture's correction near the 3DMM surface
+                rgb, face_weight = scene.face_detail.apply(hits, rgb)
+            elif scene.face_detail is not None:
+                rgb = scene.face_detail(hits, rgb)
+            if shading is not None:
+                rgb = (rgb * shading).clamp(max=1.0)
+            # 6. sorted front-to-back compositing over white
+            lr = composite_fast(rgb, alpha, crossings.depth, crossings.valid, C.BACKGROUND, feats, camera.far[:, None])
+            image_lr, alpha_lr = R.rays_to_image(lr.rgb, h, w), R.rays_to_image(lr.opacity[..., None], h, w)
+            depth_lr = R.rays_to_image(lr.depth[..., None], h, w)
+            features = R.rays_to_image(lr.features, h, w) if lr.features is not None else None
+        elif isinstance(scene.face_detail, FaceDetail):
+            face_weight = scene.face_detail.weights(hits)
+        if face_weight is not None:
+            face_weight = face_weight.detach()
         image, alpha_img, depth_img = image_lr, alpha_lr, depth_lr
         # 7. manifold super-resolution: the same intersections, upsampled, read from super-resolved textures
         if super_resolve:
@@ -571,11 +578,13 @@ class Generator(nn.Module):
                     camera.far[:, None], scene.face_detail)
         aux = {
             "valid": crossings.valid.permute(0, 2, 1).reshape(b, -1, h, w),
-            "weights": lr.weights.permute(0, 2, 1).reshape(b, -1, h, w),
             "expression_offsets": delta.reshape(b, h * w, n, 3),
             "canonical_pose_points": canonical_pose.reshape(b, h * w, n, 3),
         }
-        return RenderOutput(image * 2 - 1, alpha_img, depth_img, image_lr * 2 - 1, alpha_lr, depth_lr, features, aux)
+        if lr is not None:
+            aux["weights"] = lr.weights.permute(0, 2, 1).reshape(b, -1, h, w)
+        return RenderOutput(image * 2 - 1, alpha_img, depth_img, None if image_lr is None else image_lr * 2 - 1,
+                            alpha_lr, depth_lr, features, aux)
 
     def training_scene(self, latents: Latents, controls: Controls, *, truncation: float = 1.0,
                        super_resolve: bool = False, pose_volume: Tensor | None = None) -> SceneFields:

@@ -102,7 +102,8 @@ class RenderOutput:
     [0, 1]; depth [B, 1, H, W] in metres along the camera's optical axis (camera z).
 
     ``image``/``alpha``/``depth`` are super-resolved when super-resolution was requested, otherwise they equal
-    the low-resolution (ray-resolution) ``image_lr``/``alpha_lr``/``depth_lr``. ``features`` [B, C, h, w] are the
+    the low-resolution (ray-resolution) ``image_lr``/``alpha_lr``/``depth_lr`` (None when a super-resolved render
+    was asked for without them: ``low_resolution=False``). ``features`` [B, C, h, w] are the
     composited radiance features at ray resolution (None where unavailable). ``aux`` holds training signals:
     ``valid`` [B, L, h, w] (bool, a ray crosses level l), ``weights`` [B, L, h, w], ``expression_offsets``
     [B, h*w, N, 3] (metres, at the ray samples in canonical-pose space) and ``canonical_pose_points``
@@ -112,9 +113,9 @@ class RenderOutput:
     image: Tensor
     alpha: Tensor
     depth: Tensor
-    image_lr: Tensor
-    alpha_lr: Tensor
-    depth_lr: Tensor
+    image_lr: Tensor | None
+    alpha_lr: Tensor | None
+    depth_lr: Tensor | None
     features: Tensor | None = None
     aux: dict[str, Tensor] = field(default_factory=dict)
 

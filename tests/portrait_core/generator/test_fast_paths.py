@@ -384,3 +384,51 @@ def test_face_correction_in_windows_equals_every_pixel_on_the_shipped_model():
         torch.testing.assert_close(getattr(windowed, name), getattr(everywhere, name), rtol=0, atol=1e-5, msg=name)
         torch.testing.assert_close(getattr(windowed, name), getattr(reference, name), rtol=1e-5, atol=1e-5, msg=name)
     assert (windowed.image - plain.image).abs().amax() > 0.05  # the correction is there, and inside the windows
+
+
+def test_a_super_resolved_render_without_the_low_resolution_image_is_the_same_frame():
+    from portrait_core.geometry.camera import Camera
+
+    G = _superres_generator()
+    gen = torch.Generator().manual_seed(5)
+    pose, expression = torch.randn(2, 6, 3, generator=gen) * 0.3, torch.randn(2, 64, generator=gen)
+    with torch.no_grad():
+        avatar = G.make_avatar(Latents.sample(1, seed=2))
+        both = avatar.render(pose, expression, Camera.portrait(batch=2), resolution=16)
+        final = avatar.render(pose, expression, Camera.portrait(batch=2), resolution=16, low_resolution=False)
+    assert both.image_lr is not None and both.image_lr.shape == (2, 3, 16, 16) and "weights" in both.aux
+    assert final.image_lr is None and final.alpha_lr is None and final.depth_lr is None and "weights" not in final.aux
+    for name in ("image", "alpha", "depth"):
+        torch.testing.assert_close(getattr(final, name), getattr(both, name), rtol=0, atol=1e-6, msg=name)
+    assert both.alpha.amax() > 0.5
+
+
+def test_face_detail_reads_near_the_face_only_and_equals_the_dense_read():
+    """``FaceDetail.apply``/``weights`` read the volume only inside its support box and equal the dense
+    ``coords``/``__call__`` everywhere; a point just outside the box reads exactly zero weight."""
+    from portrait_core.generator.face_texture import weight_support_box
+
+    G = _superres_generator()
+    with torch.no_grad():
+        latents = Latents.sample(1, seed=3)
+        detail = G.face_detail_fn(latents, torch.zeros(1, 10), baked=True)
+        lo, hi = detail.support
+        box_lo, box_hi = G.head_box_centre - G.head_box_half, G.head_box_centre + G.head_box_half
+        assert (lo > box_lo).any() or (hi < box_hi).any()  # the support is a part of the head box
+        gen = torch.Generator().manual_seed(0)
+        hits = box_lo + (box_hi - box_lo) * torch.rand(2, 300, 4, 3, generator=gen)  # 2 frames of one identity
+        rgb = torch.rand(2, 300, 4, 3, generator=gen)
+        corrected, weight = detail.apply(hits, rgb)
+        torch.testing.assert_close(corrected, detail(hits, rgb), rtol=0, atol=1e-6)
+        torch.testing.assert_close(weight, detail.coords(hits)[..., 2], rtol=0, atol=1e-7)
+        torch.testing.assert_close(detail.weights(hits), weight, rtol=0, atol=0)
+        assert (weight > 0).float().mean() > 0.05 and not torch.equal(corrected, rgb)
+        # just outside every face of the support box, the dense read is exactly zero
+        outside = torch.stack([torch.cat([lo[:i], lo[i:i + 1] - 1e-4, lo[i + 1:]]) for i in range(3)]
+                              + [torch.cat([hi[:i], hi[i:i + 1] + 1e-4, hi[i + 1:]]) for i in range(3)])
+        assert torch.equal(detail.coords(outside[None])[..., 2], torch.zeros(1, 6))
+        # the box of a volume with one weighted node: that node's cell neighbours
+        vol = torch.zeros(1, 3, 5, 5, 5)
+        vol[0, 2, 1, 2, 3] = 0.5  # z index 1, y 2, x 3
+        box = weight_support_box(vol, torch.zeros(3), torch.ones(3))
+        torch.testing.assert_close(box, torch.tensor([[0.0, -0.5, -1.0], [1.0, 0.5, 0.0]]))
