@@ -116,7 +116,10 @@ class FaceTexture(nn.Module):
         clamped to [0, 1]."""
         b = rgb.shape[0]
         uv = coords[..., :2].reshape(b, 1, -1, 2).to(baked.dtype)
-        delta = F.grid_sample(baked, uv, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, 3, 1, P]
+        if baked.shape[0] == 1:  # one identity: spread over the CPU threads
+            delta = R.sample_texture_2d(baked, uv)  # [1, 3, 1, P]
+        else:
+            delta = F.grid_sample(baked, uv, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, 3, 1, P]
         delta = delta[:, :, 0].transpose(1, 2).reshape(rgb.shape)
         return (rgb + delta * coords[..., 2:3]).clamp(0.0, 1.0)
 

@@ -138,8 +138,7 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
         depth_hr = up[:, 3:4]
         grid = up[:, :2].permute(0, 2, 3, 1).to(textures.dtype)  # [B, H, W, 2]
         if g == 1:  # one avatar seen in B frames
-            texels = F.grid_sample(textures[:, level, :4], grid.reshape(1, b * hh, ww, 2), mode="bilinear",
-                                   padding_mode="zeros", align_corners=False)
+            texels = R.sample_texture_2d(textures[:, level, :4], grid.reshape(1, b * hh, ww, 2))
             texels = texels.reshape(4, b, hh, ww).transpose(0, 1)
         else:
             texels = F.grid_sample(textures[:, level, :4], grid, mode="bilinear", padding_mode="zeros",

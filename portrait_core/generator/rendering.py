@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "sample_depths", "ray_points", "grid_points", "sample_grid", "affine_entries", "apply_affine",
+    "sample_depths", "ray_points", "grid_points", "sample_grid", "sample_grid_reference", "sample_texture_2d", "affine_entries", "apply_affine",
     "LevelCrossings", "intersect_levels", "intersect_levels_reference", "intersect_levels_entered",
     "interpolate_at_crossings", "alpha_from_sigma", "Composite", "composite",
     "TEXTURE_LAYOUTS", "octahedral_uv", "octahedral_directions", "spherical_uv", "spherical_directions",
@@ -55,14 +55,62 @@ def grid_points(centre: Tensor, half_extent: Tensor | float, resolution: int) ->
     return torch.stack([x, y, z], dim=-1)
 
 
+SPLIT_LOOKUP_MIN_POINTS = 8192
+"""A one-volume lookup of at least this many points on the CPU with several torch threads is cut into one slab of
+points per thread (:func:`sample_grid`)."""
+
+
 def sample_grid(volume: Tensor, points: Tensor, centre: Tensor, half_extent: Tensor | float,
                 padding_mode: str = "border") -> Tensor:
     """Trilinear lookup of a node-centred grid volume [G, C, D, H, W] (over ``centre +/- half_extent``) at
-    points [G, ..., 3] -> [G, ..., C]. ``padding_mode``: 'border' (clamp) or 'zeros'."""
+    points [G, ..., 3] -> [G, ..., C]. ``padding_mode``: 'border' (clamp) or 'zeros'.
+
+    The CPU kernel of ``grid_sample`` parallelises over the batch only, so one volume (G = 1, an avatar's frames)
+    read at many points would run on one thread: with T > 1 threads the points are cut into T slabs, read as T
+    batch entries of the same (expanded, not copied) volume. Each point's arithmetic is unchanged: the result is
+    bit-identical to :func:`sample_grid_reference`."""
+    g, channels = volume.shape[:2]
+    lead = points.shape[1:-1]
+    coords = (points - centre) / torch.as_tensor(half_extent, dtype=points.dtype, device=points.device)
+    coords = coords.reshape(g, -1, 3).to(volume.dtype)
+    n = coords.shape[1]
+    slabs = torch.get_num_threads()
+    if g != 1 or slabs < 2 or n < SPLIT_LOOKUP_MIN_POINTS or volume.device.type != "cpu":
+        return sample_grid_reference(volume, points, centre, half_extent, padding_mode)
+    per_slab = -(-n // slabs)
+    coords = F.pad(coords, (0, 0, 0, per_slab * slabs - n))  # [1, T * per_slab, 3]
+    out = F.grid_sample(volume.expand(slabs, -1, -1, -1, -1), coords.reshape(slabs, 1, 1, per_slab, 3),
+                        mode="bilinear", padding_mode=padding_mode, align_corners=True)  # [T, C, 1, 1, per_slab]
+    out = out.reshape(slabs, channels, per_slab).transpose(1, 2).reshape(1, slabs * per_slab, channels)
+    return out[:, :n].reshape(1, *lead, channels)
+
+
+def sample_texture_2d(texture: Tensor, grid: Tensor, padding_mode: str = "zeros",
+                      align_corners: bool = False) -> Tensor:
+    """``F.grid_sample(texture, grid, mode='bilinear', ...)`` for one texture [1, C, H, W] read at a grid
+    [1, Hg, Wg, 2] -> [1, C, Hg, Wg]. As in :func:`sample_grid`, with T > 1 CPU threads the grid's points are cut into
+    T slabs read as T batch entries of the expanded texture (``grid_sample`` parallelises over the batch only):
+    bit-identical."""
+    slabs = torch.get_num_threads()
+    _, hg, wg, _ = grid.shape
+    n, channels = hg * wg, texture.shape[1]
+    if texture.shape[0] != 1 or grid.shape[0] != 1 or slabs < 2 or n < SPLIT_LOOKUP_MIN_POINTS \
+            or texture.device.type != "cpu":
+        return F.grid_sample(texture, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
+    per_slab = -(-n // slabs)
+    flat = F.pad(grid.reshape(1, n, 2), (0, 0, 0, per_slab * slabs - n))
+    out = F.grid_sample(texture.expand(slabs, -1, -1, -1), flat.reshape(slabs, 1, per_slab, 2), mode="bilinear",
+                        padding_mode=padding_mode, align_corners=align_corners)  # [T, C, 1, per_slab]
+    return out.transpose(0, 1).reshape(1, channels, slabs * per_slab)[:, :, :n].reshape(1, channels, hg, wg)
+
+
+def sample_grid_reference(volume: Tensor, points: Tensor, centre: Tensor, half_extent: Tensor | float,
+                          padding_mode: str = "border") -> Tensor:
+    """:func:`sample_grid` in one ``grid_sample`` call."""
     g = volume.shape[0]
     lead = points.shape[1:-1]
     coords = (points - centre) / torch.as_tensor(half_extent, dtype=points.dtype, device=points.device)
-    coords = coords.reshape(g, 1, 1, -1, 3).to(volume.dtype)  # points along W_out: the CPU kernel vectorises there
+    coords = coords.reshape(g, 1, 1, -1, 3).to(volume.dtype)
     out = F.grid_sample(volume, coords, mode="bilinear", padding_mode=padding_mode, align_corners=True)
     return out.reshape(g, volume.shape[1], -1).transpose(1, 2).reshape(g, *lead, volume.shape[1])
 

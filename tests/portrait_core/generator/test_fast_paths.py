@@ -432,3 +432,49 @@ def test_face_detail_reads_near_the_face_only_and_equals_the_dense_read():
         vol[0, 2, 1, 2, 3] = 0.5  # z index 1, y 2, x 3
         box = weight_support_box(vol, torch.zeros(3), torch.ones(3))
         torch.testing.assert_close(box, torch.tensor([[0.0, -0.5, -1.0], [1.0, 0.5, 0.0]]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), threads=st.integers(1, 3), n=st.integers(1, 30_000),
+       padding=st.sampled_from(["border", "zeros"]), channels=st.integers(1, 4))
+def test_sample_grid_cut_over_threads_is_bit_identical(seed, threads, n, padding, channels):
+    from portrait_core.generator.rendering import sample_grid, sample_grid_reference
+
+    g = torch.Generator().manual_seed(seed)
+    volume = torch.randn(1, channels, 5, 6, 7, generator=g)
+    points = torch.rand(1, n, 2, 3, generator=g) * 1.4 - 0.7  # some outside the box
+    points.requires_grad_()
+    centre = torch.tensor([0.05, -0.02, 0.01])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        fast = sample_grid(volume, points, centre, 0.5, padding)
+        ref = sample_grid_reference(volume, points, centre, 0.5, padding)
+    finally:
+        torch.set_num_threads(before)
+    assert fast.shape == ref.shape == (1, n, 2, channels)
+    assert torch.equal(fast, ref)
+    grad_fast, = torch.autograd.grad(fast.sum(), points)
+    grad_ref, = torch.autograd.grad(ref.sum(), points)
+    torch.testing.assert_close(grad_fast, grad_ref)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), threads=st.integers(1, 3), rows=st.integers(1, 200), cols=st.integers(1, 200),
+       padding=st.sampled_from(["border", "zeros"]), align=st.booleans())
+def test_texture_lookup_cut_over_threads_is_bit_identical(seed, threads, rows, cols, padding, align):
+    import torch.nn.functional as F
+
+    from portrait_core.generator.rendering import sample_texture_2d
+
+    g = torch.Generator().manual_seed(seed)
+    texture = torch.randn(1, 4, 9, 11, generator=g)
+    grid = torch.rand(1, rows, cols, 2, generator=g) * 2.4 - 1.2
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        fast = sample_texture_2d(texture, grid, padding, align)
+    finally:
+        torch.set_num_threads(before)
+    ref = F.grid_sample(texture, grid, mode="bilinear", padding_mode=padding, align_corners=align)
+    assert fast.shape == ref.shape == (1, 4, rows, cols) and torch.equal(fast, ref)
