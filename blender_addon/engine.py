@@ -8,6 +8,7 @@ per process, so a frame range loads the model once.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -112,8 +113,8 @@ K_BACKGROUND = 1.0  # the generator composites on white (conventions.BACKGROUND)
 
 # ------------------------------------------------------------------------------------------------ viewport
 # Rendered viewport shading shows the neural avatar live: while the view, frame, pose or expression changes (scrubbing
-# or playing the timeline) each redraw asks for a small preview (VIEWPORT_LOW_SIZE rays on the long side); once the
-# picture has been still for VIEWPORT_SETTLE_SECONDS a refined one (VIEWPORT_MAX_SIZE) follows. One worker thread per
+# or playing the timeline) each redraw asks for a small preview (VIEWPORT_LOW_SIZE rays on the long side, more where
+# previews render within VIEWPORT_FRAME_BUDGET: adapt_low_cap); once the picture has been still for VIEWPORT_SETTLE_SECONDS a refined one (VIEWPORT_MAX_SIZE) follows. One worker thread per
 # 3D-view region renders the newest request only: a request waiting behind a busy worker is replaced by a newer one,
 # and a result is shown only when newer than the image on screen. The decisions are pure functions (tested plainly);
 # :class:`ViewportPreview` holds one region's state and never touches bpy, so its thread may run it.
@@ -121,6 +122,11 @@ K_BACKGROUND = 1.0  # the generator composites on white (conventions.BACKGROUND)
 VIEWPORT_LOW_SIZE = 64
 VIEWPORT_MAX_SIZE = 160
 VIEWPORT_SETTLE_SECONDS = 0.3
+#: a moving preview may take this long; where previews render faster their size grows (dynamic resolution) up to
+#: VIEWPORT_LOW_MAX, never below VIEWPORT_LOW_SIZE
+VIEWPORT_FRAME_BUDGET = 1.0 / 24.0
+VIEWPORT_LOW_MAX = 128
+VIEWPORT_LOW_GROWTH = 1.25
 #: how often the main-thread timer checks for finished previews and due refinements
 VIEWPORT_POLL_SECONDS = 0.05
 
@@ -136,9 +142,21 @@ def viewport_level(seconds_since_change: float, settle: float = VIEWPORT_SETTLE_
     return "low" if seconds_since_change < settle else "full"
 
 
-def viewport_cap(level: str) -> int:
-    """The long side in rays of a preview at ``level``."""
-    return VIEWPORT_LOW_SIZE if level == "low" else VIEWPORT_MAX_SIZE
+def viewport_cap(level: str, low_cap: int = VIEWPORT_LOW_SIZE) -> int:
+    """The long side in rays of a preview at ``level`` (``low_cap``: the moving preview's, from
+    :func:`adapt_low_cap`)."""
+    return low_cap if level == "low" else VIEWPORT_MAX_SIZE
+
+
+def adapt_low_cap(cap: int, seconds: float, budget: float = VIEWPORT_FRAME_BUDGET, lowest: int = VIEWPORT_LOW_SIZE,
+                  highest: int = VIEWPORT_LOW_MAX, growth: float = VIEWPORT_LOW_GROWTH) -> int:
+    """The long side of the next moving preview, after one of ``cap`` rays took ``seconds``: ``cap`` scaled by
+    sqrt(budget / seconds) (the ray count, and most of the time, grows with the square of the side), by at most
+    ``growth`` either way per preview, kept in [lowest, highest]. Repeated, it settles where a preview takes the
+    budget: 64 on a 2-core CPU (the floor; a 64-ray preview takes 40-50 ms there), larger on a GPU."""
+    factor = math.sqrt(budget / max(seconds, 1e-6))
+    factor = min(max(factor, 1.0 / growth), growth)
+    return int(min(max(round(cap * factor), lowest), highest))
 
 
 def result_is_newer(result_seq: int, shown_seq: int) -> bool:
@@ -196,6 +214,7 @@ class ViewportPreview:
         self.drawn_seq = 0  # the request whose image was last drawn
         self.error = ""
         self.timings: list[tuple[str, float]] = []  # (level, seconds) of recent renders
+        self.low_cap = VIEWPORT_LOW_SIZE  # the moving preview's long side, adapted to the render time
         self.gpu_cache: dict = {}  # the texture of the image on screen (main thread only)
 
     def update(self, items: list[dict], region_w: int, region_h: int) -> dict | None:
@@ -207,7 +226,7 @@ class ViewportPreview:
             if key != self.key:
                 self.key, self.changed_at = key, now
             level = viewport_level(now - self.changed_at)
-            w, h = viewport_size(region_w, region_h, viewport_cap(level))
+            w, h = viewport_size(region_w, region_h, viewport_cap(level, self.low_cap))
             target = (key, level)
             for req in (self.shown, self.running, self.pending):
                 if req is not None and (req["key"], req["level"]) == target:
@@ -215,7 +234,8 @@ class ViewportPreview:
             if self.shown is not None and self.shown["key"] == key and self.shown["level"] == "full":
                 return None  # the refined picture of these inputs is on screen already
             self.seq += 1
-            req = {"seq": self.seq, "key": key, "level": level, "items": items, "size": (w, h)}
+            req = {"seq": self.seq, "key": key, "level": level, "items": items, "size": (w, h),
+                   "cap": viewport_cap(level, self.low_cap)}
             self.pending = req  # replaces (drops) any older request still waiting
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._work, name="busto-viewport", daemon=True)
@@ -237,9 +257,12 @@ class ViewportPreview:
             except Exception as exc:  # reported on the console; the viewport keeps the last good image
                 image, error = None, error_message(exc)
                 print(f"Busto Neural viewport: {error}")
+            seconds = time.perf_counter() - t0
             with self.lock:
                 self.running = None
-                self.timings = (self.timings + [(req["level"], time.perf_counter() - t0)])[-32:]
+                self.timings = (self.timings + [(req["level"], seconds)])[-32:]
+                if req["level"] == "low" and image is not None:
+                    self.low_cap = adapt_low_cap(req["cap"], seconds)
                 self.error = error
                 if image is not None and result_is_newer(req["seq"], self.shown["seq"] if self.shown else 0):
                     self.image, self.shown = image, {k: req[k] for k in ("seq", "key", "level", "size")}

@@ -100,6 +100,44 @@ def test_texture_data_is_bottom_up_float32(eng):
     assert np.allclose(out[..., :3], 0.75) and (out[..., 3] == 1).all()  # over white, opaque
 
 
+def test_moving_previews_grow_where_they_render_within_the_budget(eng):
+    budget = eng.VIEWPORT_FRAME_BUDGET
+    # fast: at most 1.25x per preview, up to the low maximum
+    sizes = [64]
+    for _ in range(6):
+        sizes.append(eng.adapt_low_cap(sizes[-1], 0.001))
+    assert sizes == [64, 80, 100, 125, 128, 128, 128]
+    # where a preview takes the budget the size stays; slower shrinks it, never below the low size
+    assert eng.adapt_low_cap(100, budget) == 100
+    assert eng.adapt_low_cap(100, 4 * budget) == 80 and eng.adapt_low_cap(100, 1.3 * budget) == round(100 / 1.3 ** 0.5)
+    assert eng.adapt_low_cap(64, 10.0) == eng.VIEWPORT_LOW_SIZE == 64
+    # the render time grows with the ray count: a model of t = a + b * side^2 settles at the budget
+    side = 64
+    for _ in range(40):
+        side = eng.adapt_low_cap(side, 0.005 + 0.03 * (side / 100) ** 2)
+    assert abs(0.005 + 0.03 * (side / 100) ** 2 - budget) < 0.003 and 64 < side < 128
+    assert eng.VIEWPORT_LOW_MAX < eng.VIEWPORT_MAX_SIZE  # a refined preview is always larger than a moving one
+
+
+def test_viewport_previews_adapt_to_the_render_time(eng):
+    import time
+
+    def fast(items, w, h):
+        return np.full((h, w, 3), 0.25, np.float32), np.full((h, w, 1), 0.5, np.float32)
+
+    def slow(items, w, h):
+        time.sleep(0.1)
+        return fast(items, w, h)
+
+    for render, expected in ((fast, [(64, 36), (80, 45), (100, 56), (125, 70)]), (slow, [(64, 36)] * 3)):
+        state = eng.ViewportPreview(render=render, clock=Clock())
+        sizes = []
+        for i in range(len(expected)):
+            sizes.append(state.update(_items(float(i)), 960, 540)["size"])  # a new pose each time: moving
+            _settle(state)
+        assert sizes == expected
+
+
 def test_moving_view_gets_low_resolution_then_refines_when_still(eng):
     clock, render = Clock(), GatedRender()
     state = eng.ViewportPreview(render=render, clock=clock)
