@@ -561,7 +561,8 @@ def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Pat
     st = build_state(cfg, device, None, log)
     st.G.train()
     # Adam's second moments of rarely-used weights can decay into float32 denormals, which x86 CPUs process far
-    # more slowly; flushing them to zero changes nothing measurable in the updates.
+    # more slowly; flushing them to zero changes nothing measurable in the updates. Process-wide: `train` turns it
+    # off again (torch's default) when it returns.
     torch.set_flush_denormal(True)
     st.order = GlobalOrder(int(data.train_index.numel()), cfg.seed)
     samplers = data.samplers()
@@ -651,6 +652,7 @@ def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = 
         st, ctx = prepare(cfg, resume, given=given)
     except BaseException:
         _restore_signal_handlers(old)
+        torch.set_flush_denormal(False)
         raise
     ctx.stop_signal = pending  # a signal during set-up stops after the first step (with a checkpoint)
     cfg = st.cfg
@@ -709,6 +711,7 @@ def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = 
         code = 1
     finally:
         _restore_signal_handlers(old)
+        torch.set_flush_denormal(False)  # supervised runs flush denormals; the caller's process gets them back
         lg.close()
     dist.shutdown()
     return code
