@@ -88,7 +88,8 @@ def near_face_windows(face_weight: Tensor, size: tuple[int, int], margin: int = 
 def _upsample_window(low: Tensor, window: tuple[int, ...], scale: int) -> Tensor:
     """``F.interpolate(low, scale_factor=scale, mode='bilinear')[..., rows, cols]`` of the full-size map, for the
     low-resolution ``window`` (row0, row1, col0, col1) only: the window grown by one pixel (what its border pixels
-    read) is upsampled, and the grown part cut off again. low [B, k, h, w] -> [B, k, s(row1-row0), s(col1-col0)]."""
+    read) is upsampled, and the grown part cut off again. low [B, k, h, w] -> [B, k, s(row1-row0), s(col1-col0)].
+    The source coordinates are the same, computed from another offset: equal to float rounding (1e-6)."""
     r0, r1, c0, c1 = window
     h, w = low.shape[-2:]
     g0, g1, h0, h1 = max(r0 - 1, 0), min(r1 + 1, h), max(c0 - 1, 0), min(c1 + 1, w)
