@@ -8,6 +8,9 @@
 #
 # Prints one table per AMP setting (off, then on: float16 autocast on CUDA) for the shipped model and `paper`
 # at 128/256/512 output pixels; the device column names the card. Extra arguments go to every bench call.
+# Then, when a data folder is there (--train-data DIR, default out/bench_data: e.g. a copy of a 64-image
+# SynthPortrait folder, carried too), seconds per training step (`python -m train.bench_step`): `warm128` from the
+# shipped model and from a fresh `small` generator, on the same device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,13 +24,14 @@ if ! "$PY" -c "import smplx, safetensors" 2>/dev/null; then
     exit 2
   fi
 fi
-device=cuda presets=default,paper resolutions=128,256,512 frames=10 extra=()
+device=cuda presets=default,paper resolutions=128,256,512 frames=10 train_data=out/bench_data extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
     --presets) presets=$2; shift 2 ;;
     --resolutions) resolutions=$2; shift 2 ;;
     --frames) frames=$2; shift 2 ;;
+    --train-data) train_data=$2; shift 2 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -37,3 +41,11 @@ for amp in "" "--amp"; do
   "$PY" -m portrait_core bench --device "$device" --presets "$presets" --resolutions "$resolutions" \
     --frames "$frames" $amp "${extra[@]}"
 done
+if [ -d "$train_data" ]; then
+  echo "== training steps ($train_data)"
+  common=(data.root="$train_data" data.extra_roots= data.holdout=4 device="$device" --steps 10)
+  "$PY" -m train.bench_step warm128 "${common[@]}" model.init_from=portrait_core/assets/default.safetensors
+  "$PY" -m train.bench_step warm128 "${common[@]}"
+else
+  echo "== training steps: skipped (no data folder $train_data; pass --train-data DIR)"
+fi

@@ -699,3 +699,19 @@ def test_face_depth_term_is_the_surface_gap_and_training_lowers_it(tiny_data):
                   lambda t: t["face_depth"])
     assert fit[0] > 0 and fit[-1] < 0.8 * fit[0], fit
     assert "face_depth" not in O.SupervisedObjective.terms(G, sup_cfg(), batch, torch.Generator().manual_seed(2))
+
+
+def test_bench_step_times_training_steps_and_saves_nothing(tiny_data, tmp_path, capsys):
+    from train.bench_step import main
+
+    args = ["warm128", f"data.root={tiny_data}", "data.extra_roots=", "model.generator=tiny", "data.resolution=12",
+            "data.face_resolution=8", "data.holdout=1", "supervised.eval_resolution=12", "run.image_every=0",
+            "threads=1", f"run.out={tmp_path}", "--steps", "2", "--json"]
+    assert main(args) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["preset"] == "warm128" and row["steps"] == 2 and row["device"] == "cpu" and row["batch"] >= 1
+    assert 0 < row["step_min_s"] <= row["step_median_s"] and row["images_per_s"] > 0
+    assert not list(tmp_path.rglob("step-*")) and not list(tmp_path.rglob("generator.safetensors"))  # no checkpoint
+    assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # denormals back on after the supervised set-up
+    with pytest.raises(ValueError, match="at least 1"):
+        main(args[:-3] + ["--steps", "0"])
