@@ -207,7 +207,7 @@ def validate_record(rec: Any, where: str, file: str = LABELS_FILE) -> list[Probl
     from .safety import name_problem, path_problem
 
     for key in FILE_FIELDS:
-        if key in rec and rec[key] is not None:
+        if key in rec and (rec[key] is not None or key == "image"):  # mask and face may be null, the image not
             why = path_problem(rec[key])
             if why:
                 out.append(Problem(file, f"{where}.{key}", why))

@@ -476,3 +476,13 @@ def test_cli_convert_reports_one_error_line_and_writes_nothing_outside(tmp_path,
     assert rc != 0 and "Traceback" not in err
     assert err.startswith("error: ") and "images[0].name: name '../escaped' contains '/'" in err
     assert not (tmp_path / "escaped.png").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_a_record_without_an_image_path_is_a_problem_naming_the_field():
+    for image in (None, 3, ""):
+        rec = _good_record()
+        rec["image"] = image
+        problems = validate_record(rec, "images[0]", "labels.json")
+        assert [p.field for p in problems] == ["images[0].image"], image
+    rec = _good_record()  # mask and face may be null
+    assert validate_record(rec, "images[0]", "labels.json") == []
