@@ -120,7 +120,7 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
     per_level = torch.cat(channels, -1)  # [B, R, L, k]
     k = per_level.shape[-1]
     low = per_level.reshape(b, h, w, n_levels, k).permute(3, 0, 4, 1, 2).contiguous()  # [L, B, k, h, w]
-    low_hits = hits.reshape(b, h, w, n_levels, 3).permute(3, 0, 4, 1, 2).contiguous() if face_detail is not None else None
+    hits_grid = hits.reshape(b, h, w, n_levels, 3) if face_detail is not None else None  # a view: windows are cut
     # pixels that read a ray whose levels are out of depth order are composited sorted, after the loop
     key = torch.where(valid, depth, torch.full_like(depth, float("inf")))
     unordered = (key[..., 1:] < key[..., :-1]).any(-1).reshape(b, 1, h, w)
@@ -147,9 +147,9 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
         rgb = texels[:, :3]
         alpha = texels[:, 3:4] * valid_hr.to(texels.dtype)
         window = windows[level]
-        if low_hits is not None and window is not None:  # the face correction, where it can be non-zero
+        if hits_grid is not None and window is not None:  # the face correction, where it can be non-zero
             r0, r1, c0, c1 = (i * scale for i in window)
-            hits_hr = _upsample_window(low_hits[level], window, scale).permute(0, 2, 3, 1)
+            hits_hr = _upsample_window(hits_grid[:, :, :, level].permute(0, 3, 1, 2), window, scale).permute(0, 2, 3, 1)
             corrected = face_detail(hits_hr, rgb[:, :, r0:r1, c0:c1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             rgb[:, :, r0:r1, c0:c1] = corrected  # rgb is this level's texel slice: nothing else reads it
         if shading is not None:
