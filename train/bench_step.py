@@ -27,11 +27,12 @@ def time_steps(cfg, steps: int, log=lambda *_: None) -> dict:
     import torch
 
     from portrait_core.cli.bench import _device_name, _peak_memory_mb, _sync
-    from train.loop import prepare, train_step
+    from train.loop import flush_denormals, prepare, train_step
 
     if steps < 1:
         raise ValueError(f"--steps must be at least 1, got {steps}")
     st, ctx = prepare(cfg, None, log=log)
+    flushing = flush_denormals(st.cfg)  # as train() runs its steps
     device = ctx.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -46,7 +47,8 @@ def time_steps(cfg, steps: int, log=lambda *_: None) -> dict:
                 times.append(time.perf_counter() - t0)
     finally:
         ctx.logger.close()
-        torch.set_flush_denormal(False)  # supervised set-up turns it on process-wide (see train.loop.train)
+        if flushing:
+            torch.set_flush_denormal(False)
     median = statistics.median(times)
     batch = cfg.optim.batch
     return {"preset": cfg.preset, "objective": cfg.objective, "stage": cfg.stage, "batch": batch,

@@ -546,6 +546,17 @@ def _after_resume(st: TrainState, logger: Logger, run_dir: Path | None) -> None:
         ck.write_best(root, name, st.best.get("metric", "swd"), st.best["value"], st.best["step"])
 
 
+def flush_denormals(cfg: TrainConfig) -> bool:
+    """Supervised runs flush float32 denormals to zero while their steps run: Adam's second moments of rarely-used
+    weights decay into denormals, which x86 CPUs process far more slowly, and flushing them changes nothing
+    measurable in the updates. The setting is process-wide, so whoever turns it on (``train``, ``bench_step``)
+    turns it off again (torch's default) when its steps end. Returns whether it was turned on."""
+    if cfg.objective != "supervised":
+        return False
+    torch.set_flush_denormal(True)
+    return True
+
+
 def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Path, root: Path, device, rank: int,
                         world: int, log) -> tuple[TrainState, Context]:
     """The supervised objective's state and context: the labelled data in memory (held-out split), its label
@@ -560,10 +571,6 @@ def _prepare_supervised(cfg: TrainConfig, resume_from: Path | None, run_dir: Pat
         f"{data.num_identities} identities, {data.resolution}^2")
     st = build_state(cfg, device, None, log)
     st.G.train()
-    # Adam's second moments of rarely-used weights can decay into float32 denormals, which x86 CPUs process far
-    # more slowly; flushing them to zero changes nothing measurable in the updates. Process-wide: `train` turns it
-    # off again (torch's default) when it returns.
-    torch.set_flush_denormal(True)
     st.order = GlobalOrder(int(data.train_index.numel()), cfg.seed)
     samplers = data.samplers()
     logger = Logger(run_dir, cfg.run.steps, 0, cfg.run.progress, cfg.run.tensorboard, True)
@@ -652,8 +659,8 @@ def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = 
         st, ctx = prepare(cfg, resume, given=given)
     except BaseException:
         _restore_signal_handlers(old)
-        torch.set_flush_denormal(False)
         raise
+    flushing = flush_denormals(st.cfg)
     ctx.stop_signal = pending  # a signal during set-up stops after the first step (with a checkpoint)
     cfg = st.cfg
     lg = ctx.logger
@@ -711,7 +718,8 @@ def train(cfg: TrainConfig, resume: str | None = None, given: set[str] | None = 
         code = 1
     finally:
         _restore_signal_handlers(old)
-        torch.set_flush_denormal(False)  # supervised runs flush denormals; the caller's process gets them back
+        if flushing:
+            torch.set_flush_denormal(False)  # the caller's process gets its denormals back
         lg.close()
     dist.shutdown()
     return code
