@@ -553,6 +553,8 @@ def flush_denormals(cfg: TrainConfig) -> bool:
     turns it off again (torch's default) when its steps end. Returns whether it was turned on."""
     if cfg.objective != "supervised":
         return False
+    for dtype in (np.float32, np.float64):  # numpy caches finfo; computed under flushing it warns "subnormal is zero"
+        np.finfo(dtype)
     torch.set_flush_denormal(True)
     return True
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +31,8 @@ from train import loop
 from train import objectives as O
 from train import regularisers as RG
 from train.config import parse_overrides, preset
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _extra(i: int) -> dict:
@@ -715,3 +720,16 @@ def test_bench_step_times_training_steps_and_saves_nothing(tiny_data, tmp_path, 
     assert (torch.tensor([1e-39]) * 1.0).item() != 0.0  # denormals back on after the supervised set-up
     with pytest.raises(ValueError, match="at least 1"):
         main(args[:-3] + ["--steps", "0"])
+
+
+def test_flushing_denormals_leaves_numpy_quiet():
+    # numpy computes its float limits lazily; computed while denormals are flushed they warn "smallest subnormal
+    # is zero" into every training log. A fresh interpreter, so no earlier test has computed them.
+    code = ("import numpy as np, torch, warnings\n"
+            "from train.loop import flush_denormals\nfrom train.config import TrainConfig\n"
+            "warnings.simplefilter('error')\n"
+            "assert flush_denormals(TrainConfig(objective='supervised'))\n"
+            "try:\n    np.finfo(np.float32).smallest_subnormal; np.finfo(np.float64).tiny\n"
+            "finally:\n    torch.set_flush_denormal(False)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
