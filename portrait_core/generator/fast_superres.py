@@ -8,9 +8,10 @@ works per ray ([B, H*W, L, C]: the levels of a ray side by side). Here:
 - the frontal texture coordinates are affine in the hit (``u = (x - cx) / E``, ``v = -(y - cy) / E``) and bilinear
   weights sum to one, so upsampling the low-resolution coordinates gives the coordinates of the upsampled hits:
   the full-size coordinate map is never computed;
-- one level at a time (front to back) is upsampled (coordinates, validity, depth, shading factor in one
-  ``interpolate``), looked up, shaded and composited into the running image: no [H*W, L, C] tensor is made and a
-  level's maps stay in cache;
+- a few levels at a time (``levels_per_pass``, front to back) are upsampled (coordinates, validity, depth, shading
+  factor in one ``interpolate``), looked up (the levels as batch entries of one lookup), shaded and composited into
+  the running image (within a pass, each level behind the running transmittance times the pass's levels before
+  it): no [H*W, L, C] tensor is made and a pass's maps stay in cache;
 - pixels that read a ray whose levels are out of depth order keep their per-level values and are composited
   sorted after the loop;
 - given the face texture's weights at the low-resolution hits, a level's face correction runs only on the
@@ -99,12 +100,13 @@ def _upsample_window(low: Tensor, window: tuple[int, ...], scale: int) -> Tensor
 
 def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor | None, size: tuple[int, int],
                    scale: int, textures: Tensor, centre: Tensor, half_extent: float, background: float, far: Tensor,
-                   face_detail: FaceDetail | None = None,
-                   face_weight: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                   face_detail: FaceDetail | None = None, face_weight: Tensor | None = None,
+                   levels_per_pass: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`superres_frame_reference` for frontal textures [G, L, C >= 4, T, T] (G = 1 or B; rgb, alpha first)
     over ``centre`` +/- ``half_extent`` (the reference's ``radiance_hr`` is ``texture_radiance_fn(textures)``).
     ``face_weight`` [B, h*w, L]: the face correction's weight at ``hits`` (a :class:`face_texture.FaceDetail`'s
-    ``coords(hits)[..., 2]``); given, the correction runs only in :func:`near_face_windows`."""
+    ``coords(hits)[..., 2]``); given, the correction runs only in :func:`near_face_windows`. ``levels_per_pass``:
+    levels upsampled and composited together (1: one at a time; more: fewer, larger operations, equal to rounding)."""
     b, rays, n_levels = valid.shape
     h, w = size
     hh, ww = h * scale, w * scale
@@ -133,35 +135,51 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
     opacity = torch.zeros(b, 1, hh, ww, dtype=textures.dtype, device=textures.device)
     depth_sum = torch.zeros_like(opacity)
     transmittance = torch.ones_like(opacity)
-    for level in range(n_levels):  # front to back (where in depth order): one level's full-size maps at a time
-        up = F.interpolate(low[level], scale_factor=scale, mode="bilinear", align_corners=False)  # [B, k, H, W]
-        valid_hr = up[:, 2:3] > 0.99
-        depth_hr = up[:, 3:4]
-        grid = up[:, :2].permute(0, 2, 3, 1).to(textures.dtype)  # [B, H, W, 2]
-        if g == 1:  # one avatar seen in B frames
-            texels = R.sample_texture_2d(textures[:, level, :4], grid.reshape(1, b * hh, ww, 2))
-            texels = texels.reshape(4, b, hh, ww).transpose(0, 1)
+    step = max(1, levels_per_pass)
+    for first in range(0, n_levels, step):  # front to back (where in depth order), a few levels' maps at a time
+        last = min(first + step, n_levels)
+        count = last - first
+        up = F.interpolate(low[first:last].reshape(count * b, k, h, w), scale_factor=scale, mode="bilinear",
+                           align_corners=False).reshape(count, b, k, hh, ww)
+        valid_hr = up[:, :, 2:3] > 0.99  # [K, B, 1, H, W]
+        depth_hr = up[:, :, 3:4]
+        grid = up[:, :, :2].permute(0, 1, 3, 4, 2).to(textures.dtype)  # [K, B, H, W, 2]
+        if g == 1:  # one avatar seen in B frames: the K levels are K batch entries of one lookup
+            if count == 1:
+                texels = R.sample_texture_2d(textures[:, first, :4], grid.reshape(1, b * hh, ww, 2))
+            else:
+                texels = F.grid_sample(textures[0, first:last, :4], grid.reshape(count, b * hh, ww, 2),
+                                       mode="bilinear", padding_mode="zeros", align_corners=False)
+            texels = texels.reshape(count, 4, b, hh, ww).transpose(1, 2)  # [K, B, 4, H, W]
         else:
-            texels = F.grid_sample(textures[:, level, :4], grid, mode="bilinear", padding_mode="zeros",
-                                   align_corners=False)
-        rgb = texels[:, :3]
-        alpha = texels[:, 3:4] * valid_hr.to(texels.dtype)
-        window = windows[level]
-        if hits_grid is not None and window is not None:  # the face correction, where it can be non-zero
-            r0, r1, c0, c1 = (i * scale for i in window)
-            hits_hr = _upsample_window(hits_grid[:, :, :, level].permute(0, 3, 1, 2), window, scale).permute(0, 2, 3, 1)
-            corrected = face_detail(hits_hr, rgb[:, :, r0:r1, c0:c1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            rgb[:, :, r0:r1, c0:c1] = corrected  # rgb is this level's texel slice: nothing else reads it
+            texels = torch.stack([F.grid_sample(textures[:, level, :4], grid[level - first], mode="bilinear",
+                                                padding_mode="zeros", align_corners=False)
+                                  for level in range(first, last)])
+        rgb = texels[:, :, :3]
+        alpha = texels[:, :, 3:4] * valid_hr.to(texels.dtype)
+        for level in range(first, last):
+            window = windows[level]
+            if hits_grid is not None and window is not None:  # the face correction, where it can be non-zero
+                r0, r1, c0, c1 = (i * scale for i in window)
+                hits_hr = _upsample_window(hits_grid[:, :, :, level].permute(0, 3, 1, 2), window, scale)
+                seen = rgb[level - first, :, :, r0:r1, c0:c1]
+                corrected = face_detail(hits_hr.permute(0, 2, 3, 1), seen.permute(0, 2, 3, 1))
+                seen.copy_(corrected.permute(0, 3, 1, 2))  # rgb is these levels' texel slice: nothing else reads it
         if shading is not None:
-            rgb = (rgb * up[:, 4:5]).clamp(max=1.0)
+            rgb = (rgb * up[:, :, 4:5]).clamp(max=1.0)
         if sorted_pixels is not None:
             for name, x in (("rgb", rgb), ("alpha", alpha), ("depth", depth_hr), ("valid", valid_hr)):
-                kept[name].append(x.transpose(0, 1).reshape(x.shape[1], -1)[:, sorted_pixels])
+                for i in range(count):
+                    kept[name].append(x[i].transpose(0, 1).reshape(x.shape[2], -1)[:, sorted_pixels])
+        # within the pass: level i sees the running transmittance times (1 - alpha) of the pass's levels before it
+        through = torch.cumprod(1.0 - alpha, 0)
         weight = alpha * transmittance
-        colour = colour + weight * rgb
-        opacity = opacity + weight
-        depth_sum = depth_sum + weight * depth_hr.masked_fill(~valid_hr, 0.0)
-        transmittance = transmittance * (1.0 - alpha)
+        if count > 1:
+            weight[1:] = weight[1:] * through[:-1]
+        colour = colour + (weight * rgb).sum(0)
+        opacity = opacity + weight.sum(0)
+        depth_sum = depth_sum + (weight * depth_hr.masked_fill(~valid_hr, 0.0)).sum(0)
+        transmittance = transmittance * through[-1]
     colour = colour + (1.0 - opacity) * background
     mean_depth = depth_sum / opacity.clamp_min(1e-6)
     empty = far.to(mean_depth.dtype).reshape(-1, 1, 1, 1).expand_as(mean_depth)

@@ -241,9 +241,11 @@ def test_small_multithreaded_frames_take_the_reference_pass_unless_a_face_textur
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 10_000), frames=st.integers(1, 2), shared=st.booleans(), shuffled=st.booleans())
-def test_superres_frame_equals_reference_on_random_layers(seed, frames, shared, shuffled):
-    """Random crossings, some rays with their levels out of depth order (those pixels are composited sorted)."""
+@given(seed=st.integers(0, 10_000), frames=st.integers(1, 2), shared=st.booleans(), shuffled=st.booleans(),
+       per_pass=st.integers(1, 5))
+def test_superres_frame_equals_reference_on_random_layers(seed, frames, shared, shuffled, per_pass):
+    """Random crossings, some rays with their levels out of depth order (those pixels are composited sorted), 1-5
+    levels per pass (of 4)."""
     from portrait_core.generator.fast_superres import superres_frame, superres_frame_reference
 
     g = torch.Generator().manual_seed(seed)
@@ -270,7 +272,8 @@ def test_superres_frame_equals_reference_on_random_layers(seed, frames, shared, 
     for detail in (None, face_detail):
         for sh in (None, shading):
             ref = superres_frame_reference(hits, valid, depth, sh, (h, w), scale, radiance, 1.0, far, detail)
-            fast = superres_frame(hits, valid, depth, sh, (h, w), scale, textures, centre, half, 1.0, far, detail)
+            fast = superres_frame(hits, valid, depth, sh, (h, w), scale, textures, centre, half, 1.0, far, detail,
+                                  levels_per_pass=per_pass)
             for a, b in zip(ref, fast):
                 assert a.shape == b.shape
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
