@@ -175,7 +175,7 @@ def superres_frame(hits: Tensor, valid: Tensor, depth: Tensor, shading: Tensor |
         through = torch.cumprod(1.0 - alpha, 0)
         weight = alpha * transmittance
         if count > 1:
-            weight[1:] = weight[1:] * through[:-1]
+            weight = weight * torch.cat([torch.ones_like(through[:1]), through[:-1]])
         colour = colour + (weight * rgb).sum(0)
         opacity = opacity + weight.sum(0)
         depth_sum = depth_sum + (weight * depth_hr.masked_fill(~valid_hr, 0.0)).sum(0)

@@ -482,3 +482,34 @@ def test_texture_lookup_cut_over_threads_is_bit_identical(seed, threads, rows, c
         torch.set_num_threads(before)
     ref = F.grid_sample(texture, grid, mode="bilinear", padding_mode=padding, align_corners=align)
     assert fast.shape == ref.shape == (1, 4, rows, cols) and torch.equal(fast, ref)
+
+
+@pytest.mark.parametrize("per_pass", [2, 3, 4])
+def test_levels_per_pass_keep_the_gradients_of_one_level_at_a_time(per_pass):
+    """Training scenes render through :func:`superres_frame` with autograd: passes of several levels give the
+    textures the gradients one level at a time gives (to rounding), with a face correction and shading."""
+    from portrait_core.generator.fast_superres import superres_frame
+
+    g = torch.Generator().manual_seed(per_pass)
+    h, w, n_levels, scale = 5, 6, 5, 2
+    hits = torch.rand(1, h * w, n_levels, 3, generator=g) * 0.5 - 0.25
+    depth = (torch.rand(1, h * w, n_levels, generator=g) + torch.arange(n_levels)).sort(-1).values
+    valid = torch.rand(1, h * w, n_levels, generator=g) > 0.2
+    shading = torch.rand(1, h * w, n_levels, 1, generator=g) * 2
+    weight = (torch.rand(1, h * w, n_levels, generator=g) > 0.7).float()
+
+    def face_detail(x, rgb):
+        return (rgb + 0.3 * torch.sin(20 * x)).clamp(0, 1)
+
+    grads, images = [], []
+    for k in (1, per_pass):
+        textures = torch.rand(1, n_levels, 5, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        image, alpha, _ = superres_frame(hits, valid, depth, shading, (h, w), scale, textures,
+                                         torch.tensor([0.0, 0.1, 0.0]), 0.3, 1.0, torch.full((1, 1), 9.0), face_detail,
+                                         weight, levels_per_pass=k)
+        (image.square().sum() + alpha.sum()).backward()
+        grads.append(textures.grad)
+        images.append(image.detach())
+    torch.testing.assert_close(images[1], images[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
+    assert grads[0].abs().sum() > 0
