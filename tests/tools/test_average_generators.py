@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,8 @@ from portrait_core.generator.config import generator_config
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "average_generators.py"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("average_generators", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_average_state_mixes_shared_float_tensors_only():
-    tool = _tool()
+def test_average_state_mixes_shared_float_tensors_only(load_tool):
+    tool = load_tool("average_generators")
     base = {"w": torch.zeros(3), "steps": torch.tensor([1]), "only_base": torch.ones(2)}
     other = {"w": torch.full((3,), 4.0), "steps": torch.tensor([7]), "extra": torch.ones(2)}
     out, mixed = tool.average_state(base, other, 0.25)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,8 @@ TOOL = ROOT / "tools" / "colour_gain.py"
 SAMPLERS = ROOT / "portrait_core" / "assets" / "default_samplers.safetensors"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("colour_gain", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_scale_code_columns_scales_the_named_blocks_only():
-    tool = _tool()
+def test_scale_code_columns_scales_the_named_blocks_only(load_tool):
+    tool = load_tool("colour_gain")
     weight = torch.randn(6, 10 + 8)
     scaled = tool.scale_code_columns(weight, 10, [(1, 3), (5, 6)], 2.0)
     code_cols = {10 + i for i in (1, 2, 5)}
@@ -42,7 +34,7 @@ def _run(*args):
     return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_tool_strengthens_the_clothing_colours_of_an_appearance_code_generator(tmp_path):
+def test_tool_strengthens_the_clothing_colours_of_an_appearance_code_generator(load_tool, tmp_path):
     torch.manual_seed(0)
     G = Generator(generator_config("tiny"))
     src = tmp_path / "g.safetensors"
@@ -51,10 +43,11 @@ def test_tool_strengthens_the_clothing_colours_of_an_appearance_code_generator(t
     run = _run(src, "--gain", "1.5", "--samplers", SAMPLERS, "--out", out)
     assert run.returncode == 0, run.stderr
     new = load_generator(out)
-    assert new.checkpoint_info["colour_gain"] == {"gain": 1.5, "blocks": list(_tool().CLOTHING_BLOCKS),
+    blocks = load_tool("colour_gain").CLOTHING_BLOCKS
+    assert new.checkpoint_info["colour_gain"] == {"gain": 1.5, "blocks": list(blocks),
                                                   "source": "g.safetensors"}
     w0, w1 = G.radiance_mapping.net[0].weight, new.radiance_mapping.net[0].weight
-    scaled = {G.cfg.identity_dim + i for b in _tool().CLOTHING_BLOCKS for i in range(*APPEARANCE_LAYOUT[b])}
+    scaled = {G.cfg.identity_dim + i for b in blocks for i in range(*APPEARANCE_LAYOUT[b])}
     assert len(scaled) == 9
     for c in range(w0.shape[1]):
         torch.testing.assert_close(w1[:, c], w0[:, c] * (1.5 if c in scaled else 1.0), rtol=0, atol=0)

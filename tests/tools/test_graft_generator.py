@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,8 @@ from portrait_core.generator.config import generator_config
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "graft_generator.py"
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("graft_generator", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_graft_state_takes_the_named_tensors_only():
-    tool = _tool()
+def test_graft_state_takes_the_named_tensors_only(load_tool):
+    tool = load_tool("graft_generator")
     base = {"superres.w": torch.zeros(2), "superres_style_avg": torch.zeros(3), "radiance.w": torch.zeros(2)}
     donor = {"superres.w": torch.ones(2), "superres_style_avg": torch.ones(3), "radiance.w": torch.ones(2)}
     out, copied = tool.graft_state(base, donor, ("superres.", "superres_style_avg"))
