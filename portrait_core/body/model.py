@@ -128,7 +128,8 @@ def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, m
     ``method``: 'cdist' (chunked over N with exact ``torch.cdist``, at most ~chunk_elems distances at once; any
     device), 'kdtree' (scipy cKDTree per batch element; CPU tensors) or 'auto' (kdtree on CPU, else cdist).
     Both are exact nearest-neighbour searches (they can differ only on exact ties). ``max_distance``: points with
-    no target within it get -1 (the k-d tree stops searching there, which is much faster for far points).
+    no target within it get -1 (the k-d tree stops searching there, which is much faster for far points; points
+    outside the targets' bounding box grown by it are not searched at all: nothing can lie within reach).
     """
     B, N, _ = points.shape
     M = targets.shape[1]
@@ -139,10 +140,13 @@ def nearest_index(points: Tensor, targets: Tensor, chunk_elems: int = 1 << 24, m
         from scipy.spatial import cKDTree
 
         out = []
-        for p, t in zip(points.detach().cpu(), targets.detach().cpu()):
-            tree = cKDTree(t.double().numpy(), leafsize=KDTREE_LEAF_SIZE)
-            dist, k = tree.query(p.double().numpy(), distance_upper_bound=bound)
-            out.append(torch.from_numpy(np.where(np.isfinite(dist), k, -1).astype(np.int64)))
+        for p, t in zip(points.detach().cpu().double().numpy(), targets.detach().cpu().double().numpy()):
+            tree = cKDTree(t, leafsize=KDTREE_LEAF_SIZE)
+            index = np.full(p.shape[0], -1, dtype=np.int64)
+            near = ((p >= t.min(0) - bound) & (p <= t.max(0) + bound)).all(1)  # all True without a bound
+            dist, k = tree.query(p[near], distance_upper_bound=bound)
+            index[near] = np.where(np.isfinite(dist), k, -1)
+            out.append(torch.from_numpy(index))
         return torch.stack(out).to(points.device)
     if method != "cdist":
         raise ValueError(f"nearest_index: unknown method {method!r}")

@@ -513,3 +513,41 @@ def test_levels_per_pass_keep_the_gradients_of_one_level_at_a_time(per_pass):
     torch.testing.assert_close(images[1], images[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
     assert grads[0].abs().sum() > 0
+
+
+def test_inference_chunk_bounds_cpu_inference_only():
+    from portrait_core.generator.generator import CPU_INFERENCE_ACTIVATIONS, inference_chunk
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with torch.no_grad():
+        assert inference_chunk(82_000, 1, 128, cpu, 65_536) == CPU_INFERENCE_ACTIVATIONS // 128
+        assert inference_chunk(82_000, 2, 64, cpu, 65_536) == CPU_INFERENCE_ACTIVATIONS // 128
+        assert inference_chunk(100, 1, 128, cpu, 65_536) == 100  # never more than the points
+        assert inference_chunk(82_000, 1, 128, cpu, 1_000) == 1_000  # nor the config's bound
+        assert inference_chunk(82_000, 64, 4096, cpu, 65_536) == 256  # a floor for very wide networks
+        assert inference_chunk(82_000, 1, 128, cuda, 65_536) == 65_536
+    assert inference_chunk(82_000, 1, 128, cpu, 65_536) == 65_536  # autograd keeps every chunk anyway
+
+
+@pytest.mark.parametrize("mode", ["frontal", "360"])
+def test_chunked_bake_and_expression_grid_equal_one_call(monkeypatch, mode):
+    """The radiance bake and the expression grid run in cache-sized chunks on a CPU (``inference_chunk``); every
+    point's computation is independent, so one call over all points gives the same textures and grid."""
+    import portrait_core.generator.generator as generator_module
+
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny", render={"mode": mode, "expression_grid": 12})).eval()
+    latents = Latents.sample(2, seed=3)
+    expression = torch.randn(2, G.cfg.expression_dim) * 0.5
+    results = []
+    with torch.no_grad():
+        for p in G.expression_deform.parameters():  # its head starts at zero: give the grid something to show
+            p.add_(torch.randn_like(p) * 0.2)
+        styles = G.radiance_styles(latents)
+        for activations in (1 << 13, 1 << 40):  # 256-point chunks, then one call
+            monkeypatch.setattr(generator_module, "CPU_INFERENCE_ACTIVATIONS", activations)
+            results.append((G.bake_textures(styles), G.expression_volume(latents.identity, expression)))
+    (chunked_textures, chunked_grid), (textures, grid) = results
+    assert (textures[:, :, :3] - 0.5).abs().amax() > 0.01 and grid[:, :3].abs().amax() > 0
+    torch.testing.assert_close(chunked_textures, textures, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(chunked_grid, grid, rtol=1e-6, atol=1e-9)
