@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import rendering as R
 from .config import FaceTextureConfig
+from .networks import inference_chunk
 
 __all__ = ["FaceDetail", "FaceTexture", "face_coordinates", "face_coordinate_volume", "weight_support_box"]
 
@@ -106,9 +107,12 @@ class FaceTexture(nn.Module):
         two differ by interpolating the network's output instead of its input (a test bounds the difference)."""
         r, c = self.cfg.resolution, self.cfg.channels
         feats = self.texture.reshape(c, r * r).t()[None]  # [1, R*R, C]
-        h = F.silu(self.feature_in(feats) + latent_bias[:, None, :])
-        h = F.silu(self.hidden(h))
-        return self.rgb(h).transpose(1, 2).reshape(-1, 3, r, r)
+        chunk = inference_chunk(r * r, latent_bias.shape[0], self.cfg.hidden, feats.device, r * r)
+        rgb = []
+        for part in feats.split(chunk, dim=1):
+            h = F.silu(self.feature_in(part) + latent_bias[:, None, :])
+            rgb.append(self.rgb(F.silu(self.hidden(h))))
+        return torch.cat(rgb, 1).transpose(1, 2).reshape(-1, 3, r, r)
 
     @staticmethod
     def correct_baked(rgb: Tensor, coords: Tensor, baked: Tensor) -> Tensor:

@@ -516,7 +516,7 @@ def test_levels_per_pass_keep_the_gradients_of_one_level_at_a_time(per_pass):
 
 
 def test_inference_chunk_bounds_cpu_inference_only():
-    from portrait_core.generator.generator import CPU_INFERENCE_ACTIVATIONS, inference_chunk
+    from portrait_core.generator.networks import CPU_INFERENCE_ACTIVATIONS, inference_chunk
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     with torch.no_grad():
@@ -530,24 +530,27 @@ def test_inference_chunk_bounds_cpu_inference_only():
 
 
 @pytest.mark.parametrize("mode", ["frontal", "360"])
-def test_chunked_bake_and_expression_grid_equal_one_call(monkeypatch, mode):
-    """The radiance bake and the expression grid run in cache-sized chunks on a CPU (``inference_chunk``); every
-    point's computation is independent, so one call over all points gives the same textures and grid."""
-    import portrait_core.generator.generator as generator_module
+def test_chunked_bakes_and_expression_grid_equal_one_call(monkeypatch, mode):
+    """The radiance and face-texture bakes and the expression grid run in cache-sized chunks on a CPU
+    (``inference_chunk``); every point's computation is independent, so one call over all points gives the same
+    textures and grid."""
+    import portrait_core.generator.networks as networks_module
 
     torch.manual_seed(0)
-    G = Generator(generator_config("tiny", render={"mode": mode, "expression_grid": 12})).eval()
+    G = Generator(generator_config("tiny", render={"mode": mode, "expression_grid": 12},
+                                   face_texture={"enabled": True, "resolution": 48})).eval()
     latents = Latents.sample(2, seed=3)
     expression = torch.randn(2, G.cfg.expression_dim) * 0.5
     results = []
     with torch.no_grad():
-        for p in G.expression_deform.parameters():  # its head starts at zero: give the grid something to show
+        for p in [*G.expression_deform.parameters(), *G.face_texture.parameters()]:  # heads that start at zero
             p.add_(torch.randn_like(p) * 0.2)
         styles = G.radiance_styles(latents)
+        bias = G.face_texture.latent_bias(torch.cat([latents.identity, latents.noise], -1))
         for activations in (1 << 13, 1 << 40):  # 256-point chunks, then one call
-            monkeypatch.setattr(generator_module, "CPU_INFERENCE_ACTIVATIONS", activations)
-            results.append((G.bake_textures(styles), G.expression_volume(latents.identity, expression)))
-    (chunked_textures, chunked_grid), (textures, grid) = results
-    assert (textures[:, :, :3] - 0.5).abs().amax() > 0.01 and grid[:, :3].abs().amax() > 0
-    torch.testing.assert_close(chunked_textures, textures, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(chunked_grid, grid, rtol=1e-6, atol=1e-9)
+            monkeypatch.setattr(networks_module, "CPU_INFERENCE_ACTIVATIONS", activations)
+            results.append((G.bake_textures(styles), G.expression_volume(latents.identity, expression),
+                            G.face_texture.bake(bias)))
+    for chunked, whole in zip(*results):
+        assert whole.abs().amax() > 0.01
+        torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
