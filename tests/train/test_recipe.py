@@ -107,7 +107,7 @@ def test_pose_smoother_loss_is_the_distance_to_a_box_filter():
     with torch.no_grad():
         smoother.kernels.uniform_(0.0, 1.0)
     loss = L.pose_smoother_l1(smoother(entries), smoother.box_filter(entries))
-    assert float(loss) > 1e-3
+    assert float(loss.detach()) > 1e-3
     loss.backward()  # the loss reaches the kernels (and nothing else: the entries carry no parameters)
     assert smoother.kernels.grad.abs().sum() > 0
 
