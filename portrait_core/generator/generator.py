@@ -356,10 +356,7 @@ class Generator(nn.Module):
         g = self.cfg.render.expression_grid
         nodes = R.grid_points(self.head_box_centre, self.head_box_half, g).reshape(1, -1, 3)
         styles = self.expression_styles(identity, expression)
-        nodes = nodes.expand(styles.shape[0], -1, -1)
-        chunk = inference_chunk(nodes.shape[1], nodes.shape[0], self.cfg.expression.width, nodes.device,
-                                nodes.shape[1])
-        raw = torch.cat([self.expression_deform(part, styles) for part in nodes.split(chunk, dim=1)], dim=1)
+        raw = self.expression_deform(nodes.expand(styles.shape[0], -1, -1), styles)
         return raw.reshape(-1, g, g, g, raw.shape[-1]).permute(0, 4, 1, 2, 3).contiguous()
 
     def expression_fields_fn(self, identity: Tensor, expression: Tensor,

@@ -76,7 +76,7 @@ class MappingNetwork(nn.Module):
 
 CPU_INFERENCE_ACTIVATIONS = 1 << 19
 """Activation elements (points x layer width, over the batch) per call of a coordinate network when a CPU runs it
-without gradients (the radiance and face-texture bakes, the expression grid): 2 MiB of float32 per layer output stays in the caches,
+without gradients (the radiance and face-texture bakes): 2 MiB of float32 per layer output stays in the caches,
 and the allocator reuses it instead of faulting in fresh pages for every 32 MiB temporary. Each point's
 computation is independent, so the result equals one call (:func:`inference_chunk`). The shipped model's radiance
 bake (82k points, width 128): 516 -> 314 ms with 1 thread, 262 -> 202 ms with 2; its face-texture bake (65k
