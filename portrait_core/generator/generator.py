@@ -70,6 +70,7 @@ SUPERRES_LEVELS_PER_PASS = 4
 maps instead of 4 small ones (fewer dispatches, and work large enough for several threads). The shipped model's
 128² frame, median of 3 rounds of 8: 77.7 -> 74.3 ms with 1 thread, 55.3 -> 49.7 ms with 2."""
 
+
 @dataclass
 class SceneFields:
     """How a batch of frames evaluates each stage of the pipeline: networks (training) or bakes (avatars)."""
