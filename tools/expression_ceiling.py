@@ -119,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--grids / --radii-mm: {e}")
     if any(g < 2 or g > 128 for g in grids[:-1]) or any(r <= 0 for r in radii):
         p.error("--grids must be sizes in 2..128 and --radii-mm positive")
+    if a.identities < 1:
+        p.error(f"--identities must be at least 1, got {a.identities}")
     path = a.generator or default_checkpoint_path()
     try:
         G = load_generator(path)
     except (CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    torch.manual_seed(0)
     identity = torch.randn(a.identities, 80, generator=torch.Generator().manual_seed(0))
     body_shape = torch.zeros(a.identities, 10)
     columns = " ".join(f"{'net' if g == 0 else f'{g}^3':>6}" for g in grids)

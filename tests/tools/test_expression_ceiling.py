@@ -59,5 +59,7 @@ def test_command_prints_the_three_rows_and_refuses_bad_input(tmp_path):
     assert "one-label fit (2 steps)" in run.stdout and "8^3" in run.stdout and "net" in run.stdout
     bad = _run(path, "--controls", "grin")
     assert bad.returncode == 2 and "unknown ['grin']" in bad.stderr
+    none = _run(path, "--identities", "0")
+    assert none.returncode == 2 and "--identities must be at least 1" in none.stderr
     missing = _run(tmp_path / "nope.safetensors", "--steps", "0")
     assert missing.returncode == 2 and "nope.safetensors" in missing.stderr
