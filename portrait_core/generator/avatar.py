@@ -73,10 +73,8 @@ class Avatar:
             self.manifold = generator.baked_manifold_fn()
             self.face_detail = generator.face_detail_fn(self.latents, self.body_shape, baked=True)
             self.canonical_body = generator.body.canonical(self.body_shape)
-            self._neutral_expression_volume = None
-            if generator.cfg.render.expression_grid:
-                self._neutral_expression_volume = generator.expression_volume(
-                    self.latents.identity, torch.zeros(1, C.EXPRESSION_DIM, device=device))
+            # the basis volumes (``expression.basis``) or the neutral expression's volumes; None without a grid
+            self._expression_bake = generator.expression_bake(self.latents.identity)
         self._pose_cache: tuple[bytes, Tensor] | None = None
         self._expression_cache: tuple[bytes, object] | None = None
 
@@ -98,7 +96,7 @@ class Avatar:
         if self._expression_cache is None or self._expression_cache[0] != key:
             identity = self.latents.identity.expand(expression.shape[0], -1)
             self._expression_cache = (key, self.generator.expression_fields_fn(identity, expression,
-                                                                                self._neutral_expression_volume))
+                                                                                self._expression_bake))
         return self._expression_cache[1]
 
     def _check_controls(self, where: str, pose: Tensor, expression: Tensor) -> tuple[Tensor, Tensor]:

@@ -245,7 +245,7 @@ def replaced_keys(old, new) -> tuple[str, ...]:
 
     def expression(c):
         e = c.expression
-        return e.width, e.depth, e.mapping
+        return e.width, e.depth, e.mapping, e.basis
 
     keys = RADIANCE_KEYS if radiance(old) != radiance(new) else ()
     keys = keys + (EXPRESSION_KEYS if expression(old) != expression(new) else ())

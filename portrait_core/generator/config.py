@@ -121,6 +121,17 @@ class ExpressionDeformConfig:
     """Expression shading: a fourth, zero-initialised output channel, a log colour factor relative to the neutral
     expression (``rgb * 2 sigmoid(-d)``, so 1 at neutral), which lets an open mouth's interior and creases darken
     although the canonical radiance is the neutral face (a Busto addition; see docs/generator.md)."""
+    basis: int = 0
+    """0: one field, conditioned on the expression through the FiLM styles (the paper). r > 0: Delta (and the
+    shading logit) linear in the expression, ``sum_j c_j B_j(x)`` with ``c = A e`` (A: a learned r x
+    expression_dim matrix) and r basis fields B_j conditioned on the identity alone, as the 3DMM's blendshapes
+    are. Avatars bake the basis once per identity, so a frame's expression costs one weighted sum of baked
+    volumes instead of a network pass, and a neutral expression is exactly 0 (a Busto addition)."""
+    face_box_centre: tuple[float, float, float] = (0.0, 0.136, 0.109)
+    """Centre of the face box (metres, canonical pose): where the 3DMM's expressions move the face (jaw to brows,
+    cheek to cheek, with 1-2 cm to spare), read from a finer grid when ``render.face_grid`` > 0."""
+    face_box_half_extent: tuple[float, float, float] = (0.10, 0.115, 0.065)
+    """Half-size of the face box along x, y, z (metres)."""
     mapping: MappingConfig = field(default_factory=lambda: MappingConfig(hidden=128))
 
 
@@ -220,6 +231,10 @@ class RenderConfig:
     """Side of the body-prior grid."""
     expression_grid: int = 32
     """Side of the per-frame expression-deformation grid over the head box; 0 evaluates the network directly."""
+    face_grid: int = 0
+    """Side of a second, finer expression grid over ``expression.face_box`` (cells of 2-4 mm at 64, against 1 cm
+    for the head-box grid: a smile's field changes within millimetres at the mouth corners), blended over the
+    head-box grid by the face box's window; 0: none. Used only with ``expression_grid`` > 0."""
     pose_grid: int = 32
     """Side of the per-frame posed-space inverse-LBS grid."""
     alpha_delta: float = 0.04
@@ -283,7 +298,7 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "superres.up_channels": (1, 1024), "superres.up_channels.count": (0, 4),
     "render.resolution": (2, 4096), "render.samples_per_ray": (2, 1024), "render.texture_resolution": (2, 2048),
     "render.bake_samples": (2, 1024), "render.manifold_grid": (0, 256), "render.prior_grid": (2, 128),
-    "render.expression_grid": (0, 128),
+    "render.expression_grid": (0, 128), "render.face_grid": (0, 128), "expression.basis": (0, 1024),
     "face_texture.resolution": (2, 2048), "face_texture.channels": (1, 256), "face_texture.hidden": (1, 1024),
     "face_texture.grid": (2, 128), "render.pose_grid": (2, 128), "render.chunk_size": (2, 2**22),
 }
@@ -368,7 +383,7 @@ def _validate(cfg: GeneratorConfig) -> None:
         problems.append(f"render.train_manifold must be 'direct' or 'grid', got {cfg.render.train_manifold!r}")
     if cfg.render.train_radiance not in ("direct", "textures"):
         problems.append(f"render.train_radiance must be 'direct' or 'textures', got {cfg.render.train_radiance!r}")
-    for name in ("manifold_grid", "expression_grid"):
+    for name in ("manifold_grid", "expression_grid", "face_grid"):
         v = getattr(cfg.render, name)
         if v != 0 and v < 2:
             problems.append(f"render.{name} must be 0 (direct) or >= 2, got {v}")

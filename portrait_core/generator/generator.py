@@ -37,6 +37,8 @@ from .networks import (
     RadianceField,
     StyleRRDBNet,
     TextureCNN,
+    box_window,
+    combine_basis,
     inference_chunk,
 )
 from .precision import superres_bake_dtype
@@ -53,6 +55,9 @@ __all__ = ["Generator", "SceneFields"]
 #: features [B, P, L, C] or None.
 RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, "Tensor | None"]]
 
+
+FACE_GRID_FADE = 0.25
+"""Fraction of the face box's half-extents over which the face grid hands over to the head-box grid."""
 
 SUPERRES_LEVEL_CHUNK = 2
 """Levels super-resolved per pass in a bake (:meth:`Generator.super_resolve_textures`): `paper` at 512² textures,
@@ -113,9 +118,11 @@ class Generator(nn.Module):
         self.manifold = ManifoldField(cfg.manifold)
         self.face_texture = FaceTexture(cfg.face_texture, latent_dim) if cfg.face_texture.enabled else None
         # per frame
-        self.expression_deform = ExpressionDeformNet(cfg.expression)
-        self.expression_mapping = MappingNetwork(cfg.identity_dim + cfg.expression_dim, self.expression_deform.style_dim,
-                                                 cfg.expression.mapping, last_gain=0.25)
+        self.expression_deform = ExpressionDeformNet(cfg.expression, cfg.expression_dim)
+        # the basis fields (``expression.basis`` > 0) depend on the identity alone; the expression weights them
+        mapping_in = cfg.identity_dim + (0 if cfg.expression.basis else cfg.expression_dim)
+        self.expression_mapping = MappingNetwork(mapping_in, self.expression_deform.style_dim, cfg.expression.mapping,
+                                                 last_gain=0.25)
         self.pose_smoother = PoseSmoother(cfg.pose)
         # super-resolution
         if cfg.superres.enabled:
@@ -131,6 +138,8 @@ class Generator(nn.Module):
         self.register_buffer("pose_box_centre", torch.tensor(cfg.pose.box_centre), persistent=False)
         self.register_buffer("head_box_centre", torch.tensor(cfg.expression.head_box_centre), persistent=False)
         self.register_buffer("head_box_half", torch.tensor(cfg.expression.head_box_half_extent), persistent=False)
+        self.register_buffer("face_box_centre", torch.tensor(cfg.expression.face_box_centre), persistent=False)
+        self.register_buffer("face_box_half", torch.tensor(cfg.expression.face_box_half_extent), persistent=False)
         # Built under ``torch.device("meta")`` (checkpoint.load_generator's shape check) only the parameter and
         # buffer shapes matter: no body model, body prior or truncation averages are computed.
         shapes_only = torch.empty(()).device.type == "meta"
@@ -270,7 +279,10 @@ class Generator(nn.Module):
         return _truncate(raw, self.superres_style_avg, truncation)
 
     def expression_styles(self, identity: Tensor, expression: Tensor) -> Tensor:
-        """[B, deform style_dim]; no truncation on the deformation mapping."""
+        """[B, deform style_dim]; no truncation on the deformation mapping. With ``expression.basis`` the styles
+        depend on the identity alone (``expression`` is ignored)."""
+        if self.cfg.expression.basis:
+            return self.expression_mapping(identity)
         return self.expression_mapping(torch.cat([identity, expression], -1))
 
     @torch.no_grad()
@@ -338,10 +350,14 @@ class Generator(nn.Module):
 
         points [B, P, 3] metres (canonical pose, expressive), identity [B, 80], expression [B, 64] ->
         [B, P, 3 or 4]: Delta in metres (``points + Delta`` is the neutral canonical point), then the shading logit
-        when the config has ``expression.shading``. Defined relative to the neutral expression,
-        ``f(x; id, exp) - f(x; id, 0)``, so a neutral expression is exactly the identity deformation with no
-        shading (the baked textures are the neutral face). Zero outside the head box.
+        when the config has ``expression.shading``. A neutral expression is exactly the identity deformation with no
+        shading (the baked textures are the neutral face): the single field is taken relative to the neutral
+        expression, ``f(x; id, exp) - f(x; id, 0)``; the basis fields are weighted by coefficients linear in the
+        expression. Zero outside the head box.
         """
+        if self.cfg.expression.basis:
+            basis = self.expression_deform.basis(points, self.expression_styles(identity, expression))
+            return combine_basis(basis.transpose(1, 2), self.expression_deform.coefficients(expression))
         styles = self.expression_styles(torch.cat([identity, identity]),
                                          torch.cat([expression, torch.zeros_like(expression)]))
         raw = self.expression_deform(torch.cat([points, points]), styles)
@@ -351,34 +367,78 @@ class Generator(nn.Module):
         """Delta [B, P, 3] metres of :meth:`expression_fields` (the geometry only)."""
         return self.expression_fields(points, identity, expression)[..., :3]
 
-    def expression_volume(self, identity: Tensor, expression: Tensor) -> Tensor:
-        """The raw fields ``f(x; id, exp)`` on the head-box grid: [B, 3 or 4, G, G, G] (Delta in metres, then the
-        shading logit)."""
-        g = self.cfg.render.expression_grid
-        nodes = R.grid_points(self.head_box_centre, self.head_box_half, g).reshape(1, -1, 3)
+    def expression_grids(self) -> list[tuple[Tensor, Tensor, int]]:
+        """(centre, half-extent, side) of each expression grid: the head box (``render.expression_grid``), then the
+        face box when ``render.face_grid`` > 0. Empty when the grid is 0 (the network is read directly)."""
+        r = self.cfg.render
+        if not r.expression_grid:
+            return []
+        grids = [(self.head_box_centre, self.head_box_half, r.expression_grid)]
+        if r.face_grid:
+            grids.append((self.face_box_centre, self.face_box_half, r.face_grid))
+        return grids
+
+    def expression_volumes(self, identity: Tensor, expression: Tensor) -> list[Tensor]:
+        """The network's raw output on each of :meth:`expression_grids`: the single field ``f(x; id, exp)``
+        [B, C, G, G, G], or with ``expression.basis`` the r basis fields [B, r, C, G, G, G] (``expression`` is then
+        ignored). C: Delta in metres, then the shading logit."""
         styles = self.expression_styles(identity, expression)
-        raw = self.expression_deform(nodes.expand(styles.shape[0], -1, -1), styles)
-        return raw.reshape(-1, g, g, g, raw.shape[-1]).permute(0, 4, 1, 2, 3).contiguous()
+        volumes = []
+        for centre, half, g in self.expression_grids():
+            nodes = R.grid_points(centre, half, g).reshape(1, -1, 3).expand(styles.shape[0], -1, -1)
+            raw = self.expression_deform.basis(nodes, styles)  # [B, G^3, fields, C]
+            raw = raw.permute(0, 2, 3, 1).reshape(*raw.shape[:1], raw.shape[2], raw.shape[3], g, g, g)
+            volumes.append(raw if self.cfg.expression.basis else raw[:, 0])
+        return volumes
+
+    def expression_bake(self, identity: Tensor) -> list[Tensor] | None:
+        """What an avatar keeps per identity [1 or B, 80] so that a frame's expression grid is cheap: the basis
+        volumes (``expression.basis``) or the neutral expression's volumes; None without a grid."""
+        if not self.expression_grids():
+            return None
+        return self.expression_volumes(identity, identity.new_zeros(identity.shape[0], self.cfg.expression_dim))
+
+    def expression_frame_volumes(self, identity: Tensor, expression: Tensor,
+                                 baked: list[Tensor] | None = None) -> list[Tensor]:
+        """The fields of expressions [B, 64] on each of :meth:`expression_grids`, [B, C, G, G, G] each, relative to
+        the neutral expression; ``baked``: :meth:`expression_bake` of the identity, when cached."""
+        if baked is None:
+            if not self.cfg.expression.basis:
+                both = self.expression_volumes(torch.cat([identity, identity]),
+                                               torch.cat([expression, torch.zeros_like(expression)]))
+                return [v[: identity.shape[0]] - v[identity.shape[0]:] for v in both]
+            baked = self.expression_bake(identity)
+        if self.cfg.expression.basis:
+            coefficients = self.expression_deform.coefficients(expression)
+            return [combine_basis(v, coefficients) for v in baked]
+        return [v - n for v, n in zip(self.expression_volumes(identity, expression), baked)]
 
     def expression_fields_fn(self, identity: Tensor, expression: Tensor,
-                             neutral_volume: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+                             baked: list[Tensor] | None = None) -> Callable[[Tensor], Tensor]:
         """Points -> :meth:`expression_fields` for a batch of frames (identity [B, 80], expression [B, 64]):
-        trilinear in the head-box grid (``neutral_volume`` [1 or B, C, G, G, G] may be passed in when cached), or
-        direct when the grid is 0."""
-        if self.cfg.render.expression_grid == 0:
+        trilinear in the expression grids (``baked``: :meth:`expression_bake`, when cached), or direct when the
+        grid is 0."""
+        if not self.expression_grids():
             return lambda points: self.expression_fields(points, identity, expression)
-        if neutral_volume is None:
-            volumes = self.expression_volume(torch.cat([identity, identity]),
-                                             torch.cat([expression, torch.zeros_like(expression)]))
-            volume = volumes[: identity.shape[0]] - volumes[identity.shape[0]:]
-        else:
-            volume = self.expression_volume(identity, expression) - neutral_volume
-        return lambda points: R.sample_grid(volume, points, self.head_box_centre, self.head_box_half, "zeros")
+        volumes = self.expression_frame_volumes(identity, expression, baked)
+        return lambda points: self.sample_expression_volumes(volumes, points)
+
+    def sample_expression_volumes(self, volumes: list[Tensor], points: Tensor) -> Tensor:
+        """Trilinear lookup of :meth:`expression_frame_volumes` at points [B, P, 3] -> [B, P, C]: the head-box grid,
+        and inside the face box the face grid, blended by the face box's window (zero outside the boxes)."""
+        grids = self.expression_grids()
+        head = R.sample_grid(volumes[0], points, grids[0][0], grids[0][1], "zeros")
+        if len(volumes) == 1:
+            return head
+        centre, half, _ = grids[1]
+        face = R.sample_grid(volumes[1], points, centre, half, "zeros")
+        weight = box_window(points, centre.to(points.dtype), half.to(points.dtype), FACE_GRID_FADE)
+        return head + weight * (face - head)
 
     def expression_offsets_fn(self, identity: Tensor, expression: Tensor,
-                              neutral_volume: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+                              baked: list[Tensor] | None = None) -> Callable[[Tensor], Tensor]:
         """Delta(points) [B, P, 3] metres of :meth:`expression_fields_fn` (the geometry only)."""
-        fields = self.expression_fields_fn(identity, expression, neutral_volume)
+        fields = self.expression_fields_fn(identity, expression, baked)
         return lambda points: fields(points)[..., :3]
 
     def manifold_volume(self) -> Tensor:

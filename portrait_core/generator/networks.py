@@ -307,26 +307,45 @@ class ManifoldField(nn.Module):
 
 # --- expression deformation ----------------------------------------------------------------------------------
 
+def combine_basis_reference(basis: Tensor, coefficients: Tensor) -> Tensor:
+    """:func:`combine_basis` as a broadcast product and sum."""
+    shape = (coefficients.shape[0], coefficients.shape[1]) + (1,) * (basis.dim() - 2)
+    return (coefficients.reshape(shape).to(basis.dtype) * basis).sum(1)
+
+
+def combine_basis(basis: Tensor, coefficients: Tensor) -> Tensor:
+    """Basis fields weighted by coefficients, ``sum_j c[:, j] * basis[:, j]``: basis [1 or B, r, ...] (a baked
+    identity's volumes, or per-point fields), coefficients [B, r] -> [B, ...]. One matrix product over the
+    flattened fields (a frame's expression grids from an avatar's baked basis)."""
+    flat = basis.flatten(2)
+    out = torch.matmul(coefficients.unsqueeze(1).to(flat.dtype), flat).squeeze(1)
+    return out.reshape(coefficients.shape[0], *basis.shape[2:])
+
+
 class ExpressionDeformNet(nn.Module):
     """FiLM-SIREN expression deformation in canonical-pose space: offsets Delta(x) in metres.
 
     3-d input (no always-zero channels), zero-initialised output layer (training starts at the identity
     deformation), Delta in the units of the point (pitfall #1 fixed), confined to the head box by
     :func:`box_window`. With ``cfg.shading`` a zero-initialised ``shading_head`` adds a fourth channel, the
-    expression shading logit (unitless, windowed like Delta).
+    expression shading logit (unitless, windowed like Delta). With ``cfg.basis`` = r > 0 the heads output r
+    basis fields per point instead of one field (:meth:`basis`; the generator weights them by the expression).
     """
 
-    def __init__(self, cfg: ExpressionDeformConfig):
+    def __init__(self, cfg: ExpressionDeformConfig, expression_dim: int = C.EXPRESSION_DIM):
         super().__init__()
         self.cfg = cfg
+        self.fields = max(1, cfg.basis)
+        # c = A e: the basis fields' weights, linear in the expression (no bias: neutral is exactly 0)
+        self.coefficients = nn.Linear(expression_dim, cfg.basis, bias=False) if cfg.basis else None
         self.layers = nn.ModuleList([FiLMSiren(3, cfg.width, first=True)] +
                                     [FiLMSiren(cfg.width, cfg.width) for _ in range(cfg.depth - 1)])
-        self.head = nn.Linear(cfg.width, 3)
+        self.head = nn.Linear(cfg.width, 3 * self.fields)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.shading_head = None
         if cfg.shading:
-            self.shading_head = nn.Linear(cfg.width, 1)
+            self.shading_head = nn.Linear(cfg.width, self.fields)
             nn.init.zeros_(self.shading_head.weight)
             nn.init.zeros_(self.shading_head.bias)
         self.register_buffer("box_centre", torch.tensor(cfg.head_box_centre, dtype=torch.float32), persistent=False)
@@ -345,20 +364,24 @@ class ExpressionDeformNet(nn.Module):
         """3 (Delta) or 4 (Delta and the shading logit)."""
         return 3 if self.shading_head is None else 4
 
-    def forward(self, points: Tensor, styles: Tensor) -> Tensor:
-        """points [B, P, 3] metres (canonical pose, expressive), styles [B, style_dim] -> [B, P, channels]:
-        Delta in metres, so that ``points + Delta`` is the neutral canonical point, then (with shading) the
+    def basis(self, points: Tensor, styles: Tensor) -> Tensor:
+        """points [B, P, 3] metres (canonical pose, expressive), styles [B, style_dim] -> [B, P, fields, channels]:
+        per field, Delta in metres (``points + Delta`` is the neutral canonical point), then (with shading) the
         shading logit."""
         freq, phase = _split_film(styles, self.cfg.depth, self.cfg.width)
         freq, phase = freq[:, :, None, :], phase[:, :, None, :]
         h = to_network_units(points) * self.cfg.input_scale
         for i, layer in enumerate(self.layers):
             h = layer(h, freq[:, i], phase[:, i])
-        window = self.window(points)
-        delta = self.head(h) * C.UNIT_METRES * window
+        window = self.window(points)[..., None]
+        delta = self.head(h).unflatten(-1, (self.fields, 3)) * C.UNIT_METRES * window
         if self.shading_head is None:
             return delta
-        return torch.cat([delta, self.shading_head(h) * window], -1)
+        return torch.cat([delta, self.shading_head(h)[..., None] * window], -1)
+
+    def forward(self, points: Tensor, styles: Tensor) -> Tensor:
+        """The single field (``cfg.basis`` = 0): points [B, P, 3], styles [B, style_dim] -> [B, P, channels]."""
+        return self.basis(points, styles)[..., 0, :]
 
 
 # --- pose smoother -------------------------------------------------------------------------------------------
