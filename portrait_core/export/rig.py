@@ -534,7 +534,9 @@ def expression_morphs(avatar, mesh, components: int | Sequence[int | str] = 8, s
         dt = next(g.parameters()).dtype
         dev = avatar.device
         ident = avatar.latents.identity.to(dev, dt).expand(len(names), -1)
-        delta_fn = g.expression_offsets_fn(ident, torch.as_tensor(E, dtype=dt, device=dev))
+        # the avatar's per-identity bake (basis or neutral volumes): not re-baked for each of the K targets
+        delta_fn = g.expression_offsets_fn(ident, torch.as_tensor(E, dtype=dt, device=dev),
+                                           getattr(avatar, "expression_bake", None))
         xb = x.to(dev, dt)[None].expand(len(names), -1, -1)
         y = xb.clone()
         for _ in range(iterations):

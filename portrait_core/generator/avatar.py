@@ -82,6 +82,12 @@ class Avatar:
     def device(self) -> torch.device:
         return self.textures.device
 
+    @property
+    def expression_bake(self) -> list[Tensor] | None:
+        """:meth:`Generator.expression_bake` of this identity (batch 1): the basis volumes with
+        ``expression.basis``, else the neutral expression's volumes; None without an expression grid."""
+        return self._expression_bake
+
     # ------------------------------------------------------------------ per-frame inputs (cached by value)
     def _pose_volume(self, pose: Tensor) -> Tensor:
         key = pose.detach().cpu().numpy().tobytes()

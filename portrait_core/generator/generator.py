@@ -388,7 +388,7 @@ class Generator(nn.Module):
             nodes = R.grid_points(centre, half, g).reshape(1, -1, 3).expand(styles.shape[0], -1, -1)
             raw = self.expression_deform.basis(nodes, styles)  # [B, G^3, fields, C]
             raw = raw.permute(0, 2, 3, 1).reshape(*raw.shape[:1], raw.shape[2], raw.shape[3], g, g, g)
-            volumes.append(raw if self.cfg.expression.basis else raw[:, 0])
+            volumes.append((raw if self.cfg.expression.basis else raw[:, 0]).contiguous())
         return volumes
 
     def expression_bake(self, identity: Tensor) -> list[Tensor] | None:
