@@ -38,7 +38,7 @@ def expression_fidelity(G, identity: Tensor, body_shape: Tensor, controls: tuple
         verts = G.face.vertices(identity, expression).gather(1, idx)
         points = verts @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]  # expressive, canonical pose
         target = -(offsets.gather(1, idx) @ T[:, :3, :3].transpose(1, 2))
-        delta = G.expression_offsets_fn(identity, expression)(points)
+        delta = G.expression_offsets_fn(identity, expression, body_shape=body_shape)(points)
         length = target.norm(dim=-1)
         along = (delta * target).sum(-1) / length.clamp_min(1e-9)
         out[name] = {"target_mm": float(length.mean() * 1e3), "reached_mm": float(along.mean() * 1e3),

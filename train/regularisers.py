@@ -99,7 +99,7 @@ def deformation_regularisers(G, identity: Tensor, expression: Tensor, body_shape
         box = box.expand(b, -1, -1)
         jit = torch.randn(1, 2 * n, 3, generator=gen).to(device).expand(b, -1, -1) * jitter
     all_pts = torch.cat([pts, box], 1)
-    fields = G.expression_fields(torch.cat([all_pts, all_pts + jit], 1), identity, expression)
+    fields = G.expression_fields(torch.cat([all_pts, all_pts + jit], 1), identity, expression, body_shape)
     delta, delta_j = fields[:, :2 * n, :3], fields[:, 2 * n:, :3]
     out = {"imitation": L.imitation(delta[:, :n], target), "smooth_expression": L.smoothness(delta, delta_j, jitter),
            "minimal_deformation": L.minimal_deformation(delta[:, n:])}
@@ -108,7 +108,7 @@ def deformation_regularisers(G, identity: Tensor, expression: Tensor, body_shape
         if shading_imitation:
             with torch.no_grad():
                 mouth_pts, mouth_target = mouth_interior_shading(G, identity, expression, body_shape, n, gen)
-            pred = G.expression_fields(mouth_pts, identity, expression)[..., 3]
+            pred = G.expression_fields(mouth_pts, identity, expression, body_shape)[..., 3]
             out["shading_imitation"] = (pred - mouth_target).square().mean()
     return out
 

@@ -18,7 +18,7 @@ from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera
 
 from . import rendering as R
-from .generator import SceneFields, _camera_for_batch
+from .generator import ExpressionBake, SceneFields, _camera_for_batch
 from .structures import Latents, RenderOutput, check_tensor
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Avatar:
             self.face_detail = generator.face_detail_fn(self.latents, self.body_shape, baked=True)
             self.canonical_body = generator.body.canonical(self.body_shape)
             # the basis volumes (``expression.basis``) or the neutral expression's volumes; None without a grid
-            self._expression_bake = generator.expression_bake(self.latents.identity)
+            self._expression_bake = generator.expression_bake(self.latents.identity, self.body_shape)
         self._pose_cache: tuple[bytes, Tensor] | None = None
         self._expression_cache: tuple[bytes, object] | None = None
 
@@ -83,9 +83,9 @@ class Avatar:
         return self.textures.device
 
     @property
-    def expression_bake(self) -> list[Tensor] | None:
-        """:meth:`Generator.expression_bake` of this identity (batch 1): the basis volumes with
-        ``expression.basis``, else the neutral expression's volumes; None without an expression grid."""
+    def expression_bake(self) -> ExpressionBake | None:
+        """:meth:`Generator.expression_bake` of this identity and body shape (batch 1); None without an expression
+        grid."""
         return self._expression_bake
 
     # ------------------------------------------------------------------ per-frame inputs (cached by value)
@@ -238,7 +238,7 @@ class Avatar:
         points = check_tensor("Avatar.expression_deformation", "points", points, (None, 3)).to(self.device)
         _, expression = self._check_controls("Avatar.expression_deformation", torch.zeros(*C.POSE_SHAPE), expression)
         g = self.generator
-        return torch.cat([g.expression_deformation(c[None], self.latents.identity, expression[:1])[0]
+        return torch.cat([g.expression_deformation(c[None], self.latents.identity, expression[:1], self.body_shape)[0]
                           for c in points.split(g.cfg.render.chunk_size)])
 
     @torch.no_grad()

@@ -127,6 +127,11 @@ class ExpressionDeformConfig:
     expression_dim matrix) and r basis fields B_j conditioned on the identity alone, as the 3DMM's blendshapes
     are. Avatars bake the basis once per identity, so a frame's expression costs one weighted sum of baked
     volumes instead of a network pass, and a neutral expression is exactly 0 (a Busto addition)."""
+    follow_3dmm: bool = False
+    """Delta is the 3DMM's own motion, not the network's: the face model's forward field (its vertices' expression
+    offsets continued off the surface as ``FaceModel.displace_points`` does) on the finest expression grid, inverted
+    at the grids' nodes by ``render.expression_iterations`` fixed-point steps (``expression_3dmm``). Needs
+    ``render.expression_grid`` > 0; the network then gives only the shading logit (a Busto addition)."""
     face_box_centre: tuple[float, float, float] = (0.0, 0.136, 0.109)
     """Centre of the face box (metres, canonical pose): where the 3DMM's expressions move the face (jaw to brows,
     cheek to cheek, with 1-2 cm to spare), read from a finer grid when ``render.face_grid`` > 0."""
@@ -231,6 +236,8 @@ class RenderConfig:
     """Side of the body-prior grid."""
     expression_grid: int = 32
     """Side of the per-frame expression-deformation grid over the head box; 0 evaluates the network directly."""
+    expression_iterations: int = 6
+    """Fixed-point steps that invert the 3DMM's forward field at each grid node (``expression.follow_3dmm``)."""
     face_grid: int = 0
     """Side of a second, finer expression grid over ``expression.face_box`` (cells of 2-4 mm at 64, against 1 cm
     for the head-box grid: a smile's field changes within millimetres at the mouth corners), blended over the
@@ -299,6 +306,7 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "render.resolution": (2, 4096), "render.samples_per_ray": (2, 1024), "render.texture_resolution": (2, 2048),
     "render.bake_samples": (2, 1024), "render.manifold_grid": (0, 256), "render.prior_grid": (2, 128),
     "render.expression_grid": (0, 128), "render.face_grid": (0, 128), "expression.basis": (0, 1024),
+    "render.expression_iterations": (0, 64),
     "face_texture.resolution": (2, 2048), "face_texture.channels": (1, 256), "face_texture.hidden": (1, 1024),
     "face_texture.grid": (2, 128), "render.pose_grid": (2, 128), "render.chunk_size": (2, 2**22),
 }
@@ -383,6 +391,8 @@ def _validate(cfg: GeneratorConfig) -> None:
         problems.append(f"render.train_manifold must be 'direct' or 'grid', got {cfg.render.train_manifold!r}")
     if cfg.render.train_radiance not in ("direct", "textures"):
         problems.append(f"render.train_radiance must be 'direct' or 'textures', got {cfg.render.train_radiance!r}")
+    if cfg.expression.follow_3dmm and not cfg.render.expression_grid:
+        problems.append("expression.follow_3dmm needs render.expression_grid > 0")
     for name in ("manifold_grid", "expression_grid", "face_grid"):
         v = getattr(cfg.render, name)
         if v != 0 and v < 2:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from portrait_core import conventions as C
 from portrait_core.geometry.camera import Camera
 
+from . import expression_3dmm as E3
 from . import rendering as R
 from .config import GeneratorConfig
 from .face_texture import FaceDetail, FaceTexture, face_coordinate_volume
@@ -54,6 +55,17 @@ __all__ = ["Generator", "SceneFields"]
 #: Radiance fn: canonical hits [B, P, L, 3], valid [B, P, L] -> rgb [B, P, L, 3] in [0, 1], alpha [B, P, L],
 #: features [B, P, L, C] or None.
 RadianceFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, "Tensor | None"]]
+
+
+@dataclass
+class ExpressionBake:
+    """An identity's expression work done once (:meth:`Generator.expression_bake`)."""
+
+    network: list[Tensor]
+    """Per expression grid: the basis volumes [1 or B, r, C, G, G, G] (``expression.basis``) or the neutral
+    expression's raw fields [1 or B, C, G, G, G]."""
+    surface: tuple[Tensor, Tensor] | None
+    """With ``expression.follow_3dmm``: the finest grid's 3DMM neighbours and weights (index, weight [B, N, k])."""
 
 
 FACE_GRID_FADE = 0.25
@@ -345,7 +357,8 @@ class Generator(nn.Module):
         return points + R.sample_grid(pose_volume, points, self.pose_box_centre, self.cfg.pose.box_half_extent,
                                       "border")
 
-    def expression_fields(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
+    def expression_fields(self, points: Tensor, identity: Tensor, expression: Tensor,
+                          body_shape: Tensor | None = None) -> Tensor:
         """Direct, differentiable expression fields at arbitrary canonical-pose points.
 
         points [B, P, 3] metres (canonical pose, expressive), identity [B, 80], expression [B, 64] ->
@@ -353,19 +366,28 @@ class Generator(nn.Module):
         when the config has ``expression.shading``. A neutral expression is exactly the identity deformation with no
         shading (the baked textures are the neutral face): the single field is taken relative to the neutral
         expression, ``f(x; id, exp) - f(x; id, 0)``; the basis fields are weighted by coefficients linear in the
-        expression. Zero outside the head box.
+        expression. Zero outside the head box. With ``expression.follow_3dmm`` Delta is the 3DMM's (read from the
+        grids, which that setting requires; ``body_shape`` [B, 10] places the face, default zeros) and only the
+        shading comes from the network.
         """
         if self.cfg.expression.basis:
             basis = self.expression_deform.basis(points, self.expression_styles(identity, expression))
-            return combine_basis(basis.transpose(1, 2), self.expression_deform.coefficients(expression))
-        styles = self.expression_styles(torch.cat([identity, identity]),
-                                         torch.cat([expression, torch.zeros_like(expression)]))
-        raw = self.expression_deform(torch.cat([points, points]), styles)
-        return raw[: points.shape[0]] - raw[points.shape[0]:]
+            fields = combine_basis(basis.transpose(1, 2), self.expression_deform.coefficients(expression))
+        else:
+            styles = self.expression_styles(torch.cat([identity, identity]),
+                                             torch.cat([expression, torch.zeros_like(expression)]))
+            raw = self.expression_deform(torch.cat([points, points]), styles)
+            fields = raw[: points.shape[0]] - raw[points.shape[0]:]
+        if not self.cfg.expression.follow_3dmm:
+            return fields
+        surface = self._surface_weights(identity, body_shape)
+        delta = self.sample_expression_volumes(self._followed_3dmm(expression, surface), points)
+        return torch.cat([delta.to(fields.dtype), fields[..., 3:]], -1)
 
-    def expression_deformation(self, points: Tensor, identity: Tensor, expression: Tensor) -> Tensor:
+    def expression_deformation(self, points: Tensor, identity: Tensor, expression: Tensor,
+                               body_shape: Tensor | None = None) -> Tensor:
         """Delta [B, P, 3] metres of :meth:`expression_fields` (the geometry only)."""
-        return self.expression_fields(points, identity, expression)[..., :3]
+        return self.expression_fields(points, identity, expression, body_shape)[..., :3]
 
     def expression_grids(self) -> list[tuple[Tensor, Tensor, int]]:
         """(centre, half-extent, side) of each expression grid: the head box (``render.expression_grid``), then the
@@ -381,51 +403,110 @@ class Generator(nn.Module):
     def expression_volumes(self, identity: Tensor, expression: Tensor) -> list[Tensor]:
         """The network's raw output on each of :meth:`expression_grids`: the single field ``f(x; id, exp)``
         [B, C, G, G, G], or with ``expression.basis`` the r basis fields [B, r, C, G, G, G] (``expression`` is then
-        ignored). C: Delta in metres, then the shading logit."""
+        ignored). C: Delta in metres, then the shading logit. With ``expression.follow_3dmm`` only the head-box
+        grid (the network gives the shading alone, which needs no finer grid)."""
         styles = self.expression_styles(identity, expression)
         volumes = []
-        for centre, half, g in self.expression_grids():
+        grids = self.expression_grids()
+        for centre, half, g in grids[:1] if self.cfg.expression.follow_3dmm else grids:
             nodes = R.grid_points(centre, half, g).reshape(1, -1, 3).expand(styles.shape[0], -1, -1)
             raw = self.expression_deform.basis(nodes, styles)  # [B, G^3, fields, C]
             raw = raw.permute(0, 2, 3, 1).reshape(*raw.shape[:1], raw.shape[2], raw.shape[3], g, g, g)
             volumes.append((raw if self.cfg.expression.basis else raw[:, 0]).contiguous())
         return volumes
 
-    def expression_bake(self, identity: Tensor) -> list[Tensor] | None:
-        """What an avatar keeps per identity [1 or B, 80] so that a frame's expression grid is cheap: the basis
-        volumes (``expression.basis``) or the neutral expression's volumes; None without a grid."""
+    def expression_bake(self, identity: Tensor, body_shape: Tensor | None = None) -> ExpressionBake | None:
+        """What an avatar keeps per identity [1 or B, 80] (and body shape [1 or B, 10], default zeros) so that a
+        frame's expression grids are cheap: the network's basis volumes (``expression.basis``) or its neutral
+        expression's volumes, and with ``expression.follow_3dmm`` the 3DMM weights of the finest grid's nodes;
+        None without a grid."""
         if not self.expression_grids():
             return None
-        return self.expression_volumes(identity, identity.new_zeros(identity.shape[0], self.cfg.expression_dim))
+        network = []
+        if self._network_expression_grids():
+            network = self.expression_volumes(identity, identity.new_zeros(identity.shape[0], self.cfg.expression_dim))
+        surface = self._surface_weights(identity, body_shape) if self.cfg.expression.follow_3dmm else None
+        return ExpressionBake(network, surface)
 
-    def expression_frame_volumes(self, identity: Tensor, expression: Tensor,
-                                 baked: list[Tensor] | None = None) -> list[Tensor]:
+    def _network_expression_grids(self) -> bool:
+        """Whether the frame's expression grids read the network (not with ``follow_3dmm`` and no shading)."""
+        return not self.cfg.expression.follow_3dmm or self.expression_deform.shading_head is not None
+
+    def _surface_weights(self, identity: Tensor, body_shape: Tensor | None) -> tuple[Tensor, Tensor]:
+        """:func:`expression_3dmm.surface_weights` of the finest expression grid's nodes for each identity:
+        (index [B, N, k], weight [B, N, k]), the nodes taken to each face's frame (a translation, ``face_transform``
+        of the body shape)."""
+        if not self.expression_grids():
+            raise ValueError("expression.follow_3dmm needs render.expression_grid > 0")
+        centre, half, g = self.expression_grids()[-1]
+        nodes = R.grid_points(centre, half, g).reshape(-1, 3)
+        b = identity.shape[0]
+        if body_shape is None:
+            body_shape = identity.new_zeros(b, C.BODY_SHAPE_DIM)
+        with torch.no_grad():
+            origin = self.body.face_transform(body_shape.expand(b, -1))[:, :3, 3]  # [B, 3] (rotation: identity)
+            neutral = self.face.neutral_vertices(identity)
+            pairs = [E3.surface_weights(nodes - origin[i], neutral[i]) for i in range(b)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def _followed_3dmm(self, expression: Tensor, surface: tuple[Tensor, Tensor]) -> list[Tensor]:
+        """The 3DMM's backward deformation for expressions [B, 64] on each expression grid, [B, 3, G, G, G]
+        (metres): the forward field on the finest grid's nodes (``surface``: :meth:`_surface_weights`), inverted
+        by ``render.expression_iterations`` fixed-point steps at every grid's nodes."""
+        grids = self.expression_grids()
+        b = expression.shape[0]
+        offsets = self.face.expression_offsets(None, expression)  # [B, V, 3]: face axes = canonical axes
+        index, weight = surface
+        forward = E3.forward_field(offsets, index.expand(b, -1, -1), weight.expand(b, -1, -1))
+        centre, half, g = grids[-1]
+        forward_volume = forward.transpose(1, 2).reshape(b, 3, g, g, g).contiguous()
+        volumes = []
+        for centre_i, half_i, g_i in grids:
+            nodes = R.grid_points(centre_i, half_i, g_i).reshape(1, -1, 3).expand(b, -1, -1).to(forward.dtype)
+            delta = E3.invert_grid(forward_volume, centre, half, nodes, self.cfg.render.expression_iterations)
+            volumes.append(delta.transpose(1, 2).reshape(b, 3, g_i, g_i, g_i).contiguous())
+        return volumes
+
+    def expression_frame_volumes(self, identity: Tensor, expression: Tensor, baked: ExpressionBake | None = None,
+                                 body_shape: Tensor | None = None) -> list[Tensor]:
         """The fields of expressions [B, 64] on each of :meth:`expression_grids`, [B, C, G, G, G] each, relative to
         the neutral expression; ``baked``: :meth:`expression_bake` of the identity, when cached."""
         if baked is None:
-            if not self.cfg.expression.basis:
+            if not self.cfg.expression.basis and not self.cfg.expression.follow_3dmm:
                 both = self.expression_volumes(torch.cat([identity, identity]),
                                                torch.cat([expression, torch.zeros_like(expression)]))
                 return [v[: identity.shape[0]] - v[identity.shape[0]:] for v in both]
-            baked = self.expression_bake(identity)
+            baked = self.expression_bake(identity, body_shape)
+            assert baked is not None
+        followed = None if baked.surface is None else self._followed_3dmm(expression, baked.surface)
+        if followed is not None and not self._network_expression_grids():
+            return followed
         if self.cfg.expression.basis:
             coefficients = self.expression_deform.coefficients(expression)
-            return [combine_basis(v, coefficients) for v in baked]
-        return [v - n for v, n in zip(self.expression_volumes(identity, expression), baked)]
+            volumes = [combine_basis(v, coefficients) for v in baked.network]
+        else:
+            volumes = [v - n for v, n in zip(self.expression_volumes(identity, expression), baked.network)]
+        if followed is None:
+            return volumes
+        # the shading (channel 3) on the head-box grid only; the face grid carries Delta alone
+        head = torch.cat([followed[0].to(volumes[0].dtype), volumes[0][:, 3:].expand(followed[0].shape[0], -1, -1, -1, -1)],
+                         1)
+        return [head, *followed[1:]]
 
-    def expression_fields_fn(self, identity: Tensor, expression: Tensor,
-                             baked: list[Tensor] | None = None) -> Callable[[Tensor], Tensor]:
-        """Points -> :meth:`expression_fields` for a batch of frames (identity [B, 80], expression [B, 64]):
-        trilinear in the expression grids (``baked``: :meth:`expression_bake`, when cached), or direct when the
-        grid is 0."""
+    def expression_fields_fn(self, identity: Tensor, expression: Tensor, baked: ExpressionBake | None = None,
+                             body_shape: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+        """Points -> :meth:`expression_fields` for a batch of frames (identity [B, 80], expression [B, 64], body
+        shape [B, 10] or None): trilinear in the expression grids (``baked``: :meth:`expression_bake`, when
+        cached), or direct when the grid is 0."""
         if not self.expression_grids():
-            return lambda points: self.expression_fields(points, identity, expression)
-        volumes = self.expression_frame_volumes(identity, expression, baked)
+            return lambda points: self.expression_fields(points, identity, expression, body_shape)
+        volumes = self.expression_frame_volumes(identity, expression, baked, body_shape)
         return lambda points: self.sample_expression_volumes(volumes, points)
 
     def sample_expression_volumes(self, volumes: list[Tensor], points: Tensor) -> Tensor:
         """Trilinear lookup of :meth:`expression_frame_volumes` at points [B, P, 3] -> [B, P, C]: the head-box grid,
-        and inside the face box the face grid, blended by the face box's window (zero outside the boxes)."""
+        and inside the face box the face grid, blended by the face box's window (zero outside the boxes). A face grid
+        with fewer channels (Delta alone) leaves the head grid's other channels as they are."""
         grids = self.expression_grids()
         head = R.sample_grid(volumes[0], points, grids[0][0], grids[0][1], "zeros")
         if len(volumes) == 1:
@@ -433,12 +514,14 @@ class Generator(nn.Module):
         centre, half, _ = grids[1]
         face = R.sample_grid(volumes[1], points, centre, half, "zeros")
         weight = box_window(points, centre.to(points.dtype), half.to(points.dtype), FACE_GRID_FADE)
-        return head + weight * (face - head)
+        c = face.shape[-1]
+        blended = head[..., :c] + weight * (face - head[..., :c])
+        return blended if c == head.shape[-1] else torch.cat([blended, head[..., c:]], -1)
 
-    def expression_offsets_fn(self, identity: Tensor, expression: Tensor,
-                              baked: list[Tensor] | None = None) -> Callable[[Tensor], Tensor]:
+    def expression_offsets_fn(self, identity: Tensor, expression: Tensor, baked: ExpressionBake | None = None,
+                              body_shape: Tensor | None = None) -> Callable[[Tensor], Tensor]:
         """Delta(points) [B, P, 3] metres of :meth:`expression_fields_fn` (the geometry only)."""
-        fields = self.expression_fields_fn(identity, expression, baked)
+        fields = self.expression_fields_fn(identity, expression, baked, body_shape)
         return lambda points: fields(points)[..., :3]
 
     def manifold_volume(self) -> Tensor:
@@ -670,7 +753,8 @@ class Generator(nn.Module):
             pose_volume = self.pose_volume(self.body.posed(controls.body_shape, controls.pose))
         return SceneFields(
             pose_volume=pose_volume,
-            expression_fields=self.expression_fields_fn(latents.identity, controls.expression),
+            expression_fields=self.expression_fields_fn(latents.identity, controls.expression,
+                                                        body_shape=controls.body_shape),
             manifold=self.baked_manifold_fn() if rc.train_manifold == "grid" else self.manifold,
             radiance=(self.texture_radiance_fn(textures, with_features=True) if rc.train_radiance == "textures"
                       else self.network_radiance_fn(radiance_styles)),

@@ -369,7 +369,8 @@ class _Scene:
         self.identity, self.body_shape = lab["identity"].to(dev), lab["body_shape"].to(dev)
         with torch.no_grad():
             self.pose_volume = g.pose_volume(g.body.posed(self.body_shape, self.pose))
-            self.expression_fields = g.expression_fields_fn(self.identity, self.expression)
+            self.expression_fields = g.expression_fields_fn(self.identity, self.expression,
+                                                            body_shape=self.body_shape)
             self.manifold = g.baked_manifold_fn()
         self.cameras = {"portrait": portrait_camera(lab["camera"]).to(dev),
                         "face": face_camera(lab["face_camera"]).to(dev)}

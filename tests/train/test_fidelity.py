@@ -38,7 +38,7 @@ def test_the_3dmm_deformation_itself_scores_a_ratio_of_one():
     T = G.body.face_transform(body_shape)
 
     def exact(scale):
-        def offsets_fn(identity, expression, baked=None):
+        def offsets_fn(identity, expression, baked=None, body_shape=None):
             verts = G.face.vertices(identity, expression) @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
             target = -(G.face.expression_offsets(identity, expression) @ T[:, :3, :3].transpose(1, 2))
 

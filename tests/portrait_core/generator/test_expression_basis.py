@@ -120,7 +120,7 @@ def test_morph_targets_of_a_basis_avatar_use_its_bake_and_follow_the_network():
     G = basis_generator(face_grid=24)
     avatar = G.make_avatar(Latents(torch.randn(1, 80), torch.randn(1, G.cfg.noise_dim)), torch.zeros(1, 10),
                            super_resolve=False)
-    assert avatar.expression_bake[0].shape[:3] == (1, 6, 4)
+    assert avatar.expression_bake.network[0].shape[:3] == (1, 6, 4)
     mesh = SimpleNamespace(vertices=face_points(200, seed=3)[0].double().numpy())
     grid = expression_morphs(avatar, mesh, ["jaw_open", "smile"], scale=2.0)
     exact = expression_morphs(avatar, mesh, ["jaw_open", "smile"], scale=2.0, exact=True)
