@@ -64,8 +64,21 @@ class ExpressionBake:
     network: list[Tensor]
     """Per expression grid: the basis volumes [1 or B, r, C, G, G, G] (``expression.basis``) or the neutral
     expression's raw fields [1 or B, C, G, G, G]."""
-    surface: tuple[Tensor, Tensor] | None
-    """With ``expression.follow_3dmm``: the finest grid's 3DMM neighbours and weights (index, weight [B, N, k])."""
+    surface: SurfaceBake | None
+    """With ``expression.follow_3dmm``: the 3DMM's neighbours and weights of the finest grid's nodes."""
+
+
+@dataclass
+class SurfaceBake:
+    """The 3DMM's forward field's support on the expression grids (:meth:`Generator.expression_bake`)."""
+
+    index: Tensor
+    """[B, N, k] the k nearest neutral vertices of each node of the finest grid."""
+    weight: Tensor
+    """[B, N, k] their weights (``expression_3dmm.surface_weights``; 0 beyond its reach)."""
+    active: list[Tensor]
+    """Per expression grid, the nodes [A] (flat indices, any identity of the batch) the forward field can move:
+    elsewhere F(x) = 0, so the fixed-point iteration stays at y = x and Delta = 0 exactly."""
 
 
 FACE_GRID_FADE = 0.25
@@ -432,13 +445,14 @@ class Generator(nn.Module):
         """Whether the frame's expression grids read the network (not with ``follow_3dmm`` and no shading)."""
         return not self.cfg.expression.follow_3dmm or self.expression_deform.shading_head is not None
 
-    def _surface_weights(self, identity: Tensor, body_shape: Tensor | None) -> tuple[Tensor, Tensor]:
-        """:func:`expression_3dmm.surface_weights` of the finest expression grid's nodes for each identity:
-        (index [B, N, k], weight [B, N, k]), the nodes taken to each face's frame (a translation, ``face_transform``
-        of the body shape)."""
-        if not self.expression_grids():
+    def _surface_weights(self, identity: Tensor, body_shape: Tensor | None) -> SurfaceBake:
+        """:func:`expression_3dmm.surface_weights` of the finest expression grid's nodes for each identity, the
+        nodes taken to each face's frame (a translation, ``face_transform`` of the body shape), and the nodes of
+        every grid where the forward field can be non-zero."""
+        grids = self.expression_grids()
+        if not grids:
             raise ValueError("expression.follow_3dmm needs render.expression_grid > 0")
-        centre, half, g = self.expression_grids()[-1]
+        centre, half, g = grids[-1]
         nodes = R.grid_points(centre, half, g).reshape(-1, 3)
         b = identity.shape[0]
         if body_shape is None:
@@ -447,23 +461,34 @@ class Generator(nn.Module):
             origin = self.body.face_transform(body_shape.expand(b, -1))[:, :3, 3]  # [B, 3] (rotation: identity)
             neutral = self.face.neutral_vertices(identity)
             pairs = [E3.surface_weights(nodes - origin[i], neutral[i]) for i in range(b)]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            index, weight = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            support = (weight.sum(-1) > 0).any(0)  # [N] on the finest grid
+            mask = support.to(nodes.dtype).reshape(1, 1, g, g, g)
+            active = []
+            for centre_i, half_i, g_i in grids[:-1]:  # a coarser node moves if a finest-grid cell around it can
+                near = R.sample_grid(mask, R.grid_points(centre_i, half_i, g_i).reshape(1, -1, 3), centre, half,
+                                     "zeros")
+                active.append((near.reshape(-1) > 0).nonzero().squeeze(1))
+            active.append(support.nonzero().squeeze(1))
+        return SurfaceBake(index, weight, active)
 
-    def _followed_3dmm(self, expression: Tensor, surface: tuple[Tensor, Tensor]) -> list[Tensor]:
+    def _followed_3dmm(self, expression: Tensor, surface: SurfaceBake) -> list[Tensor]:
         """The 3DMM's backward deformation for expressions [B, 64] on each expression grid, [B, 3, G, G, G]
         (metres): the forward field on the finest grid's nodes (``surface``: :meth:`_surface_weights`), inverted
-        by ``render.expression_iterations`` fixed-point steps at every grid's nodes."""
+        by ``render.expression_iterations`` fixed-point steps at every grid's active nodes (0 elsewhere)."""
         grids = self.expression_grids()
         b = expression.shape[0]
         offsets = self.face.expression_offsets(None, expression)  # [B, V, 3]: face axes = canonical axes
-        index, weight = surface
-        forward = E3.forward_field(offsets, index.expand(b, -1, -1), weight.expand(b, -1, -1))
+        forward = E3.forward_field(offsets, surface.index.expand(b, -1, -1), surface.weight.expand(b, -1, -1))
         centre, half, g = grids[-1]
         forward_volume = forward.transpose(1, 2).reshape(b, 3, g, g, g).contiguous()
         volumes = []
-        for centre_i, half_i, g_i in grids:
-            nodes = R.grid_points(centre_i, half_i, g_i).reshape(1, -1, 3).expand(b, -1, -1).to(forward.dtype)
-            delta = E3.invert_grid(forward_volume, centre, half, nodes, self.cfg.render.expression_iterations)
+        for (centre_i, half_i, g_i), active in zip(grids, surface.active):
+            nodes = R.grid_points(centre_i, half_i, g_i).reshape(-1, 3)[active].to(forward.dtype)
+            moved = E3.invert_grid(forward_volume, centre, half, nodes.expand(b, -1, -1),
+                                   self.cfg.render.expression_iterations)
+            delta = forward.new_zeros(b, g_i ** 3, 3)
+            delta[:, active] = moved
             volumes.append(delta.transpose(1, 2).reshape(b, 3, g_i, g_i, g_i).contiguous())
         return volumes
 
