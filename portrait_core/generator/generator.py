@@ -457,6 +457,13 @@ class Generator(nn.Module):
         b = identity.shape[0]
         if body_shape is None:
             body_shape = identity.new_zeros(b, C.BODY_SHAPE_DIM)
+        # one training step asks for the same batch up to three times (scene, regularisers, shading target)
+        key = (identity.detach().cpu().numpy().tobytes(), body_shape.detach().expand(b, -1).cpu().numpy().tobytes(),
+               tuple(g for _, _, g in grids), tuple(self.face_box_half.tolist()), tuple(self.face_box_centre.tolist()),
+               str(identity.device))
+        cached = self._bake_cache.get("surface")
+        if cached is not None and cached[0] == key:
+            return cached[1]  # type: ignore[return-value]
         with torch.no_grad():
             origin = self.body.face_transform(body_shape.expand(b, -1))[:, :3, 3]  # [B, 3] (rotation: identity)
             neutral = self.face.neutral_vertices(identity)
@@ -470,7 +477,9 @@ class Generator(nn.Module):
                                      "zeros")
                 active.append((near.reshape(-1) > 0).nonzero().squeeze(1))
             active.append(support.nonzero().squeeze(1))
-        return SurfaceBake(index, weight, active)
+        bake = SurfaceBake(index, weight, active)
+        self._bake_cache["surface"] = (key, bake)
+        return bake
 
     def _followed_3dmm(self, expression: Tensor, surface: SurfaceBake) -> list[Tensor]:
         """The 3DMM's backward deformation for expressions [B, 64] on each expression grid, [B, 3, G, G, G]
