@@ -39,16 +39,25 @@ def surface_weights(points: Tensor, neutral: Tensor, k: int = NEIGHBOURS, radius
     k = min(k, neutral.shape[0])
     vertices = neutral.detach().cpu().double().numpy()
     query = points.detach().cpu().double().numpy()
-    _, index = cKDTree(vertices).query(query, k=k)
-    index = torch.from_numpy(np.asarray(index, dtype=np.int64).reshape(query.shape[0], k))
-    diff = points.detach().cpu().double()[:, None, :] - neutral.detach().cpu().double()[index]
-    d2 = (diff * diff).sum(-1)
-    w = 1.0 / (d2 + 1e-12)
-    w = w / w.sum(dim=1, keepdim=True)
-    t = ((d2.min(dim=1).values.sqrt() - full_radius) / (radius - full_radius)).clamp(0.0, 1.0)
-    fade = 1.0 - t * t * (3.0 - 2.0 * t)
-    weight = (w * fade[:, None]).to(points.dtype)
-    return index.to(points.device), weight.to(points.device)
+    tree = cKDTree(vertices)
+    # points beyond ``radius`` of every vertex get weight 0: found by a bounded 1-nearest query (it stops early),
+    # then only the points within reach are asked for their k nearest
+    nearest, _ = tree.query(query, k=1, distance_upper_bound=radius)
+    rows = np.nonzero(np.isfinite(nearest))[0]
+    index = torch.zeros(query.shape[0], k, dtype=torch.long)
+    weight = torch.zeros(query.shape[0], k, dtype=torch.float64)
+    if rows.size:
+        _, found = tree.query(query[rows], k=k)
+        found = torch.from_numpy(np.asarray(found, dtype=np.int64).reshape(rows.size, k))
+        diff = torch.from_numpy(query[rows])[:, None, :] - torch.from_numpy(vertices)[found]
+        d2 = (diff * diff).sum(-1)
+        w = 1.0 / (d2 + 1e-12)
+        w = w / w.sum(dim=1, keepdim=True)
+        t = ((d2.min(dim=1).values.sqrt() - full_radius) / (radius - full_radius)).clamp(0.0, 1.0)
+        fade = 1.0 - t * t * (3.0 - 2.0 * t)
+        picked = torch.from_numpy(rows)
+        index[picked], weight[picked] = found, w * fade[:, None]
+    return index.to(points.device), weight.to(points.dtype).to(points.device)
 
 
 def forward_field(offsets: Tensor, index: Tensor, weight: Tensor) -> Tensor:
