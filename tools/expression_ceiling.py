@@ -77,13 +77,17 @@ def fit_one_label(G, identity: Tensor, expression: Tensor, body_shape: Tensor, s
 
 
 def ratios_by_grid(G, identity: Tensor, body_shape: Tensor, name: str, value: float, grids: list[int]) -> dict:
-    """``expression_fidelity``'s ratio for one control at ``value`` with each grid size (0: the network itself)."""
+    """``expression_fidelity``'s ratio for one control at ``value`` with each grid size (0: the network itself; NaN
+    for a generator whose Delta follows the 3DMM, ``expression.follow_3dmm``, which has no network Delta)."""
     from train.fidelity import expression_fidelity
 
     keep = G.cfg
     out = {}
     try:
         for g in grids:
+            if g == 0 and keep.expression.follow_3dmm:
+                out[g] = float("nan")
+                continue
             G.cfg = replace(keep, render=replace(keep.render, expression_grid=g))
             with torch.no_grad():
                 out[g] = expression_fidelity(G, identity, body_shape, controls=(name,), value=value)[name]["ratio"]

@@ -63,3 +63,16 @@ def test_command_prints_the_three_rows_and_refuses_bad_input(tmp_path):
     assert none.returncode == 2 and "--identities must be at least 1" in none.stderr
     missing = _run(tmp_path / "nope.safetensors", "--steps", "0")
     assert missing.returncode == 2 and "nope.safetensors" in missing.stderr
+
+
+def test_a_generator_that_follows_the_3dmm_has_no_network_column(load_tool):
+    """``expression.follow_3dmm`` needs a grid, so the network column is NaN instead of an invalid config."""
+    import math
+
+    tool = load_tool("expression_ceiling")
+    torch.manual_seed(0)
+    G = Generator(generator_config("tiny", expression={"follow_3dmm": True},
+                                   render={"expression_grid": 16, "face_grid": 24})).eval()
+    row = tool.ratios_by_grid(G, torch.randn(2, 80), torch.zeros(2, 10), "jaw_open", 2.5, [16, 0])
+    assert math.isnan(row[0]) and row[16] > 0.5
+    assert G.cfg.render.expression_grid == 16  # restored
